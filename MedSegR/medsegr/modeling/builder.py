@@ -1,0 +1,38 @@
+"""The one place that assembles a :class:`MedSegRModel` from its base parts."""
+
+from __future__ import annotations
+
+import torch
+
+from medsegr.config import MedSegRConfig
+from medsegr.device import resolve_device
+from medsegr.modeling.language import add_special_tokens, apply_lora, load_language_model
+from medsegr.modeling.medsegr_model import MedSegRModel
+from medsegr.modeling.vision import build_vision
+
+
+def build_model(config: MedSegRConfig | None = None, device: str = "auto",
+                with_lora: bool = False) -> MedSegRModel:
+    """Load the base parts named by ``config`` and join them.
+
+    The projectors are freshly initialised (seeded by ``config.model.seed``):
+    without a fine-tuned checkpoint (:func:`medsegr.checkpoint.from_pretrained`) the
+    model is *not* trained to ground text in pixels. ``with_lora`` wraps the LLM in
+    peft LoRA adapters for training.
+    """
+    config = config or MedSegRConfig()
+    dev, dtype = resolve_device(device)
+    llm, tokenizer, llm_provenance = load_language_model(config.llm, torch.float32)
+    seg_id, image_id = add_special_tokens(
+        llm, tokenizer, [config.model.seg_token, config.model.image_token])
+    if with_lora:
+        llm = apply_lora(llm, config.lora)
+    torch.manual_seed(config.model.seed)
+    vision, vision_provenance = build_vision(config.vision)
+    torch.manual_seed(config.model.seed)
+    model = MedSegRModel(config, llm, tokenizer, vision, seg_token_id=seg_id,
+                         image_token_id=image_id,
+                         provenance={"llm": llm_provenance, "vision": vision_provenance})
+    model.to(device=dev, dtype=dtype)
+    model.eval()
+    return model

