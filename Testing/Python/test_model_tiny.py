@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import ForceSeg as _ForceSeg
+
 from medsegr.modeling.generation import ConversationState, generate
 
 
@@ -20,21 +22,6 @@ def bank(tiny_model):
     torch.manual_seed(1)
     emb = tiny_model.encode_images(torch.rand(1, 1, 256, 256))
     return emb, {"img0": tiny_model.visual_tokens(emb)[0]}
-
-
-class _ForceSeg:
-    """Biases the [SEG] logit up at chosen decoding steps and down at all others (a
-    forward hook on the LM head), so a random model emits [SEG] exactly where a test
-    wants it."""
-
-    def __init__(self, model, steps):
-        self.model, self.steps, self.calls = model, set(steps), 0
-
-    def __call__(self, module, args, output):
-        output = output.clone()
-        output[..., -1, self.model.seg_token_id] += 1e4 if self.calls in self.steps else -1e4
-        self.calls += 1
-        return output
 
 
 def test_shapes(tiny_model, bank):

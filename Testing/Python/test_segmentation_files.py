@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from medsegr.errors import InputError
 from medsegr.io.images import MedicalImage, image_from_array, load_image
 from medsegr.io.segmentation_files import (
@@ -142,7 +141,8 @@ def slicer_segment_mask(slicer: Any, scene: Any, segmentation_node: Any, segment
     assert logic.ExportSegmentsToLabelmapNode(segmentation_node, ids, labelmap, volume)
     image_data = labelmap.GetImageData()
     values = numpy_support.vtk_to_numpy(image_data.GetPointData().GetScalars())
-    return values.reshape(image_data.GetDimensions()[::-1]) != 0
+    mask: np.ndarray = values.reshape(image_data.GetDimensions()[::-1]) != 0
+    return mask
 
 
 def slicer_tag(segment: Any, name: str) -> str:
@@ -257,7 +257,7 @@ def test_read_seg_nrrd_round_trip(tmp_path: Path) -> None:
     np.testing.assert_allclose(geometry.origin, reference.origin, atol=1e-12)
     np.testing.assert_allclose(geometry.direction, reference.direction, atol=1e-12)
     assert [s.name for s in back] == [s.name for s in segments]
-    for read, written in zip(back, segments):
+    for read, written in zip(back, segments, strict=True):
         assert read.mask.dtype == np.bool_
         np.testing.assert_array_equal(read.mask, written.mask)
         np.testing.assert_allclose(read.color, written.color)
@@ -280,7 +280,7 @@ def test_many_segments_in_one_layer_use_uint16(tmp_path: Path) -> None:
 
     assert fields["type"] == "unsigned short"
     assert fields["endian"] == "little"
-    assert all(np.array_equal(r.mask, w.mask) for r, w in zip(back, segments))
+    assert all(np.array_equal(r.mask, w.mask) for r, w in zip(back, segments, strict=True))
 
 
 def test_no_segments_writes_empty_segmentation(tmp_path: Path) -> None:
@@ -420,7 +420,7 @@ def test_read_seg_nrrd_bad_input(tmp_path: Path) -> None:
         read_seg_nrrd(tmp_path / "none.seg.nrrd")
     broken = tmp_path / "broken.seg.nrrd"
     broken.write_bytes(b"NRRD0004\ntype: unsigned char\ndimension: 3\nsizes: 4 4 4\nencoding: gzip\n\nxx")
-    with pytest.raises(InputError, match="could not read segmentation .*broken.seg.nrrd"):
+    with pytest.raises(InputError, match=r"could not read segmentation .*broken\.seg\.nrrd"):
         read_seg_nrrd(broken)
 
 

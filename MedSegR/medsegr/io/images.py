@@ -33,15 +33,15 @@ import SimpleITK as sitk
 from medsegr.errors import InputError
 
 __all__ = [
-    "ImageGeometry",
-    "MedicalImage",
     "MODALITIES",
     "READABLE_EXTENSIONS",
     "WRITABLE_EXTENSIONS",
+    "ImageGeometry",
+    "MedicalImage",
     "atomic_output",
     "file_extension",
-    "itk_error_message",
     "image_from_array",
+    "itk_error_message",
     "load_image",
     "write_image",
 ]
@@ -129,7 +129,9 @@ class ImageGeometry:
 
     def ijk_to_ras(self) -> np.ndarray:
         """4x4 homogeneous matrix from voxel index ``(i, j, k)`` to RAS millimetres (3D Slicer)."""
-        return np.diag([-1.0, -1.0, 1.0, 1.0]) @ self.ijk_to_lps()
+        lps_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0])
+        matrix: np.ndarray = lps_to_ras @ self.ijk_to_lps()
+        return matrix
 
 
 @dataclass
@@ -272,8 +274,10 @@ def _read_file(path: Path, io_name: str) -> tuple[sitk.Image, str | None]:
     try:
         image = reader.Execute()
     except RuntimeError as error:
-        raise InputError(f"could not read image {path} (unreadable, truncated or not {_format_name(io_name)}): "
-                         f"{itk_error_message(error)}") from None
+        raise InputError(
+            f"could not read image {path} (unreadable, truncated or not {_format_name(io_name)}): "
+            f"{itk_error_message(error)}"
+        ) from None
     tag = image.GetMetaData(_DICOM_MODALITY_TAG) if image.HasMetaDataKey(_DICOM_MODALITY_TAG) else None
     return image, tag
 
@@ -307,13 +311,14 @@ def _as_scalar_3d(image: sitk.Image, source: str) -> sitk.Image:
     size = image.GetSize()
     if 0 in size:
         raise InputError(f"image has a zero-size axis (size {size}): {source}")
+    volume: sitk.Image = image
     if dimension == 2:
-        return sitk.JoinSeries([image])
-    if dimension == 4 and size[3] == 1:
-        return sitk.Extract(image, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
-    if dimension != 3:
+        volume = sitk.JoinSeries([image])
+    elif dimension == 4 and size[3] == 1:
+        volume = sitk.Extract(image, [size[0], size[1], size[2], 0], [0, 0, 0, 0])
+    elif dimension != 3:
         raise InputError(f"{dimension}-D images are not supported: {source} has size {size}")
-    return image
+    return volume
 
 
 def _to_grayscale(image: sitk.Image, source: str) -> sitk.Image:
@@ -323,11 +328,14 @@ def _to_grayscale(image: sitk.Image, source: str) -> sitk.Image:
         return image
     if components > 4:
         raise InputError(f"vector images with {components} components per voxel are not supported: {source}")
+    grey: sitk.Image
     if components == 2:
-        return sitk.VectorIndexSelectionCast(image, 0, sitk.sitkFloat32)
-    channels = [sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32) for c in range(3)]
-    red, green, blue = (channel * weight for channel, weight in zip(channels, _LUMA_WEIGHTS))
-    return red + green + blue
+        grey = sitk.VectorIndexSelectionCast(image, 0, sitk.sitkFloat32)
+    else:
+        channels = [sitk.VectorIndexSelectionCast(image, c, sitk.sitkFloat32) for c in range(3)]
+        red, green, blue = (channel * weight for channel, weight in zip(channels, _LUMA_WEIGHTS, strict=True))
+        grey = red + green + blue
+    return grey
 
 
 def _checked_voxels(values: np.ndarray, source: str) -> np.ndarray:
@@ -399,8 +407,8 @@ def image_from_array(
     chosen = requested or ("CT" if _looks_like_hounsfield(volume) else "OT")
     return MedicalImage(
         array=volume,
-        spacing=_pad_to_3(spacing, 1.0, "spacing", was_2d) if spacing is not None else (1.0, 1.0, 1.0),
-        origin=_pad_to_3(origin, 0.0, "origin", was_2d) if origin is not None else (0.0, 0.0, 0.0),
+        spacing=_check_spacing(_pad_to_3(spacing, 1.0, "spacing", was_2d)) if spacing is not None else (1.0, 1.0, 1.0),
+        origin=_check_origin(_pad_to_3(origin, 0.0, "origin", was_2d)) if origin is not None else (0.0, 0.0, 0.0),
         direction=_check_direction(direction) if direction is not None else _IDENTITY_DIRECTION,
         modality=chosen,
         source="<array>",

@@ -119,9 +119,8 @@ def write_seg_nrrd(
     volume = _layer_volume(masks, placement, geometry.shape)
     fields = _segmentation_fields(segments, placement, geometry)
     payload = _nrrd_header(volume, geometry, fields) + gzip.compress(volume.tobytes(), compresslevel=1)
-    with atomic_output(target) as temporary:
-        with temporary.open("xb") as handle:
-            handle.write(payload)
+    with atomic_output(target) as temporary, temporary.open("xb") as handle:
+        handle.write(payload)
 
 
 def write_labelmap_nrrd(
@@ -217,7 +216,7 @@ def _layer_volume(
         raise InputError(f"too many segments in one layer: {top_label} (at most 65535)")
     dtype = np.dtype(np.uint8) if top_label <= 255 else np.dtype("<u2")
     volume = np.zeros((*shape, layers), dtype=dtype)
-    for mask, (layer, label) in zip(masks, placement):
+    for mask, (layer, label) in zip(masks, placement, strict=True):
         volume[..., layer][mask] = label
     return volume
 
@@ -229,7 +228,7 @@ def _segmentation_fields(
     z, y, x = geometry.shape
     extent = f"0 {x - 1} 0 {y - 1} 0 {z - 1}"
     fields: list[tuple[str, str]] = []
-    for index, (segment, (layer, label)) in enumerate(zip(segments, placement)):
+    for index, (segment, (layer, label)) in enumerate(zip(segments, placement, strict=True)):
         red, green, blue = _checked_color(segment.color, segment.name)
         tags = f"{_TERMINOLOGY_TAG}:{segment.terminology}|" if segment.terminology else ""
         prefix = f"Segment{index}_"
@@ -336,9 +335,10 @@ def _read_nrrd(source: Path) -> sitk.Image:
     reader.SetImageIO("NrrdImageIO")
     reader.SetFileName(str(source))
     try:
-        return reader.Execute()
+        image: sitk.Image = reader.Execute()
     except RuntimeError as error:
         raise InputError(f"could not read segmentation {source}: {itk_error_message(error)}") from None
+    return image
 
 
 def _read_segment(image: sitk.Image, index: int, volume: np.ndarray, source: Path) -> SegmentSpec:
@@ -347,7 +347,7 @@ def _read_segment(image: sitk.Image, index: int, volume: np.ndarray, source: Pat
     def field(key: str, default: str | None = None) -> str:
         name = f"Segment{index}_{key}"
         if image.HasMetaDataKey(name):
-            return image.GetMetaData(name)
+            return str(image.GetMetaData(name))
         if default is None:
             raise InputError(f"{source} is not a valid segmentation: {name} is missing")
         return default

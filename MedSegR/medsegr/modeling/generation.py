@@ -80,8 +80,10 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
         reused = common_prefix(state.keys, keys) if state.cache is not None else 0
         reused = min(reused, len(keys) - 1)  # at least one position feeds the first logits
         cache = state.cache
-        if cache is not None and reused < len(state.keys):
-            cache.crop(reused)  # type: ignore[attr-defined]
+        if cache is not None:
+            extra = cache.get_seq_length() - reused  # type: ignore[attr-defined]
+            if extra > 0:
+                cache.crop(-extra)  # type: ignore[attr-defined]  # drop what no longer matches
         if reused == 0:
             cache = None
         out = llm(inputs_embeds=model.embed_keys(keys[reused:], visual_bank), past_key_values=cache,

@@ -1,0 +1,58 @@
+"""Question validation, answer parsing, and model config files."""
+
+from __future__ import annotations
+
+import pytest
+
+from medsegr.config import MedSegRConfig
+from medsegr.errors import ConfigError, InputError
+from medsegr.prompts import clean_answer, segment_names, validate_question
+
+
+def test_segment_names_follow_the_p_tags():
+    text = "The <p>left kidney</p> [SEG] is larger than the <p>right kidney</p> [SEG]."
+    assert segment_names(text, "[SEG]") == ["left kidney", "right kidney"]
+    assert segment_names("it is here [SEG] and [SEG]", "[SEG]") == ["segment 1", "segment 2"]
+    assert segment_names("no structure is present.", "[SEG]") == []
+    assert clean_answer(text, "[SEG]") == "The left kidney is larger than the right kidney."
+
+
+def test_question_validation():
+    assert validate_question("  Where is the liver? ", ()) == "Where is the liver?"
+    with pytest.raises(InputError, match="empty"):
+        validate_question("   ", ())
+    with pytest.raises(InputError, match="2001 characters"):
+        validate_question("a" * 2001, ())
+    with pytest.raises(InputError, match="reserved token"):
+        validate_question("show <image> now", ("[SEG]", "<image>"))
+    with pytest.raises(InputError, match="control characters"):
+        validate_question("bad\x00question", ())
+    with pytest.raises(InputError, match="text"):
+        validate_question(None, ())
+
+
+def test_config_files(tmp_path):
+    cfg = MedSegRConfig()
+    assert cfg.model.visual_grid == 8 and cfg.llm.source == "smollm2-135m-instruct"
+    good = tmp_path / "model.toml"
+    good.write_text('[model]\nvisual_grid = 16\n[llm]\nsource = "/models/llm"\n')
+    loaded = MedSegRConfig.from_file(good)
+    assert loaded.model.visual_grid == 16 and loaded.llm.source == "/models/llm"
+    json_path = tmp_path / "model.json"
+    loaded.save(json_path)
+    assert MedSegRConfig.from_file(json_path) == loaded
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model]\nvisual_gird = 16\n")
+    with pytest.raises(ConfigError, match="unknown key.*visual_gird"):
+        MedSegRConfig.from_file(bad)
+    bad.write_text("[modle]\n")
+    with pytest.raises(ConfigError, match="unknown config section"):
+        MedSegRConfig.from_file(bad)
+    bad.write_text('[model]\nvisual_grid = "big"\n')
+    with pytest.raises(ConfigError, match="must be int"):
+        MedSegRConfig.from_file(bad)
+    bad.write_text("[model\n")
+    with pytest.raises(ConfigError, match="cannot parse"):
+        MedSegRConfig.from_file(bad)
+    with pytest.raises(ConfigError, match="not found"):
+        MedSegRConfig.from_file(tmp_path / "missing.toml")
