@@ -22,13 +22,13 @@ def build_model(config: MedSegRConfig | None = None, device: str = "auto",
     """
     config = config or MedSegRConfig()
     dev, dtype = resolve_device(device)
+    torch.manual_seed(config.model.seed)
+    vision, vision_provenance = build_vision(config.vision)  # small: fail fast on bad weights
     llm, tokenizer, llm_provenance = load_language_model(config.llm, torch.float32)
     seg_id, image_id = add_special_tokens(
         llm, tokenizer, [config.model.seg_token, config.model.image_token])
     if with_lora:
         llm = apply_lora(llm, config.lora)
-    torch.manual_seed(config.model.seed)
-    vision, vision_provenance = build_vision(config.vision)
     torch.manual_seed(config.model.seed)
     model = MedSegRModel(config, llm, tokenizer, vision, seg_token_id=seg_id,
                          image_token_id=image_id,
