@@ -102,11 +102,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from medsegr.samples import resolve
 
     image = load_image(resolve(args.image), modality=args.modality)
-    if args.slice is not None and not image.is_2d:
+    if args.volume and image.is_2d:
+        raise InputError("--volume needs a 3-D image; this image is 2-D")
+    if not image.is_2d:
         from medsegr.slicing import resolve_axis
 
         axis = resolve_axis(args.axis, image.direction)
-        if not 0 <= args.slice < image.shape[axis]:
+        if args.slice is not None and not 0 <= args.slice < image.shape[axis]:
             raise InputError(f"slice index {args.slice} is out of range "
                              f"(0..{image.shape[axis] - 1} along {args.axis})")
     config = MedSegRConfig.from_file(args.config) if args.config else None
@@ -118,6 +120,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     checkpoint = None if args.base else args.checkpoint
     if checkpoint not in (None, "default") and not Path(checkpoint).is_dir():
         raise InputError(f"checkpoint folder not found: {checkpoint}")
+    if args.window is not None:
+        from medsegr.preprocess import normalise
+
+        normalise(image.array[:1, :1, :1], image.modality, args.window)  # validate early
     pipe = MedSegRPipeline.load(checkpoint, config=config, device=args.device)
     load_s = time.perf_counter() - t0
     if not pipe.fine_tuned:

@@ -93,6 +93,8 @@ class LoraConfig:
 @dataclass
 class GenerationConfig:
     max_new_tokens: int = 96
+    #: end-of-answer is suppressed before this many tokens (benchmarks use it for fixed lengths)
+    min_new_tokens: int = 0
     #: 0 means greedy decoding (deterministic)
     temperature: float = 0.0
     #: key slices the LLM sees in volume mode (the mask decoder sees every slice)

@@ -273,7 +273,7 @@ class ChatSession:
                 gen = generate(self.model, keys, self._visual_bank,
                                max_new_tokens or cfg.generation.max_new_tokens, self.state,
                                use_cache=True, temperature=cfg.generation.temperature,
-                               on_token=streamer)
+                               min_new_tokens=cfg.generation.min_new_tokens, on_token=streamer)
             if streamer is not None and streamer.cancelled:
                 raise Cancelled("the request was cancelled")
             raw = self.model.tokenizer.decode(gen.token_ids, skip_special_tokens=False)

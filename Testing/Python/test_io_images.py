@@ -238,7 +238,16 @@ def test_truncated_nrrd(tmp_path: Path) -> None:
 def test_garbage_nifti(tmp_path: Path) -> None:
     path = tmp_path / "garbage.nii.gz"
     path.write_bytes(np.random.default_rng(3).integers(0, 256, 600).astype(np.uint8).tobytes())
-    expect_input_error("could not read image .*garbage.nii.gz.*NIfTI", path)
+    expect_input_error("could not read image .*garbage.nii.gz.*not a valid gzip", path)
+
+
+def test_truncated_nifti_gz(tmp_path: Path) -> None:
+    """ITK would read a cut-off .nii.gz with zeros for the missing voxels."""
+    path = tmp_path / "cut.nii.gz"
+    noise = np.random.default_rng(4).random((8, 32, 32)).astype(np.float32)
+    sitk.WriteImage(sitk.GetImageFromArray(noise), str(path))
+    path.write_bytes(path.read_bytes()[:4000])
+    expect_input_error("truncated", path)
 
 
 def test_4d_image(tmp_path: Path) -> None:

@@ -20,9 +20,11 @@ All file formats go through SimpleITK. Every problem a user can cause raises
 from __future__ import annotations
 
 import contextlib
+import gzip
 import os
 import re
 import secrets
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -268,6 +270,8 @@ def _has_dicom_preamble(path: Path) -> bool:
 
 def _read_file(path: Path, io_name: str) -> tuple[sitk.Image, str | None]:
     """Read one file; returns the image and its DICOM modality tag (None when absent)."""
+    if path.name.lower().endswith(".gz"):
+        _check_gzip_stream(path)
     reader = sitk.ImageFileReader()
     reader.SetImageIO(io_name)
     reader.SetFileName(str(path))
@@ -280,6 +284,19 @@ def _read_file(path: Path, io_name: str) -> tuple[sitk.Image, str | None]:
         ) from None
     tag = image.GetMetaData(_DICOM_MODALITY_TAG) if image.HasMetaDataKey(_DICOM_MODALITY_TAG) else None
     return image, tag
+
+
+def _check_gzip_stream(path: Path) -> None:
+    """ITK reads a cut-off ``.gz`` without complaint (the missing voxels come back as
+    zeros), so the compressed stream is checked to its end first."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 22):
+                pass
+    except EOFError:
+        raise InputError(f"could not read image {path}: the compressed file is truncated") from None
+    except (OSError, zlib.error) as error:
+        raise InputError(f"could not read image {path}: not a valid gzip file ({error})") from None
 
 
 def _read_dicom_series(folder: Path) -> tuple[sitk.Image, str | None]:

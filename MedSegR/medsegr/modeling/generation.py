@@ -60,7 +60,7 @@ def common_prefix(a: Sequence[Key], b: Sequence[Key]) -> int:
 @torch.no_grad()
 def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.Tensor],
              max_new_tokens: int, state: ConversationState | None = None,
-             use_cache: bool = True, temperature: float = 0.0,
+             use_cache: bool = True, temperature: float = 0.0, min_new_tokens: int = 0,
              generator: torch.Generator | None = None,
              on_token: Callable[[int], bool | None] | None = None) -> GeneratedTurn:
     """Generate an answer for the prompt ``keys``.
@@ -103,6 +103,8 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     while True:
         logits = out.logits[0, -1].float()
         hidden = out.hidden_states[-1][0, -1]
+        if len(generated) < min_new_tokens:
+            logits[list(eos)] = float("-inf")
         token = _select(logits, temperature, generator)
         if token in eos:
             finished = True

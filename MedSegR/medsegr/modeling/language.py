@@ -25,6 +25,9 @@ def load_language_model(cfg: LLMConfig, dtype: torch.dtype) -> tuple[nn.Module, 
     - a folder: any Hugging Face causal LM (``gguf_file`` for a GGUF inside it).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     if cfg.source in (BUNDLED_LLM, TINY_RANDOM):
         folder = converted_gguf_dir(SMOLLM2_GGUF)

