@@ -40,7 +40,7 @@ def render_overlay(path: str | Path, slice01: np.ndarray, masks: list[np.ndarray
         ax.legend(handles=handles, loc="upper right", fontsize=8, framealpha=0.7)
     ax.set_axis_off()
     fig.suptitle("\n".join(textwrap.wrap(question, 80)[:3]), fontsize=10, y=0.985)
-    body = "\n".join(textwrap.wrap(answer or "(no text)", 95)[:9])
+    body = "\n".join(textwrap.wrap(answer or "(no text)", 88)[:9])
     fig.text(0.03, 0.22, body, fontsize=8.5, va="top", family="sans-serif")
     if footer:
         fig.text(0.03, 0.015, footer, fontsize=7, color="#a33", va="bottom")

@@ -1,0 +1,127 @@
+"""Integration tests on the real pretrained parts (SmolLM2-135M-Instruct + LiteMedSAM).
+
+These run in the default test command: they are the real model path.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from helpers import force_seg
+from medsegr.io.images import image_from_array, load_image
+from medsegr.io.segmentation_files import read_seg_nrrd
+from medsegr.pipeline import Hints
+from medsegr.samples import sample_path
+from medsegr.weights import LITEMEDSAM, SMOLLM2_GGUF
+
+pytestmark = pytest.mark.real
+
+
+def _mni_brain():
+    """The MNI152 T1 and a brain mask from its grey + white matter probability maps."""
+    t1 = load_image(sample_path("brain-mri"))
+    data = Path(sample_path("brain-mri")).parent
+    gm = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")))
+    wm = sitk.GetArrayFromImage(sitk.ReadImage(str(data / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")))
+    return t1, (gm + wm) > 0.5
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def test_cli_end_to_end_on_a_real_mri(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "medsegr.cli", "ask", "sample:head-mri",
+         "Which structure in this head MRI is the brain? Segment it.", "--slice", "70",
+         "--out", str(out), "--device", "cpu", "--base", "--json"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "not grounded" in proc.stderr  # says clearly that the model is not fine-tuned
+    printed = json.loads(proc.stdout)
+    assert printed["answer"].strip()
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["answer.json", "labels.nrrd", "overlay.png", "segmentation.seg.nrrd"]
+    record = json.loads((out / "answer.json").read_text())
+    assert record["fine_tuned"] is False
+    assert record["model"]["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
+    assert record["model"]["base"]["llm"]["sha256"] == SMOLLM2_GGUF.sha256
+    assert record["slice_index"] == 70 and set(record["timings_s"]) >= {"encode", "total"}
+    source = sitk.ReadImage(str(sample_path("head-mri")))
+    labels = sitk.ReadImage(str(out / "labels.nrrd"))
+    assert labels.GetSize() == source.GetSize()
+    np.testing.assert_allclose(labels.GetSpacing(), source.GetSpacing(), atol=1e-6)
+    np.testing.assert_allclose(labels.GetOrigin(), source.GetOrigin(), atol=1e-6)
+    np.testing.assert_allclose(labels.GetDirection(), source.GetDirection(), atol=1e-6)
+    segments, geometry = read_seg_nrrd(out / "segmentation.seg.nrrd")
+    assert len(segments) == len(record["segments"])
+    assert geometry.shape == tuple(reversed(source.GetSize()))
+    assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_real_mask_on_an_anisotropic_oblique_volume(real_pipeline, tmp_path):
+    """Decode a real mask (the [SEG] path + a box hint) and check it lands on the source
+    grid voxel for voxel, through .seg.nrrd, in a real MRML scene."""
+    from conftest import oblique_direction
+    from test_segmentation_files import (new_scene, reference_volume_node, slicer_read,
+                                         slicer_segment_mask)
+
+    from medsegr.outputs import write_results
+
+    t1, brain = _mni_brain()
+    arr, gt = t1.array[::2], brain[::2]  # 2 mm slices: anisotropic
+    direction = np.array(oblique_direction(15)).reshape(3, 3) @ np.array(t1.direction).reshape(3, 3)
+    img = image_from_array(arr, spacing=(1.0, 1.0, 2.0), origin=(-90.0, 120.0, -70.0),
+                           direction=tuple(direction.ravel()), modality="MR")
+    k = 45
+    ys, xs = np.nonzero(gt[k])
+    box = (float(xs.min()), float(ys.min()), float(xs.max()), float(ys.max()))
+    question = "Segment the brain on this slice."
+
+    def ask(image, index):
+        session = real_pipeline.new_session(image)
+        with force_seg(real_pipeline.model, {3}):
+            return session, session.ask(question, slice_index=index, hints=Hints(box=box))
+
+    session, answer = ask(img, k)
+    assert len(answer.segments) == 1
+    mask = answer.segments[0].mask
+    assert mask.shape == img.shape
+    assert mask[k].any() and not np.delete(mask, k, axis=0).any()
+    inside = mask[k][int(box[1]):int(box[3]) + 1, int(box[0]):int(box[2]) + 1].sum()
+    assert inside / mask[k].sum() > 0.95  # the box hint is honoured
+    # the base model's [SEG] projection is untrained, so the mask need not be the brain;
+    # but it must lie on it, and the geometry metadata must not change the answer:
+    assert (mask[k] & gt[k]).sum() / mask[k].sum() > 0.8
+    _, original = ask(t1, 2 * k)  # the same pixels in the isotropic, axis-aligned original
+    np.testing.assert_array_equal(original.segments[0].mask[2 * k], mask[k])
+
+    paths = write_results(tmp_path / "out", session, "Segment the brain on this slice.", answer,
+                          real_pipeline.info())
+    import slicer
+
+    scene = new_scene(slicer)
+    node = slicer_read(slicer, scene, paths["segmentation"])
+    volume = reference_volume_node(slicer, scene, img)
+    seg_id = node.GetSegmentation().GetNthSegmentID(0)
+    np.testing.assert_array_equal(slicer_segment_mask(slicer, scene, node, seg_id, volume), mask)
+
+
+def test_real_follow_up_reuses_the_image_embedding(real_pipeline):
+    t1, _ = _mni_brain()
+    session = real_pipeline.new_session(t1)
+    first = session.ask("What kind of scan is this?", slice_index=90)
+    second = session.ask("Which tissue appears brightest in it?", slice_index=90)
+    assert session.encoder_calls == 1
+    assert first.encoded_slices == 1 and second.encoded_slices == 0
+    assert second.tokens["reused"] >= first.tokens["prompt"]
+    assert second.timings["encode"] < 0.01
+    assert first.text and second.text
