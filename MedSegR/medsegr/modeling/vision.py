@@ -36,6 +36,8 @@ class SamParts(nn.Module):
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
         self.image_size = image_size
+        #: feed the encoder channels-last tensors (set by inference_opt)
+        self.channels_last = False
 
     @property
     def embed_dim(self) -> int:
@@ -45,7 +47,9 @@ class SamParts(nn.Module):
         """``(B, 1, S, S)`` in [0, 1] -> image embedding ``(B, C, h, w)``."""
         if pixels.shape[1] == 1:
             pixels = pixels.expand(-1, 3, -1, -1)
-        return self.image_encoder(pixels)
+        if self.channels_last:
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        return self.image_encoder(pixels).contiguous()
 
     def prompt(self, extra_sparse: torch.Tensor | None, boxes: torch.Tensor | None = None,
                points: tuple[torch.Tensor, torch.Tensor] | None = None,
