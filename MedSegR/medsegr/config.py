@@ -58,12 +58,13 @@ class LLMConfig:
 class VisionConfig:
     """The SAM-family image encoder, prompt encoder and mask decoder.
 
-    ``source`` is :data:`BUNDLED_VISION`, :data:`TINY_RANDOM`, or a local ``.pth``
-    / ``.safetensors`` state dict of the LiteMedSAM architecture.
+    ``source`` is :data:`BUNDLED_VISION`, :data:`TINY_RANDOM`, a local ``.pth`` /
+    ``.safetensors`` state dict of the LiteMedSAM architecture, or a Hugging Face
+    ``SamModel`` folder (SAM, MedSAM ViT-B, … saved with ``save_pretrained``).
     """
 
     source: str = BUNDLED_VISION
-    #: side of the square encoder input, pixels
+    #: side of the square encoder input, pixels (a SAM folder brings its own size)
     image_size: int = 256
 
 

@@ -167,3 +167,37 @@ def test_checkpoint_of_another_base_is_refused(tmp_path, tiny_model):
         from_pretrained(path, device="cpu")
     with pytest.raises(CheckpointError, match="not a MedSegR checkpoint"):
         from_pretrained(tmp_path, device="cpu")
+
+
+def test_fast_llama_matches_the_hugging_face_forward(tiny_model, bank):
+    """The lean static-cache decoder gives the same tokens and [SEG] states as the
+    Hugging Face forward, across a follow-up turn that crops the cache."""
+    from medsegr.modeling.fast_llama import FastLlama, StaticKVCache, supports
+
+    _, visual = bank
+    assert supports(tiny_model.llm)
+    keys = _prompt_keys(tiny_model)
+    follow = keys + tiny_model.tokenizer.encode(
+        "The liver.<|im_end|>\n<|im_start|>user\nand the lesion?<|im_end|>\n<|im_start|>assistant\n",
+        add_special_tokens=False)
+    runs = {}
+    for fast in (False, True):
+        tiny_model.fast_llm = FastLlama(tiny_model.llm, capacity=16) if fast else None
+        try:
+            state = ConversationState()
+            handle = tiny_model.llm.get_output_embeddings().register_forward_hook(
+                _ForceSeg(tiny_model, {2, 5}))
+            try:
+                first = generate(tiny_model, keys, visual, 9, state)
+                second = generate(tiny_model, follow, visual, 6, state)
+            finally:
+                handle.remove()
+        finally:
+            tiny_model.fast_llm = None
+        runs[fast] = (first, second, state)
+    (a1, a2, _), (b1, b2, fast_state) = runs[False], runs[True]
+    assert isinstance(fast_state.cache, StaticKVCache) and fast_state.cache.capacity > 16  # grew
+    assert a1.token_ids == b1.token_ids and a2.token_ids == b2.token_ids
+    assert b2.reused_tokens == a2.reused_tokens > len(keys) - 2
+    torch.testing.assert_close(a1.seg_states, b1.seg_states, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a2.seg_states, b2.seg_states, rtol=1e-4, atol=1e-4)

@@ -125,3 +125,26 @@ def test_real_follow_up_reuses_the_image_embedding(real_pipeline):
     assert second.tokens["reused"] >= first.tokens["prompt"]
     assert second.timings["encode"] < 0.01
     assert first.text and second.text
+
+
+def test_real_fast_decoder_matches_the_hugging_face_forward(real_pipeline):
+    """On the real (int8, CPU) model, the lean decoder and the Hugging Face forward
+    give the same answer."""
+    import torch
+
+    from medsegr.modeling.generation import generate
+
+    model = real_pipeline.model
+    assert model.fast_llm is not None and model.llm_quantized == "int8-dynamic"
+    emb = model.encode_images(torch.rand(1, 1, 256, 256, generator=torch.Generator().manual_seed(0)))
+    visual = {"a": model.visual_tokens(emb)[0]}
+    keys = [("img", "a", i) for i in range(model.num_visual_tokens)] + model.tokenizer.encode(
+        "<|im_start|>user\nWhat organ is shown?<|im_end|>\n<|im_start|>assistant\n",
+        add_special_tokens=False)
+    fast = generate(model, keys, visual, 16)
+    saved, model.fast_llm = model.fast_llm, None
+    try:
+        reference = generate(model, keys, visual, 16)
+    finally:
+        model.fast_llm = saved
+    assert fast.token_ids == reference.token_ids

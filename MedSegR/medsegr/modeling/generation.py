@@ -74,25 +74,37 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     eos = model.eos_token_ids
     if state is None:
         state = ConversationState()
+    fast = getattr(model, "fast_llm", None) if use_cache else None
+
+    def step(embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed ``embeds`` after the cache; (last hidden state, last logits)."""
+        if fast is not None:
+            return fast.forward(embeds, state.cache)  # type: ignore[arg-type]
+        out = llm(inputs_embeds=embeds, past_key_values=state.cache, use_cache=True,
+                  output_hidden_states=True, logits_to_keep=1)
+        state.cache = out.past_key_values
+        return out.hidden_states[-1][0, -1], out.logits[0, -1]
+
     t0 = time.perf_counter()
     reused = 0
     if use_cache:
         reused = common_prefix(state.keys, keys) if state.cache is not None else 0
         reused = min(reused, len(keys) - 1)  # at least one position feeds the first logits
-        cache = state.cache
-        if cache is not None:
-            extra = cache.get_seq_length() - reused  # type: ignore[attr-defined]
+        if state.cache is not None:
+            extra = state.cache.get_seq_length() - reused  # type: ignore[attr-defined]
             if extra > 0:
-                cache.crop(-extra)  # type: ignore[attr-defined]  # drop what no longer matches
-        if reused == 0:
-            cache = None
-        out = llm(inputs_embeds=model.embed_keys(keys[reused:], visual_bank), past_key_values=cache,
-                  use_cache=True, output_hidden_states=True, logits_to_keep=1)
-        state.cache = out.past_key_values
+                state.cache.crop(-extra)  # type: ignore[attr-defined]  # drop what no longer matches
+        if fast is not None and state.cache is None:
+            state.cache = fast.new_cache(model.llm.get_input_embeddings().weight.dtype, model.device)
+        elif fast is None and reused == 0:
+            state.cache = None
+        state.keys = list(keys[:reused])
+        hidden, logits = step(model.embed_keys(keys[reused:], visual_bank))
         state.keys = list(keys)
     else:
         out = llm(inputs_embeds=model.embed_keys(keys, visual_bank), use_cache=False,
                   output_hidden_states=True, logits_to_keep=1)
+        hidden, logits = out.hidden_states[-1][0, -1], out.logits[0, -1]
     prefill_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -101,8 +113,7 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     seg_states: list[torch.Tensor] = []
     finished = False
     while True:
-        logits = out.logits[0, -1].float()
-        hidden = out.hidden_states[-1][0, -1]
+        logits = logits.float()
         if len(generated) < min_new_tokens:
             logits[list(eos)] = float("-inf")
         token = _select(logits, temperature, generator)
@@ -118,13 +129,12 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
             break
         seq.append(token)
         if use_cache:
-            out = llm(inputs_embeds=model.embed_keys([token], visual_bank),
-                      past_key_values=state.cache, use_cache=True, output_hidden_states=True)
-            state.cache = out.past_key_values
+            hidden, logits = step(model.embed_keys([token], visual_bank))
             state.keys.append(token)
         else:
             out = llm(inputs_embeds=model.embed_keys(seq, visual_bank), use_cache=False,
                       output_hidden_states=True, logits_to_keep=1)
+            hidden, logits = out.hidden_states[-1][0, -1], out.logits[0, -1]
     decode_s = time.perf_counter() - t1
     hidden_size = int(llm.config.hidden_size)
     states = (torch.stack(seg_states) if seg_states

@@ -3,6 +3,8 @@
 - Vision encoder: batch-norms folded into the preceding convolutions
   (``torch.nn.utils.fusion.fuse_conv_bn_eval``, exact up to rounding) and
   channels-last memory layout, which the CPU convolution kernels prefer.
+- LLM: a lean Llama forward with a static KV cache (:mod:`medsegr.modeling.fast_llama`)
+  for architectures it covers.
 - LLM on CPU: dynamic int8 quantisation of every ``nn.Linear`` (int8 weights,
   activations quantised on the fly). Token-by-token decoding on CPU is
   bound by reading the weights from memory; int8 weights are 4x smaller than
@@ -123,32 +125,41 @@ def load_int8_llm(llm: nn.Module, path: Path) -> nn.Module:
     try:
         with safe_open(str(path), framework="pt") as handle:
             quantized = json.loads(handle.metadata()["quantized"])
+            keys = set(handle.keys())
             for name in quantized:
                 parent_name, _, child = name.rpartition(".")
                 parent = llm.get_submodule(parent_name) if parent_name else llm
                 old = getattr(parent, child)
                 qweight = torch._make_per_tensor_quantized_tensor(
-                    handle.get_tensor(f"{name}.qweight").clone(),
+                    handle.get_tensor(f"{name}.qweight"),
                     float(handle.get_tensor(f"{name}.qscale")[0]),
                     int(handle.get_tensor(f"{name}.qzero")[0]))
                 bias = handle.get_tensor(f"{name}.qbias").clone() \
-                    if f"{name}.qbias" in handle.keys() else None
-                new = _QLinear(qweight.shape[1], qweight.shape[0], bias_=bias is not None,
-                               dtype=torch.qint8)
-                new.set_weight_bias(qweight, bias)
+                    if f"{name}.qbias" in keys else None
+                out_features, in_features = qweight.shape
                 if isinstance(old, nn.Linear) and (old.in_features, old.out_features) != \
-                        (new.in_features, new.out_features):
+                        (in_features, out_features):
                     raise ValueError(f"{name}: shape mismatch")
+                # built 1x1 (cheap), then given its real packed weight: packing twice at
+                # full size is what makes the constructor slow
+                new = _QLinear(1, 1, bias_=bias is not None, dtype=torch.qint8)
+                new.set_weight_bias(qweight, bias)
+                new.in_features, new.out_features = in_features, out_features
                 setattr(parent, child, new)
             state = {k[len("float."):]: handle.get_tensor(k).clone()
-                     for k in handle.keys() if k.startswith("float.")}
+                     for k in keys if k.startswith("float.")}
     except (OSError, KeyError, ValueError, RuntimeError, AttributeError) as exc:
         path.unlink(missing_ok=True)
         raise WeightError(f"the int8 model cache {path} was unusable ({exc}); it was removed, "
                           "run again") from None
-    expected = {name for name, t in llm.state_dict().items()
-                if isinstance(t, torch.Tensor) and not t.is_quantized
-                and not any(name.startswith(q + ".") for q in quantized)}
+    expected = set()
+    for module_name, module in llm.named_modules():
+        if isinstance(module, _QLinear):
+            continue
+        prefix = f"{module_name}." if module_name else ""
+        expected.update(prefix + n for n, p in module._parameters.items() if p is not None)
+        expected.update(prefix + n for n, b in module._buffers.items()
+                        if b is not None and n not in module._non_persistent_buffers_set)
     if expected != set(state):
         path.unlink(missing_ok=True)
         diff = sorted(expected ^ set(state))
@@ -189,5 +200,8 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None) 
                 except OSError as exc:  # a read-only cache only costs start-up time
                     log.warning("cannot write the int8 cache %s: %s", int8_cache, exc)
         model.llm_quantized = "int8-dynamic"
+    from medsegr.modeling.fast_llama import FastLlama, supports
+
+    model.fast_llm = FastLlama(model.llm) if supports(model.llm) else None
     model.inference_only = True
     return model

@@ -67,6 +67,8 @@ class MedSegRModel(nn.Module):
         #: set by medsegr.modeling.inference_opt: the model can no longer be trained/saved
         self.inference_only = False
         self.llm_quantized: str | None = None
+        #: lean decoder over the LLM's modules (set by inference_opt), or None
+        self.fast_llm: Any = None
 
     # -- basic properties ----------------------------------------------------
     @property

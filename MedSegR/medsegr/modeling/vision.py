@@ -15,6 +15,7 @@ of the engine does not care which SAM variant is underneath. Shapes:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -88,11 +89,126 @@ class SamParts(nn.Module):
         return low_res
 
 
+class HFSamParts(SamParts):
+    """A Hugging Face ``SamModel`` folder (SAM, MedSAM, … saved with ``save_pretrained``)
+    behind the :class:`SamParts` API.
+
+    Pixels are scaled to 0..255 and normalised with the folder's
+    ``preprocessor_config.json`` mean/std (SAM's ImageNet values when absent).
+    """
+
+    def __init__(self, sam: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__(sam.vision_encoder, sam.prompt_encoder, sam.mask_decoder,
+                         image_size=int(sam.config.vision_config.image_size))
+        self.shared_image_embedding = sam.shared_image_embedding
+        self.embedding_size = int(sam.config.prompt_encoder_config.image_embedding_size)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.prompt_encoder.hidden_size) if hasattr(self.prompt_encoder, "hidden_size") \
+            else int(self.prompt_encoder.no_mask_embed.weight.shape[1])
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.shape[1] == 1:
+            pixels = pixels.expand(-1, 3, -1, -1)
+        x = (pixels * 255.0 - self.pixel_mean.to(pixels.dtype)) / self.pixel_std.to(pixels.dtype)
+        return self.image_encoder(x)[0]
+
+    def prompt(self, extra_sparse: torch.Tensor | None, boxes: torch.Tensor | None = None,
+               points: tuple[torch.Tensor, torch.Tensor] | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        sparse, dense = self.prompt_encoder(
+            input_points=None if points is None else points[0][:, None],
+            input_labels=None if points is None else points[1][:, None],
+            input_boxes=None if boxes is None else boxes[:, None], input_masks=None)
+        sparse = sparse[:, 0] if sparse is not None else None
+        batch = extra_sparse.shape[0] if extra_sparse is not None else dense.shape[0]
+        if sparse is None:
+            sparse = dense.new_zeros((batch, 0, dense.shape[1]))
+        elif sparse.shape[0] != batch:
+            sparse = sparse.expand(batch, -1, -1)
+        if dense.shape[0] != batch:
+            dense = dense[:1].expand(batch, -1, -1, -1)
+        if extra_sparse is not None:
+            sparse = torch.cat([extra_sparse.to(sparse.dtype), sparse], dim=1)
+        return sparse, dense
+
+    def _image_pe(self) -> torch.Tensor:
+        size = self.embedding_size
+        weight = self.shared_image_embedding.positional_embedding
+        grid = torch.ones((size, size), device=weight.device, dtype=weight.dtype)
+        y = (grid.cumsum(dim=0) - 0.5) / size
+        x = (grid.cumsum(dim=1) - 0.5) / size
+        return self.shared_image_embedding(torch.stack([x, y], dim=-1)).permute(2, 0, 1)[None]
+
+    def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor,
+               dense: torch.Tensor) -> torch.Tensor:
+        batch = sparse.shape[0]
+        if embeddings.shape[0] != batch:
+            embeddings = embeddings.expand(batch, -1, -1, -1)
+        pe = self._image_pe().to(embeddings.dtype).expand(batch, -1, -1, -1)
+        masks, _ = self.mask_decoder(image_embeddings=embeddings, image_positional_embeddings=pe,
+                                     sparse_prompt_embeddings=sparse[:, None].to(embeddings.dtype),
+                                     dense_prompt_embeddings=dense.to(embeddings.dtype),
+                                     multimask_output=False)
+        low_res = masks[:, 0]
+        if low_res.shape[-1] != self.image_size:
+            low_res = F.interpolate(low_res.float(), size=(self.image_size, self.image_size),
+                                    mode="bilinear", align_corners=False)
+        return low_res
+
+
+def _is_hf_sam_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not (path.is_dir() and config.is_file()):
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("model_type") == "sam"
+    except ValueError:
+        return False
+
+
+def build_hf_sam(path: Path, cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
+    """Load a Hugging Face ``SamModel`` folder."""
+    from transformers import SamModel
+
+    from medsegr.modeling.language import _folder_hashes
+
+    try:
+        sam = SamModel.from_pretrained(str(path), dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise WeightError(f"cannot load a SAM model from {path}: {exc}") from None
+    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
+    pre = path / "preprocessor_config.json"
+    if pre.is_file():
+        try:
+            data = json.loads(pre.read_text(encoding="utf-8"))
+            scale = float(data.get("rescale_factor", 1 / 255)) * 255.0
+            mean = [m / scale for m in data.get("image_mean", [v / 255 for v in mean])] \
+                if data.get("do_normalize", True) else [0.0, 0.0, 0.0]
+            std = [s / scale for s in data.get("image_std", [v / 255 for v in std])] \
+                if data.get("do_normalize", True) else [255.0 * scale] * 3
+            mean = [m * 255.0 for m in mean] if max(mean) <= 1.0 else mean
+            std = [s * 255.0 for s in std] if max(std) <= 1.0 else std
+        except (ValueError, TypeError) as exc:
+            raise WeightError(f"cannot read {pre}: {exc}") from None
+    parts = HFSamParts(sam, mean, std)
+    if cfg.image_size not in (256, parts.image_size):
+        raise WeightError(f"{path} takes {parts.image_size}x{parts.image_size} inputs, "
+                          f"not vision.image_size = {cfg.image_size}")
+    return parts, {"name": path.name, "path": str(path), "kind": "hf-sam", **_folder_hashes(path)}
+
+
 def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
     """Build the vision part named by ``cfg.source``; returns it and its provenance.
 
     The weight file is located and verified before anything is imported or built.
     """
+    if cfg.source not in (BUNDLED_VISION, TINY_RANDOM) and \
+            _is_hf_sam_folder(Path(cfg.source).expanduser()):
+        return build_hf_sam(Path(cfg.source).expanduser(), cfg)
     if cfg.image_size != 256:
         raise WeightError("the LiteMedSAM architecture takes 256x256 inputs (vision.image_size = 256)")
     tiny = cfg.source == TINY_RANDOM

@@ -1,0 +1,75 @@
+"""Any SAM-family model saved in Hugging Face format (SAM, MedSAM ViT-B, …) can be the
+grounding module: a tiny random SamModel folder stands in for the real multi-GB ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import force_seg
+
+
+@pytest.fixture(scope="module")
+def sam_folder(tmp_path_factory):
+    from transformers import SamConfig, SamModel
+    from transformers.models.sam.configuration_sam import (SamMaskDecoderConfig,
+                                                            SamPromptEncoderConfig,
+                                                            SamVisionConfig)
+
+    vision = SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                             image_size=128, patch_size=16, output_channels=32, mlp_dim=64,
+                             num_pos_feats=16, global_attn_indexes=[1], window_size=4)
+    prompt = SamPromptEncoderConfig(hidden_size=32, image_size=128, patch_size=16,
+                                    image_embedding_size=8, mask_input_channels=4)
+    decoder = SamMaskDecoderConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   mlp_dim=64, iou_head_hidden_dim=32)
+    torch.manual_seed(0)
+    sam = SamModel(SamConfig(vision_config=vision.to_dict(), prompt_encoder_config=prompt.to_dict(),
+                             mask_decoder_config=decoder.to_dict()))
+    folder = tmp_path_factory.mktemp("sam")
+    sam.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sam_model(sam_folder):
+    from medsegr.config import MedSegRConfig
+    from medsegr.modeling.builder import build_model
+
+    cfg = MedSegRConfig.tiny()
+    cfg.vision.source = str(sam_folder)
+    return build_model(cfg, device="cpu")
+
+
+def test_hf_sam_parts_shapes(sam_model):
+    from medsegr.modeling.vision import HFSamParts
+
+    assert isinstance(sam_model.vision, HFSamParts)
+    assert sam_model.vision.image_size == 128 and sam_model.vision.embed_dim == 32
+    assert sam_model.provenance["vision"]["kind"] == "hf-sam"
+    emb = sam_model.encode_images(torch.rand(2, 1, 128, 128))
+    assert emb.shape == (2, 32, 8, 8)
+    prompts = sam_model.seg_prompts(torch.randn(2, sam_model.llm.config.hidden_size))
+    assert prompts.shape == (2, 32)
+    box = torch.tensor([[5.0, 5.0, 60.0, 70.0]])
+    points = (torch.tensor([[[20.0, 30.0]]]), torch.tensor([[1]]))
+    assert sam_model.decode_masks(emb, prompts, boxes=box, points=points).shape == (2, 128, 128)
+
+
+def test_hf_sam_in_the_pipeline(sam_model, anisotropic_volume, tmp_path):
+    from medsegr.checkpoint import from_pretrained, save_pretrained
+    from medsegr.pipeline import Hints, MedSegRPipeline
+
+    img, _ = anisotropic_volume
+    session = MedSegRPipeline(sam_model).new_session(img)
+    with force_seg(sam_model, {1}):
+        answer = session.ask("Segment the organ.", slice_index=6, hints=Hints(box=(5, 5, 40, 30)))
+    assert len(answer.segments) == 1 and answer.segments[0].mask.shape == img.shape
+    assert not np.delete(answer.segments[0].mask, 6, axis=0).any()
+    path = save_pretrained(sam_model, tmp_path / "ckpt")
+    loaded = from_pretrained(path, device="cpu")
+    emb = loaded.encode_images(torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(1)))
+    prompts = torch.randn(1, 32, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(loaded.decode_masks(emb, prompts),
+                               sam_model.decode_masks(emb, prompts), rtol=1e-4, atol=1e-4)
