@@ -77,7 +77,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,13 +169,16 @@ class CpuSample:
         return cls(user + nice + system + irq + softirq, steal)
 
 
+def _clock_tick() -> float:
+    return float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+
+
 def busy_cores(seconds: float) -> float:
     """Average number of busy cores, machine-wide, over the next ``seconds``."""
-    tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
     a = CpuSample.now()
     time.sleep(seconds)
     b = CpuSample.now()
-    return (b.busy - a.busy) / tick / seconds
+    return (b.busy - a.busy) / _clock_tick() / seconds
 
 
 def children_cpu_s() -> float:
@@ -223,6 +226,41 @@ def _cuda_peak_mib(device: str) -> float | None:
     if device.startswith("cuda") and torch.cuda.is_available():
         return float(torch.cuda.max_memory_allocated()) / 2**20
     return None
+
+
+class Probe:
+    """Foreign CPU load while a block of worker code runs, and a pre-run wait for quiet.
+
+    ``with probe.measure() as load:`` then ``load.cores``: the average number of cores
+    that *other* processes kept busy during the block.
+    """
+
+    def __init__(self, wait_idle_s: float) -> None:
+        self.wait_idle_s = wait_idle_s
+        self.waited_s = 0.0
+        self.cores = 0.0
+
+    def wait_for_quiet(self) -> None:
+        """Wait up to ``wait_idle_s`` until other processes use < ``BUSY_CORES`` cores
+        (this process is asleep meanwhile)."""
+        t0 = time.monotonic()
+        while self.wait_idle_s > 0 and time.monotonic() - t0 < self.wait_idle_s:
+            if busy_cores(0.5) < BUSY_CORES:
+                break
+            time.sleep(2.0)
+        self.waited_s += time.monotonic() - t0
+
+    def measure(self) -> Self:
+        return self
+
+    def __enter__(self) -> Self:
+        self._cpu0, self._own0, self._t0 = CpuSample.now(), own_cpu_s(), time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        cpu1, own1, wall = CpuSample.now(), own_cpu_s(), time.monotonic() - self._t0
+        busy = (cpu1.busy - self._cpu0.busy) / _clock_tick()
+        self.cores = max(0.0, busy - (own1 - self._own0)) / wall if wall > 0 else 0.0
 
 
 def _bench_config() -> Any:
@@ -332,7 +370,7 @@ def _load_for_questions(device: str) -> tuple[Any, Any, dict[str, float]]:
                          "rss_after_load_mib": peak_rss_mib()}
 
 
-def worker_slice(device: str, reps: int) -> dict[str, Any]:
+def worker_slice(device: str, reps: int, probe: Probe) -> dict[str, Any]:
     """A fresh session per repetition, so every question encodes its slice."""
     pipe, image, setup = _load_for_questions(device)
     warm = pipe.new_session(image).ask(WARMUP_QUESTION, axis="axial", slice_index=SLICE_INDEX)
@@ -340,28 +378,32 @@ def worker_slice(device: str, reps: int) -> dict[str, Any]:
     runs = []
     session_s = []
     for _ in range(reps):
+        probe.wait_for_quiet()
         t = time.perf_counter()
         session = pipe.new_session(image)
         session_s.append(time.perf_counter() - t)
-        runs.append(_answer_record(
-            session.ask(QUESTION, axis="axial", slice_index=SLICE_INDEX)))
+        with probe.measure():
+            answer = session.ask(QUESTION, axis="axial", slice_index=SLICE_INDEX)
+        runs.append({**_answer_record(answer), "foreign_cores": probe.cores})
     return {**setup, "image_shape": list(image.shape), "warmup": _answer_record(warm),
-            "new_session_s": session_s, "runs": runs}
+            "new_session_s": session_s, "runs": runs, "waited_s": probe.waited_s}
 
 
-def worker_followup(device: str, reps: int) -> dict[str, Any]:
+def worker_followup(device: str, reps: int, probe: Probe) -> dict[str, Any]:
     """First question, then a follow-up on the same session and slice."""
     pipe, image, setup = _load_for_questions(device)
     warm = pipe.new_session(image).ask(WARMUP_QUESTION, axis="axial", slice_index=SLICE_INDEX)
     pairs = []
     for _ in range(reps):
+        probe.wait_for_quiet()
         session = pipe.new_session(image)
-        first = session.ask(QUESTION, axis="axial", slice_index=SLICE_INDEX)
-        follow = session.ask(FOLLOWUP_QUESTION, axis="axial", slice_index=SLICE_INDEX)
+        with probe.measure():
+            first = session.ask(QUESTION, axis="axial", slice_index=SLICE_INDEX)
+            follow = session.ask(FOLLOWUP_QUESTION, axis="axial", slice_index=SLICE_INDEX)
         f_rec, u_rec = _answer_record(first), _answer_record(follow)
-        pairs.append({"first": f_rec, "followup": u_rec,
+        pairs.append({"first": f_rec, "followup": u_rec, "foreign_cores": probe.cores,
                       "ratio": u_rec["timings"]["total"] / f_rec["timings"]["total"]})
-    return {**setup, "warmup": _answer_record(warm), "pairs": pairs}
+    return {**setup, "warmup": _answer_record(warm), "pairs": pairs, "waited_s": probe.waited_s}
 
 
 def _sub_volume(image: Any, count: int) -> tuple[Any, int, int]:
@@ -385,7 +427,7 @@ def _sub_volume(image: Any, count: int) -> tuple[Any, int, int]:
     return volume, lo, axis
 
 
-def worker_volume(device: str, count: int) -> dict[str, Any]:
+def worker_volume(device: str, count: int, probe: Probe) -> dict[str, Any]:
     """A volume question on ``count`` slices; see the module notes on ``[SEG]``."""
     import medsegr.pipeline as pipeline_mod
     import torch
@@ -439,10 +481,12 @@ def worker_volume(device: str, count: int) -> dict[str, Any]:
     if real_keep is not None:
         setattr(pipeline_mod, "keep_connected", keep_probe)  # noqa: B010 (not re-exported by the module)
     try:
+        probe.wait_for_quiet()
         t = time.perf_counter()
         session = pipe.new_session(volume)
         new_session_s = time.perf_counter() - t
-        answer = session.ask(VOLUME_QUESTION, axis="axial", volume=True)
+        with probe.measure():
+            answer = session.ask(VOLUME_QUESTION, axis="axial", volume=True)
     finally:
         setattr(pipeline_mod, "generate", real_generate)  # noqa: B010 (not re-exported by the module)
         pipeline_mod.ChatSession.embeddings = real_embeddings  # type: ignore[method-assign]
@@ -455,6 +499,7 @@ def worker_volume(device: str, count: int) -> dict[str, Any]:
             "new_session_s": new_session_s, "warmup": _answer_record(warm),
             "answer": record, "voxels": [int(s.voxels) for s in answer.segments],
             "forced_seg": forced["used"], "forced_seg_s": float(forced["seconds"]),
+            "foreign_cores": probe.cores, "waited_s": probe.waited_s,
             "rss_milestones_mib": {"after_load": setup["rss_after_load_mib"],
                                    "after_warmup": setup["rss_after_warmup_mib"],
                                    **milestones, "end": peak_rss_mib()}}
@@ -463,14 +508,15 @@ def worker_volume(device: str, count: int) -> dict[str, Any]:
 def run_worker(args: argparse.Namespace) -> int:
     """Entry point of ``--worker NAME``: run it, print one JSON line."""
     name = args.worker
+    probe = Probe(args.wait_idle)
     if name in ("cold-first", "cold-cached", "cold-priming"):
         result = worker_cold(args.device, args.spawn)
     elif name == "slice":
-        result = worker_slice(args.device, args.reps)
+        result = worker_slice(args.device, args.reps, probe)
     elif name == "followup":
-        result = worker_followup(args.device, args.reps)
+        result = worker_followup(args.device, args.reps, probe)
     elif name == "volume":
-        result = worker_volume(args.device, args.volume_slices)
+        result = worker_volume(args.device, args.volume_slices, probe)
     else:
         raise SystemExit(f"unknown worker {name!r}")
     result.update({
@@ -565,7 +611,8 @@ class Bench:
         t0 = time.monotonic()
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name,
                "--device", self.device, "--reps", str(reps),
-               "--volume-slices", str(self.plan.volume_slices), "--spawn", repr(t0)]
+               "--volume-slices", str(self.plan.volume_slices), "--spawn", repr(t0),
+               "--wait-idle", repr(self.wait_idle_s)]
         try:
             proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
                                   timeout=WORKER_TIMEOUT_S, check=False)
@@ -576,7 +623,7 @@ class Bench:
             rc = -1
         wall = time.monotonic() - t0
         cpu1, child1 = CpuSample.now(), children_cpu_s()
-        tick = float(os.sysconf("SC_CLK_TCK")) if hasattr(os, "sysconf") else 100.0
+        tick = _clock_tick()
         busy_s = (cpu1.busy - cpu0.busy) / tick
         foreign = max(0.0, busy_s - (child1 - child0)) / wall if wall > 0 else 0.0
         steal = (cpu1.steal - cpu0.steal) / tick / wall if wall > 0 else 0.0
@@ -688,6 +735,8 @@ def summarise(bench: Bench) -> dict[str, Any]:
                         "new_session_s": spread(sl[0]["new_session_s"]),
                         "warmup_total_s": sl[0]["warmup"]["timings"]["total"],
                         "load_s": sl[0]["load_s"], "answer": runs[0]["text"],
+                        "foreign_cores_per_run": [r.get("foreign_cores") for r in runs],
+                        "quiet": _quiet_spread(runs, lambda r: r["timings"]["total"]),
                         "rss_after_load_mib": sl[0].get("rss_after_load_mib"),
                         "rss_after_warmup_mib": sl[0].get("rss_after_warmup_mib")}
     fu = good("followup")
@@ -698,6 +747,8 @@ def summarise(bench: Bench) -> dict[str, Any]:
             "first_total_s": spread([p["first"]["timings"]["total"] for p in pairs]),
             "followup_total_s": spread([p["followup"]["timings"]["total"] for p in pairs]),
             "ratio": spread([p["ratio"] for p in pairs]),
+            "foreign_cores_per_run": [p.get("foreign_cores") for p in pairs],
+            "quiet_ratio": _quiet_spread(pairs, lambda p: p["ratio"]),
             "followup_timings": {k: median([p["followup"]["timings"][k] for p in pairs])
                                  for k in ("encode", "prefill", "decode", "masks")},
             "first_timings": {k: median([p["first"]["timings"][k] for p in pairs])
@@ -722,8 +773,17 @@ def summarise(bench: Bench) -> dict[str, Any]:
             "segments": v["answer"]["segments"], "voxels": v["voxels"],
             "forced_seg": v["forced_seg"], "forced_seg_s": v["forced_seg_s"],
             "key_slices": v["key_slices"], "new_session_s": v["new_session_s"],
-            "rss_milestones_mib": v.get("rss_milestones_mib", {})}
+            "rss_milestones_mib": v.get("rss_milestones_mib", {}),
+            "foreign_cores_during_ask": v.get("foreign_cores")}
     return out
+
+
+def _quiet_spread(runs: list[dict[str, Any]], value: Callable[[dict[str, Any]], float]
+                  ) -> dict[str, Any]:
+    """Median/min/max of ``value`` over the runs during which other processes used
+    fewer than ``BUSY_CORES`` cores, and how many such runs there were."""
+    quiet = [value(r) for r in runs if r.get("foreign_cores", 0.0) < BUSY_CORES]
+    return {"runs": len(quiet), "of": len(runs), **(spread(quiet) if quiet else {})}
 
 
 def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -733,12 +793,19 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
                  "value": cached, "unit": "s", "limit": TARGET_COLD_CACHED_S,
                  "result": ok(cached, TARGET_COLD_CACHED_S)})
     sl = summary.get("slice", {}).get("timings", {}).get("total", {}).get("median")
+    quiet = summary.get("slice", {}).get("quiet", {})
     rows.append({"target": f"slice question, {ANSWER_TOKENS}-token answer (median)",
                  "value": sl, "unit": "s", "limit": TARGET_SLICE_S,
-                 "result": ok(sl, TARGET_SLICE_S)})
+                 "result": ok(sl, TARGET_SLICE_S), "quiet": quiet.get("median"),
+                 "quiet_runs": f"{quiet.get('runs', 0)}/{quiet.get('of', 0)}",
+                 "quiet_result": ok(quiet.get("median"), TARGET_SLICE_S)})
     ratio = summary.get("followup", {}).get("ratio", {}).get("median")
+    quiet = summary.get("followup", {}).get("quiet_ratio", {})
     rows.append({"target": "follow-up / first question (median)", "value": ratio, "unit": "x",
-                 "limit": TARGET_FOLLOWUP_RATIO, "result": ok(ratio, TARGET_FOLLOWUP_RATIO)})
+                 "limit": TARGET_FOLLOWUP_RATIO, "result": ok(ratio, TARGET_FOLLOWUP_RATIO),
+                 "quiet": quiet.get("median"),
+                 "quiet_runs": f"{quiet.get('runs', 0)}/{quiet.get('of', 0)}",
+                 "quiet_result": ok(quiet.get("median"), TARGET_FOLLOWUP_RATIO)})
     peaks: dict[str, float] = {k: float(v["peak_rss_mib"]) for k, v in summary.items()
                                if isinstance(v, dict) and v.get("peak_rss_mib") is not None}
     worst = max(peaks, key=lambda k: peaks[k]) if peaks else None
@@ -875,11 +942,19 @@ def render(bench: Bench, summary: dict[str, Any], machine: dict[str, Any]) -> st
         missing.append("5. volume")
     lines.append("")
 
-    lines += ["### Targets", "", "| Target | Value | Limit | Result |", "|---|---:|---:|:---:|"]
+    lines += ["### Targets", "",
+              ("| Target | Value | Limit | Result | Quiet repetitions only (other CPU "
+               f"< {BUSY_CORES} cores) |"),
+              "|---|---:|---:|:---:|---|"]
     for row in targets(summary):
         digits = 0 if row["unit"] == "MiB" else 2
+        quiet_cell = "–"
+        if "quiet" in row:
+            quiet_cell = (f"{_f(row['quiet'], digits)} {row['unit']} ({row['quiet_runs']} runs): "
+                          f"{row['quiet_result']}")
         lines.append(f"| {row['target']} | {_f(row['value'], digits)} {row['unit']} "
-                     f"| ≤ {_f(row['limit'], digits)} {row['unit']} | **{row['result']}** |")
+                     f"| ≤ {_f(row['limit'], digits)} {row['unit']} | **{row['result']}** "
+                     f"| {quiet_cell} |")
     lines.append("")
 
     notes: list[str] = []
@@ -893,6 +968,14 @@ def render(bench: Bench, summary: dict[str, Any], machine: dict[str, Any]) -> st
                      f"not in them. Untimed warm-up question: {_f(s['warmup_total_s'])} s. "
                      f"Tokens generated: {s['generated_tokens']}; tok/s = generated / decode "
                      "time.")
+    if s and any(c is not None for c in s.get("foreign_cores_per_run", [])):
+        loads = ", ".join(_f(c) for c in s["foreign_cores_per_run"])
+        notes.append(f"Slice question: other processes' CPU load (cores) during each "
+                     f"repetition: {loads}.")
+    if fu and any(c is not None for c in fu.get("foreign_cores_per_run", [])):
+        loads = ", ".join(_f(c) for c in fu["foreign_cores_per_run"])
+        notes.append(f"Follow-up pairs: other processes' CPU load (cores) during each pair: "
+                     f"{loads}.")
     if v and v["forced_seg"]:
         notes.append(f"Volume: the base model's answer had no [SEG], so one was appended "
                      f"(real LLM hidden state, {_f(v['forced_seg_s'])} s, excluded from the "

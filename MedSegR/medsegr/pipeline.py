@@ -230,9 +230,10 @@ class ChatSession:
         raw = [s for a, s in enumerate(self.image.shape) if a != view.axis]
         return (raw[1], raw[0]) if view.transpose else (raw[0], raw[1])
 
-    def embeddings(self, axis: int, indices: Sequence[int], batch_size: int = 8) -> tuple[torch.Tensor, int]:
-        """Image embeddings ``(len(indices), C, h, w)`` of the given slices, computing
-        only those not cached yet; returns them and how many were computed."""
+    def embeddings(self, axis: int, indices: Sequence[int],
+                   batch_size: int = 8) -> tuple[list[torch.Tensor], int]:
+        """Image embeddings (each ``(C, h, w)``) of the given slices, computing only
+        those not cached yet; returns them and how many were computed."""
         missing = [i for i in indices if (axis, i) not in self._embeddings]
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
@@ -244,7 +245,7 @@ class ChatSession:
             for i, e in zip(chunk, emb):
                 self._embeddings[(axis, i)] = e
         self.encoder_calls += len(missing)
-        return torch.stack([self._embeddings[(axis, i)] for i in indices]), len(missing)
+        return [self._embeddings[(axis, i)] for i in indices], len(missing)
 
     def _visual(self, image_id: str, embedding: torch.Tensor) -> None:
         if image_id not in self._visual_bank:
@@ -381,7 +382,7 @@ class ChatSession:
                            self.model.config.generation.max_new_tokens, None, use_cache=True)
         return gen.seg_states
 
-    def _decode(self, axis: int, indices: list[int], embeddings: torch.Tensor,
+    def _decode(self, axis: int, indices: list[int], embeddings: list[torch.Tensor],
                 seg_states: dict[int, torch.Tensor], j: int,
                 hints: tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None],
                 batch_size: int = 16) -> np.ndarray:
@@ -401,8 +402,9 @@ class ChatSession:
             prompts = torch.stack([prompts_by_key[min(key_list, key=lambda k: abs(k - i))]
                                    for i in chunk])
             with torch.no_grad(), self.pipeline.lock:
-                logits = self.model.decode_masks(embeddings[start:start + len(chunk)], prompts,
-                                                 boxes=box_t, points=pts)
+                logits = self.model.decode_masks(
+                    torch.stack(embeddings[start:start + len(chunk)]), prompts, boxes=box_t,
+                    points=pts)
                 grid = unletterbox(logits, box).cpu().numpy() > logit_cut
             for i, shown in zip(chunk, grid):
                 view = self.view(axis, i)

@@ -124,7 +124,8 @@ class FastLlama:
         end = start + steps
         cos, sin = self._rope(start, steps, embeds.dtype)
         mask = None
-        if steps > 1:
+        causal = steps > 1 and start == 0  # a fresh prompt: the fused causal kernel
+        if steps > 1 and start > 0:  # tokens after a cached prefix: explicit mask
             q_pos = torch.arange(start, end, device=embeds.device)[:, None]
             mask = torch.arange(end, device=embeds.device)[None, :] <= q_pos
         x = embeds
@@ -140,7 +141,7 @@ class FastLlama:
             cache.values[i, :, start:end] = v[0]
             out = F.scaled_dot_product_attention(
                 q, cache.keys[i, None, :, :end], cache.values[i, None, :, :end], attn_mask=mask,
-                enable_gqa=self.kv_heads != self.heads)
+                is_causal=causal, enable_gqa=self.kv_heads != self.heads)
             x = x + attn.o_proj(out.transpose(1, 2).reshape(1, steps, self.heads * self.head_dim))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         cache.length = end
