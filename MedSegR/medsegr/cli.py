@@ -131,6 +131,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
               "parts. Answers are not grounded in the image and masks are not meaningful.",
               file=sys.stderr)
     session = pipe.new_session(image, window=args.window)
+    session.show_progress = sys.stderr.isatty()
     answer = session.ask(question, axis=args.axis, slice_index=args.slice, volume=args.volume,
                          hints=hints, max_new_tokens=args.max_new_tokens)
     answer.timings["load_model"] = load_s

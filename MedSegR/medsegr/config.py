@@ -102,6 +102,11 @@ class GenerationConfig:
     temperature: float = 0.0
     #: key slices the LLM sees in volume mode (the mask decoder sees every slice)
     volume_key_slices: int = 1
+    #: slices per image-encoder call (0: automatic, 1 on CPU where larger batches are
+    #: slower per slice and cost ~1 GiB more, 16 on CUDA)
+    encoder_batch: int = 0
+    #: slices per mask-decoder call in volume mode
+    decoder_batch: int = 16
 
 
 @dataclass

@@ -216,6 +216,8 @@ class ChatSession:
         self._visual_bank: dict[str, torch.Tensor] = {}
         self._shown_image: str | None = None
         self.encoder_calls = 0  # slices encoded so far (for tests and the server's stats)
+        #: show a tqdm progress bar on stderr when many slices are encoded (the CLI sets it)
+        self.show_progress = False
         self.lock = threading.Lock()
 
     # -- embeddings ------------------------------------------------------------
@@ -231,10 +233,18 @@ class ChatSession:
         return (raw[1], raw[0]) if view.transpose else (raw[0], raw[1])
 
     def embeddings(self, axis: int, indices: Sequence[int],
-                   batch_size: int = 8) -> tuple[list[torch.Tensor], int]:
+                   batch_size: int | None = None) -> tuple[list[torch.Tensor], int]:
         """Image embeddings (each ``(C, h, w)``) of the given slices, computing only
         those not cached yet; returns them and how many were computed."""
+        if batch_size is None:
+            batch_size = self.model.config.generation.encoder_batch or (
+                1 if self.model.device.type == "cpu" else 16)
         missing = [i for i in indices if (axis, i) not in self._embeddings]
+        bar = None
+        if self.show_progress and len(missing) > 4:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(missing), desc="encoding slices", unit="slice", leave=False)
         for start in range(0, len(missing), batch_size):
             chunk = missing[start:start + batch_size]
             views = [self.view(axis, i) for i in chunk]
@@ -244,6 +254,10 @@ class ChatSession:
                 emb = self.model.encode_images(letterbox(stack, box))
             for i, e in zip(chunk, emb):
                 self._embeddings[(axis, i)] = e
+            if bar is not None:
+                bar.update(len(chunk))
+        if bar is not None:
+            bar.close()
         self.encoder_calls += len(missing)
         return [self._embeddings[(axis, i)] for i in indices], len(missing)
 
@@ -385,7 +399,7 @@ class ChatSession:
     def _decode(self, axis: int, indices: list[int], embeddings: list[torch.Tensor],
                 seg_states: dict[int, torch.Tensor], j: int,
                 hints: tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None],
-                batch_size: int = 16) -> np.ndarray:
+                ) -> np.ndarray:
         """Decode segment ``j`` on every slice in ``indices``; each slice uses the
         ``[SEG]`` state of the nearest key slice that produced segment ``j``."""
         have = {k: s[j] for k, s in seg_states.items() if s.shape[0] > j}
@@ -395,6 +409,7 @@ class ChatSession:
         box = self._letterbox(view0)
         mask = np.zeros(self.image.shape, dtype=bool)
         threshold = self.model.config.model.mask_threshold
+        batch_size = max(1, self.model.config.generation.decoder_batch)
         logit_cut = float(np.log(threshold / (1 - threshold)))
         box_t, pts = hints
         for start in range(0, len(indices), batch_size):
