@@ -106,7 +106,7 @@ class GenerationConfig:
     #: slower per slice and cost ~1 GiB more, 16 on CUDA)
     encoder_batch: int = 0
     #: slices per mask-decoder call in volume mode
-    decoder_batch: int = 16
+    decoder_batch: int = 4
 
 
 @dataclass

@@ -118,34 +118,50 @@ def save_int8_llm(llm: nn.Module, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _load_qlinear(llm: nn.Module, handle: Any, name: str, has_bias: bool) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = llm.get_submodule(parent_name) if parent_name else llm
+    old = getattr(parent, child)
+    qweight = torch._make_per_tensor_quantized_tensor(
+        handle.get_tensor(f"{name}.qweight"), float(handle.get_tensor(f"{name}.qscale")[0]),
+        int(handle.get_tensor(f"{name}.qzero")[0]))
+    bias = handle.get_tensor(f"{name}.qbias").clone() if has_bias else None
+    out_features, in_features = qweight.shape
+    if isinstance(old, nn.Linear) and (old.in_features, old.out_features) != \
+            (in_features, out_features):
+        raise ValueError(f"{name}: shape mismatch")
+    # built 1x1 (cheap), then given its real packed weight: the constructor would
+    # otherwise pack a full-size zero weight first
+    new = _QLinear(1, 1, bias_=bias is not None, dtype=torch.qint8)
+    new.set_weight_bias(qweight, bias)
+    new.in_features, new.out_features = in_features, out_features
+    setattr(parent, child, new)
+
+
+def _module_groups(names: list[str], size: int = 8) -> list[list[str]]:
+    """Quantised module names in groups of about one transformer layer."""
+    return [names[i:i + size] for i in range(0, len(names), size)]
+
+
 def load_int8_llm(llm: nn.Module, path: Path) -> nn.Module:
-    """Fill an LLM skeleton from :func:`save_int8_llm`'s file (in place)."""
+    """Fill an LLM skeleton from :func:`save_int8_llm`'s file (in place).
+
+    The file is opened once per group of modules: a memory-mapped file keeps every
+    page it has served resident until it is closed, so reading it in one go would
+    hold the whole file in memory on top of the packed weights.
+    """
     from safetensors import safe_open
 
     try:
         with safe_open(str(path), framework="pt") as handle:
             quantized = json.loads(handle.metadata()["quantized"])
             keys = set(handle.keys())
-            for name in quantized:
-                parent_name, _, child = name.rpartition(".")
-                parent = llm.get_submodule(parent_name) if parent_name else llm
-                old = getattr(parent, child)
-                qweight = torch._make_per_tensor_quantized_tensor(
-                    handle.get_tensor(f"{name}.qweight"),
-                    float(handle.get_tensor(f"{name}.qscale")[0]),
-                    int(handle.get_tensor(f"{name}.qzero")[0]))
-                bias = handle.get_tensor(f"{name}.qbias").clone() \
-                    if f"{name}.qbias" in keys else None
-                out_features, in_features = qweight.shape
-                if isinstance(old, nn.Linear) and (old.in_features, old.out_features) != \
-                        (in_features, out_features):
-                    raise ValueError(f"{name}: shape mismatch")
-                # built 1x1 (cheap), then given its real packed weight: packing twice at
-                # full size is what makes the constructor slow
-                new = _QLinear(1, 1, bias_=bias is not None, dtype=torch.qint8)
-                new.set_weight_bias(qweight, bias)
-                new.in_features, new.out_features = in_features, out_features
-                setattr(parent, child, new)
+        for group in _module_groups(quantized):
+            with safe_open(str(path), framework="pt") as handle, warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch's notice on quantized tensor creation
+                for name in group:
+                    _load_qlinear(llm, handle, name, f"{name}.qbias" in keys)
+        with safe_open(str(path), framework="pt") as handle:
             state = {k[len("float."):]: handle.get_tensor(k).clone()
                      for k in keys if k.startswith("float.")}
     except (OSError, KeyError, ValueError, RuntimeError, AttributeError) as exc:
