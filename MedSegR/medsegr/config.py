@@ -107,6 +107,9 @@ class GenerationConfig:
     encoder_batch: int = 0
     #: slices per mask-decoder call in volume mode
     decoder_batch: int = 4
+    #: storage type of the cached slice embeddings ("float16" halves a volume's cache;
+    #: "float32" keeps the encoder's output exactly)
+    embedding_cache_dtype: str = "float16"
 
 
 @dataclass

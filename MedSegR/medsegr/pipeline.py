@@ -218,6 +218,11 @@ class ChatSession:
         self.encoder_calls = 0  # slices encoded so far (for tests and the server's stats)
         #: show a tqdm progress bar on stderr when many slices are encoded (the CLI sets it)
         self.show_progress = False
+        name = self.model.config.generation.embedding_cache_dtype
+        if name not in ("float16", "bfloat16", "float32"):
+            raise InputError(f"generation.embedding_cache_dtype must be float16, bfloat16 or "
+                             f"float32, not {name!r}")
+        self._cache_dtype = getattr(torch, name)
         self.lock = threading.Lock()
 
     # -- embeddings ------------------------------------------------------------
@@ -234,8 +239,9 @@ class ChatSession:
 
     def embeddings(self, axis: int, indices: Sequence[int],
                    batch_size: int | None = None) -> tuple[list[torch.Tensor], int]:
-        """Image embeddings (each ``(C, h, w)``) of the given slices, computing only
-        those not cached yet; returns them and how many were computed."""
+        """Image embeddings (each ``(C, h, w)``, in the cache's storage type) of the given
+        slices, computing only those not cached yet; returns them and how many were
+        computed."""
         if batch_size is None:
             batch_size = self.model.config.generation.encoder_batch or (
                 1 if self.model.device.type == "cpu" else 16)
@@ -253,7 +259,7 @@ class ChatSession:
             with self.pipeline.lock:
                 emb = self.model.encode_images(letterbox(stack, box))
             for i, e in zip(chunk, emb):
-                self._embeddings[(axis, i)] = e
+                self._embeddings[(axis, i)] = e.to(self._cache_dtype).clone()
             if bar is not None:
                 bar.update(len(chunk))
         if bar is not None:
@@ -261,10 +267,14 @@ class ChatSession:
         self.encoder_calls += len(missing)
         return [self._embeddings[(axis, i)] for i in indices], len(missing)
 
+    def _work(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Cached embeddings -> the vision part's compute dtype."""
+        return embeddings.to(next(self.model.vision.mask_decoder.parameters()).dtype)
+
     def _visual(self, image_id: str, embedding: torch.Tensor) -> None:
         if image_id not in self._visual_bank:
             with torch.no_grad():
-                self._visual_bank[image_id] = self.model.visual_tokens(embedding[None])[0]
+                self._visual_bank[image_id] = self.model.visual_tokens(self._work(embedding[None]))[0]
 
     # -- prompts ----------------------------------------------------------------
     def _keys(self, turns: list[Turn]) -> list[Key]:
@@ -418,7 +428,7 @@ class ChatSession:
                                    for i in chunk])
             with torch.no_grad(), self.pipeline.lock:
                 logits = self.model.decode_masks(
-                    torch.stack(embeddings[start:start + len(chunk)]), prompts, boxes=box_t,
+                    self._work(torch.stack(embeddings[start:start + len(chunk)])), prompts, boxes=box_t,
                     points=pts)
                 grid = unletterbox(logits, box).cpu().numpy() > logit_cut
             for i, shown in zip(chunk, grid):
