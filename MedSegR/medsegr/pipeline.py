@@ -127,6 +127,7 @@ class MedSegRPipeline:
         self.model = model
         self.checkpoint = checkpoint
         self.lock = threading.RLock()  # one forward pass at a time on the model
+        self._prefix: ConversationState | None = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = "default", config: MedSegRConfig | None = None,
@@ -174,6 +175,34 @@ class MedSegRPipeline:
     def new_session(self, image: MedicalImage, window: str | None = None) -> "ChatSession":
         return ChatSession(self, image, window)
 
+    def prompt_prefix(self) -> ConversationState | None:
+        """KV cache of the text every conversation starts with (system prompt and the
+        opening of the first user turn, up to the image), computed once per pipeline
+        and forked into each new session, so a new session prefills only its image
+        and question. Only for the lean decoder's static cache."""
+        from medsegr.modeling.fast_llama import StaticKVCache
+
+        if self.model.fast_llm is None:
+            return None
+        with self.lock:
+            if self._prefix is None:
+                cfg = self.model.config
+                text = render(self.model.tokenizer, cfg.llm.system_prompt,
+                              [Turn(question="?", image_id="x")], cfg.model.image_token)
+                ids = self.model.tokenizer.encode(text, add_special_tokens=False)
+                prefix = [int(t) for t in ids[: ids.index(self.model.image_token_id)]]
+                state = ConversationState()
+                if prefix:
+                    state.cache = self.model.fast_llm.new_cache(
+                        self.model.llm.get_input_embeddings().weight.dtype, self.model.device)
+                    with torch.no_grad():
+                        self.model.fast_llm.forward(self.model.embed_keys(prefix, {}), state.cache)
+                    state.keys = list(prefix)
+                self._prefix = state
+            if not isinstance(self._prefix.cache, StaticKVCache):
+                return None
+            return ConversationState(keys=list(self._prefix.keys), cache=self._prefix.cache.fork())
+
 
 def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> Path | None:
     """The int8 LLM cache file for this model on CPU, or None where it does not apply."""
@@ -211,7 +240,7 @@ class ChatSession:
         self.image = image
         self.volume01 = normalise(image.array, image.modality, window)
         self.turns: list[Turn] = []
-        self.state = ConversationState()
+        self.state = pipeline.prompt_prefix() or ConversationState()
         self._embeddings: dict[tuple[int, int], torch.Tensor] = {}
         self._visual_bank: dict[str, torch.Tensor] = {}
         self._shown_image: str | None = None
@@ -381,7 +410,7 @@ class ChatSession:
         """Start a new conversation on the same image (embeddings are kept)."""
         with self.lock:
             self.turns = []
-            self.state.reset()
+            self.state = self.pipeline.prompt_prefix() or ConversationState()
             self._shown_image = None
 
     # -- helpers ------------------------------------------------------------------

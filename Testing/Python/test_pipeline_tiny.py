@@ -95,3 +95,30 @@ def test_bad_requests(tiny_pipeline, anisotropic_volume):
     with pytest.raises(InputError, match="2-D"):
         flat.ask("Whole volume?", volume=True)
     assert flat.ask("Anything here?").segments == []
+
+
+def test_shared_prompt_prefix_gives_the_same_answer(anisotropic_volume):
+    """New sessions start from a forked KV cache of the system prompt; the answer is
+    the one a session without it gives."""
+    from medsegr.config import MedSegRConfig
+    from medsegr.modeling.builder import build_model
+    from medsegr.modeling.fast_llama import FastLlama
+    from medsegr.pipeline import ChatSession, MedSegRPipeline
+
+    img, _ = anisotropic_volume
+    model = build_model(MedSegRConfig.tiny(), device="cpu")
+    model.fast_llm = FastLlama(model.llm)
+    pipe = MedSegRPipeline(model)
+    session = pipe.new_session(img)  # computes the prefix (outside the [SEG] hook)
+    with force_seg(model, {2}):
+        shared = session.ask("Segment the organ.", slice_index=6)
+    assert shared.tokens["reused"] > 10  # the system prompt came from the shared prefix
+    again = pipe.new_session(img)
+    assert again.state.cache is not pipe._prefix.cache  # forked, not shared
+    plain = ChatSession(pipe, img)
+    plain.state = type(plain.state)()  # no prefix
+    with force_seg(model, {2}):
+        alone = plain.ask("Segment the organ.", slice_index=6)
+    assert alone.tokens["reused"] == 0
+    assert shared.raw_text == alone.raw_text
+    np.testing.assert_array_equal(shared.segments[0].mask, alone.segments[0].mask)

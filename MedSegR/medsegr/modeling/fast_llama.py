@@ -65,6 +65,14 @@ class StaticKVCache:
             raise ValueError("crop takes a negative number of positions to remove")
         self.length = max(0, self.length + remove)
 
+    def fork(self) -> "StaticKVCache":
+        """A new cache holding a copy of this one's positions (a shared prompt prefix)."""
+        other = StaticKVCache(torch.empty_like(self.keys), torch.empty_like(self.values))
+        other.keys[:, :, : self.length] = self.keys[:, :, : self.length]
+        other.values[:, :, : self.length] = self.values[:, :, : self.length]
+        other.length = self.length
+        return other
+
     def reserve(self, total: int) -> None:
         if total <= self.capacity:
             return
