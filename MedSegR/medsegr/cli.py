@@ -112,6 +112,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             raise InputError(f"slice index {args.slice} is out of range "
                              f"(0..{image.shape[axis] - 1} along {args.axis})")
     config = MedSegRConfig.from_file(args.config) if args.config else None
+    _check_output_folder(Path(args.out))
 
     from medsegr.outputs import write_results
     from medsegr.pipeline import MedSegRPipeline
@@ -150,6 +151,15 @@ def cmd_ask(args: argparse.Namespace) -> int:
               f"{paths['answer'].name}, {paths['overlay'].name}")
         print(f"  time: {answer.timings['total']:.2f} s answer, {load_s:.2f} s model load")
     return EXIT_OK
+
+
+def _check_output_folder(out: Path) -> None:
+    """Refuse an output path that cannot become a folder of results, before any work."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is not a folder")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write results under {parent} (permission denied)")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

