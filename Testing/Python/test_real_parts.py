@@ -148,3 +148,13 @@ def test_real_fast_decoder_matches_the_hugging_face_forward(real_pipeline):
     finally:
         model.fast_llm = saved
     assert fast.token_ids == reference.token_ids
+
+
+def test_info_command(capsys):
+    from medsegr.cli import main
+
+    assert main(["info", "--device", "cpu"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["fine_tuned"] is False and info["device"] == "cpu"
+    assert info["llm_quantization"] == "int8-dynamic"
+    assert info["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
