@@ -188,10 +188,10 @@ def checkpoint_digest(path: str | Path) -> str:
     """SHA-256 over the files of a checkpoint folder (identifies its fine-tuned weights)."""
     import hashlib
 
-    from medsegr.weights import sha256_file
+    from medsegr.weights import cached_sha256
 
     digest = hashlib.sha256()
     for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode())
-        digest.update(sha256_file(file).encode())
+        digest.update(cached_sha256(file).encode())
     return digest.hexdigest()

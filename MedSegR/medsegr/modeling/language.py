@@ -11,7 +11,7 @@ from torch import nn
 
 from medsegr.config import BUNDLED_LLM, TINY_RANDOM, LLMConfig, LoraConfig
 from medsegr.errors import WeightError
-from medsegr.weights import SMOLLM2_GGUF, converted_gguf_dir, sha256_file, verify_file
+from medsegr.weights import SMOLLM2_GGUF, converted_gguf_dir, folder_hashes
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def load_language_model(cfg: LLMConfig, dtype: torch.dtype,
             AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise WeightError(f"cannot load a causal LM from {path}: {exc}") from None
-    provenance = {"name": path.name, "path": str(path), **_folder_hashes(path)}
+    provenance = {"name": path.name, "path": str(path), **folder_hashes(path)}
     return model, tokenizer, provenance
 
 
@@ -74,17 +74,6 @@ def _skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
     config = AutoConfig.from_pretrained(str(folder))
     with no_init_weights():
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
-
-
-def _folder_hashes(path: Path) -> dict[str, str]:
-    """SHA-256 of each weight file in a model folder (cached by size and mtime)."""
-    hashes = {}
-    for file in sorted(list(path.glob("*.safetensors")) + list(path.glob("*.gguf"))
-                       + list(path.glob("*.bin"))):
-        digest = sha256_file(file)
-        verify_file(file, file.stat().st_size, digest, file.name)
-        hashes[f"sha256:{file.name}"] = digest
-    return hashes
 
 
 def add_special_tokens(model: nn.Module, tokenizer: Any, tokens: list[str]) -> list[int]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from medsegr.config import BUNDLED_VISION, TINY_RANDOM, VisionConfig
 from medsegr.errors import WeightError
-from medsegr.weights import LITEMEDSAM, locate, sha256_file
+from medsegr.weights import LITEMEDSAM, cached_sha256, folder_hashes, locate
 
 
 class SamParts(nn.Module):
@@ -175,8 +175,6 @@ def build_hf_sam(path: Path, cfg: VisionConfig) -> tuple[SamParts, dict[str, str
     """Load a Hugging Face ``SamModel`` folder."""
     from transformers import SamModel
 
-    from medsegr.modeling.language import _folder_hashes
-
     try:
         sam = SamModel.from_pretrained(str(path), dtype=torch.float32)
     except (OSError, ValueError) as exc:
@@ -199,7 +197,7 @@ def build_hf_sam(path: Path, cfg: VisionConfig) -> tuple[SamParts, dict[str, str
     if cfg.image_size not in (256, parts.image_size):
         raise WeightError(f"{path} takes {parts.image_size}x{parts.image_size} inputs, "
                           f"not vision.image_size = {cfg.image_size}")
-    return parts, {"name": path.name, "path": str(path), "kind": "hf-sam", **_folder_hashes(path)}
+    return parts, {"name": path.name, "path": str(path), "kind": "hf-sam", **folder_hashes(path)}
 
 
 def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
@@ -223,7 +221,7 @@ def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
         path = Path(cfg.source).expanduser()
         if not path.is_file():
             raise WeightError(f"vision weights not found: {path}")
-        provenance = {"name": path.name, "path": str(path), "sha256": sha256_file(path)}
+        provenance = {"name": path.name, "path": str(path), "sha256": cached_sha256(path)}
     try:
         with warnings.catch_warnings():  # timm's notices about its own deprecated paths
             warnings.simplefilter("ignore", FutureWarning)
