@@ -73,3 +73,18 @@ def test_hf_sam_in_the_pipeline(sam_model, anisotropic_volume, tmp_path):
     prompts = torch.randn(1, 32, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(loaded.decode_masks(emb, prompts),
                                sam_model.decode_masks(emb, prompts), rtol=1e-4, atol=1e-4)
+
+
+def test_pixel_normalisation_from_the_processor_config():
+    from medsegr.modeling.vision import _pixel_normalisation
+
+    mean, std = _pixel_normalisation({})  # SAM's ImageNet values on the 0..255 scale
+    np.testing.assert_allclose(mean, [123.675, 116.28, 103.53])
+    np.testing.assert_allclose(std, [58.395, 57.12, 57.375])
+    mean, std = _pixel_normalisation({"do_normalize": False})  # x * rescale_factor only
+    np.testing.assert_allclose(mean, [0, 0, 0])
+    np.testing.assert_allclose(std, [255, 255, 255])
+    mean, std = _pixel_normalisation({"do_rescale": False, "image_mean": [100, 100, 100],
+                                      "image_std": [50, 50, 50]})
+    np.testing.assert_allclose(mean, [100, 100, 100])
+    np.testing.assert_allclose(std, [50, 50, 50])

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,8 @@ class SamParts(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return int(self.prompt_encoder.embed_dim)
+        """Width of the prompt tokens (the no-mask embedding has it in every SAM variant)."""
+        return int(self.prompt_encoder.no_mask_embed.weight.shape[1])
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(B, 1, S, S)`` in [0, 1] -> image embedding ``(B, C, h, w)``."""
@@ -101,15 +103,11 @@ class HFSamParts(SamParts):
     def __init__(self, sam: nn.Module, mean: list[float], std: list[float]) -> None:
         super().__init__(sam.vision_encoder, sam.prompt_encoder, sam.mask_decoder,
                          image_size=int(sam.config.vision_config.image_size))
+        # registered so that .to() moves it; the positional encoding comes from SamModel
         self.shared_image_embedding = sam.shared_image_embedding
-        self.embedding_size = int(sam.config.prompt_encoder_config.image_embedding_size)
+        self._image_pe = sam.get_image_wide_positional_embeddings
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.prompt_encoder.hidden_size) if hasattr(self.prompt_encoder, "hidden_size") \
-            else int(self.prompt_encoder.no_mask_embed.weight.shape[1])
 
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.shape[1] == 1:
@@ -135,14 +133,6 @@ class HFSamParts(SamParts):
         if extra_sparse is not None:
             sparse = torch.cat([extra_sparse.to(sparse.dtype), sparse], dim=1)
         return sparse, dense
-
-    def _image_pe(self) -> torch.Tensor:
-        size = self.embedding_size
-        weight = self.shared_image_embedding.positional_embedding
-        grid = torch.ones((size, size), device=weight.device, dtype=weight.dtype)
-        y = (grid.cumsum(dim=0) - 0.5) / size
-        x = (grid.cumsum(dim=1) - 0.5) / size
-        return self.shared_image_embedding(torch.stack([x, y], dim=-1)).permute(2, 0, 1)[None]
 
     def decode(self, embeddings: torch.Tensor, sparse: torch.Tensor,
                dense: torch.Tensor) -> torch.Tensor:
@@ -171,6 +161,18 @@ def _is_hf_sam_folder(path: Path) -> bool:
         return False
 
 
+def _pixel_normalisation(pre: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """Mean and std on the 0..255 scale from a SamImageProcessor configuration
+    (``(x * rescale_factor - mean) / std`` = ``(x - mean / r) / (std / r)``); SAM's
+    ImageNet values when the folder has none."""
+    r = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
+    if not pre.get("do_normalize", True):
+        return [0.0, 0.0, 0.0], [1.0 / r] * 3
+    mean = pre.get("image_mean", [0.485, 0.456, 0.406])
+    std = pre.get("image_std", [0.229, 0.224, 0.225])
+    return [float(m) / r for m in mean], [float(s) / r for s in std]
+
+
 def build_hf_sam(path: Path, cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
     """Load a Hugging Face ``SamModel`` folder."""
     from transformers import SamModel
@@ -179,20 +181,12 @@ def build_hf_sam(path: Path, cfg: VisionConfig) -> tuple[SamParts, dict[str, str
         sam = SamModel.from_pretrained(str(path), dtype=torch.float32)
     except (OSError, ValueError) as exc:
         raise WeightError(f"cannot load a SAM model from {path}: {exc}") from None
-    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]
     pre = path / "preprocessor_config.json"
-    if pre.is_file():
-        try:
-            data = json.loads(pre.read_text(encoding="utf-8"))
-            scale = float(data.get("rescale_factor", 1 / 255)) * 255.0
-            mean = [m / scale for m in data.get("image_mean", [v / 255 for v in mean])] \
-                if data.get("do_normalize", True) else [0.0, 0.0, 0.0]
-            std = [s / scale for s in data.get("image_std", [v / 255 for v in std])] \
-                if data.get("do_normalize", True) else [255.0 * scale] * 3
-            mean = [m * 255.0 for m in mean] if max(mean) <= 1.0 else mean
-            std = [s * 255.0 for s in std] if max(std) <= 1.0 else std
-        except (ValueError, TypeError) as exc:
-            raise WeightError(f"cannot read {pre}: {exc}") from None
+    try:
+        data = json.loads(pre.read_text(encoding="utf-8")) if pre.is_file() else {}
+        mean, std = _pixel_normalisation(data)
+    except (ValueError, TypeError) as exc:
+        raise WeightError(f"cannot read {pre}: {exc}") from None
     parts = HFSamParts(sam, mean, std)
     if cfg.image_size not in (256, parts.image_size):
         raise WeightError(f"{path} takes {parts.image_size}x{parts.image_size} inputs, "
