@@ -91,7 +91,6 @@ class FastLlama:
         if not supports(llm):
             raise ValueError("FastLlama covers Llama models with default rotary embeddings")
         cfg = llm.config
-        self.llm = llm
         base = llm.model
         self.layers = list(base.layers)
         self.norm = base.norm

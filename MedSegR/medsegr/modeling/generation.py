@@ -74,7 +74,7 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     eos = model.eos_token_ids
     if state is None:
         state = ConversationState()
-    fast = getattr(model, "fast_llm", None) if use_cache else None
+    fast = model.fast_llm if use_cache else None
 
     def step(embeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Feed ``embeds`` after the cache; (last hidden state, last logits)."""
@@ -83,6 +83,12 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
         out = llm(inputs_embeds=embeds, past_key_values=state.cache, use_cache=True,
                   output_hidden_states=True, logits_to_keep=1)
         state.cache = out.past_key_values
+        return out.hidden_states[-1][0, -1], out.logits[0, -1]
+
+    def rerun(sequence: list[Key]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference path: the whole sequence again, no cache."""
+        out = llm(inputs_embeds=model.embed_keys(sequence, visual_bank), use_cache=False,
+                  output_hidden_states=True, logits_to_keep=1)
         return out.hidden_states[-1][0, -1], out.logits[0, -1]
 
     t0 = time.perf_counter()
@@ -102,9 +108,7 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
         hidden, logits = step(model.embed_keys(keys[reused:], visual_bank))
         state.keys = list(keys)
     else:
-        out = llm(inputs_embeds=model.embed_keys(keys, visual_bank), use_cache=False,
-                  output_hidden_states=True, logits_to_keep=1)
-        hidden, logits = out.hidden_states[-1][0, -1], out.logits[0, -1]
+        hidden, logits = rerun(keys)
     prefill_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -132,9 +136,7 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
             hidden, logits = step(model.embed_keys([token], visual_bank))
             state.keys.append(token)
         else:
-            out = llm(inputs_embeds=model.embed_keys(seq, visual_bank), use_cache=False,
-                      output_hidden_states=True, logits_to_keep=1)
-            hidden, logits = out.hidden_states[-1][0, -1], out.logits[0, -1]
+            hidden, logits = rerun(seq)
     decode_s = time.perf_counter() - t1
     hidden_size = int(llm.config.hidden_size)
     states = (torch.stack(seg_states) if seg_states

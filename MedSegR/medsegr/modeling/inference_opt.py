@@ -188,7 +188,6 @@ def load_int8_llm(llm: nn.Module, path: Path) -> nn.Module:
             owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
         else:
             owner._buffers[attr] = tensor
-    llm.tie_weights() if not isinstance(llm.get_output_embeddings(), _QLinear) else None
     return llm
 
 
