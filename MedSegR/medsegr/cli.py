@@ -9,6 +9,7 @@ success, 2 on bad input (with a one-line reason on stderr), 1 on an internal err
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -21,6 +22,16 @@ from medsegr import __version__
 from medsegr.errors import InputError, MedSegRError
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
+
+#: modules that add sub-commands: each has ``register(subparsers)``, which adds its
+#: parsers with ``set_defaults(handler=fn)`` (``fn(args) -> exit status``). They must
+#: import nothing heavy at module level, so that ``medsegr --help`` stays fast.
+COMMAND_MODULES = (
+    "medsegr.data.commands",
+    "medsegr.training.commands",
+    "medsegr.evaluation.commands",
+    "medsegr.server.commands",
+)
 
 
 def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
@@ -73,6 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--device", default="auto")
     info.add_argument("--checkpoint", default="default")
     sub.add_parser("samples", help="list the real sample images that come with installed packages")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:  # that part of the package is not installed
+            if exc.name is None or not name.startswith(exc.name):
+                raise
+            continue
+        module.register(sub)
     return parser
 
 
@@ -190,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
+        handler = getattr(args, "handler", None)
+        if handler is not None:
+            return int(handler(args))
         if args.command == "ask":
             return cmd_ask(args)
         if args.command == "samples":
