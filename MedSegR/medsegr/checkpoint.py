@@ -42,7 +42,8 @@ def _is_peft(llm: Any) -> bool:
 
 
 def head_state(model: MedSegRModel) -> dict[str, torch.Tensor]:
-    """The trained non-LLM tensors plus the added tokens' embedding rows."""
+    """The trained non-LLM tensors plus the added tokens' embedding rows as trained
+    (with peft trainable tokens, ``.weight`` already holds the trained rows)."""
     state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()
              if k.startswith(_HEAD_PREFIXES)}
     ids = torch.tensor([model.seg_token_id, model.image_token_id])
@@ -131,16 +132,17 @@ def from_pretrained(path: str | Path, device: str = "auto", trainable: bool = Fa
     if expected_tokens != actual_tokens:
         raise CheckpointError(f"{path}: special token ids {expected_tokens} do not match the "
                               f"tokenizer's {actual_tokens}")
+    heads_file = path / HEADS_NAME
+    if not heads_file.is_file():
+        raise CheckpointError(f"{path}: {HEADS_NAME} is missing")
+    # heads first, then the adapter: its trainable-token rows (the same values) win
+    _load_heads(model, load_file(str(heads_file)), path)
     adapter = path / ADAPTER_DIR
     if adapter.is_dir() and not llm_skeleton:
         from peft import PeftModel
 
         llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=trainable)
         model.llm = llm if trainable else llm.merge_and_unload()
-    heads_file = path / HEADS_NAME
-    if not heads_file.is_file():
-        raise CheckpointError(f"{path}: {HEADS_NAME} is missing")
-    _load_heads(model, load_file(str(heads_file)), path)
     model.to(model.device)
     model.fine_tuned = True
     model.eval()

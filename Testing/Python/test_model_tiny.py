@@ -124,8 +124,8 @@ def test_save_load_round_trip(tmp_path, bank):
     torch.manual_seed(3)
     with torch.no_grad():  # pretend training changed every trainable piece
         for name, p in model.named_parameters():
-            if "lora_" in name or name.startswith(("visual_projector", "seg_projector",
-                                                   "vision.mask_decoder")):
+            if "lora_" in name or "trainable_tokens_delta" in name or name.startswith(
+                    ("visual_projector", "seg_projector", "vision.mask_decoder")):
                 p.add_(torch.randn_like(p) * 0.05)
         model.llm.get_input_embeddings().weight[model.seg_token_id] += 0.5
     model.eval()
@@ -149,8 +149,21 @@ def test_save_load_round_trip(tmp_path, bank):
     assert loaded.fine_tuned
     gen_b, masks_b = run(loaded)
     assert gen_a.token_ids == gen_b.token_ids
+    seg = torch.tensor([model.seg_token_id])
+    trained_row = model.llm.get_input_embeddings()(seg)  # base row + trainable-token delta
+    torch.testing.assert_close(loaded.llm.get_input_embeddings()(seg), trained_row)
+    torch.testing.assert_close(loaded.llm.get_output_embeddings().weight[seg], trained_row)
     torch.testing.assert_close(gen_a.seg_states, gen_b.seg_states, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(masks_a, masks_b, rtol=1e-3, atol=1e-3)
+    # reloaded for more training (adapter not merged): the same model again
+    resumed = from_pretrained(path, device="cpu", trainable=True)
+    resumed.eval()
+    gen_c, masks_c = run(resumed)
+    torch.testing.assert_close(resumed.llm.get_input_embeddings()(seg), trained_row)
+    assert gen_a.token_ids == gen_c.token_ids
+    torch.testing.assert_close(gen_a.seg_states, gen_c.seg_states, rtol=1e-4, atol=1e-4)
+    trainable = {n for n, p in resumed.llm.named_parameters() if p.requires_grad}
+    assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
 
 
 def test_checkpoint_of_another_base_is_refused(tmp_path, tiny_model):

@@ -18,7 +18,7 @@ def build_model(config: MedSegRConfig | None = None, device: str = "auto",
     The projectors are freshly initialised (seeded by ``config.model.seed``):
     without a fine-tuned checkpoint (:func:`medsegr.checkpoint.from_pretrained`) the
     model is *not* trained to ground text in pixels. ``with_lora`` wraps the LLM in
-    peft LoRA adapters for training. ``llm_skeleton`` leaves the LLM's weights
+    peft LoRA adapters for training, with a trainable ``[SEG]`` embedding row. ``llm_skeleton`` leaves the LLM's weights
     unread (see :func:`medsegr.modeling.inference_opt.optimise_for_inference`).
     """
     config = config or MedSegRConfig()
@@ -30,7 +30,7 @@ def build_model(config: MedSegRConfig | None = None, device: str = "auto",
     seg_id, image_id = add_special_tokens(
         llm, tokenizer, [config.model.seg_token, config.model.image_token])
     if with_lora:
-        llm = apply_lora(llm, config.lora)
+        llm = apply_lora(llm, config.lora, trainable_token_ids=[seg_id])
     torch.manual_seed(config.model.seed)
     model = MedSegRModel(config, llm, tokenizer, vision, seg_token_id=seg_id,
                          image_token_id=image_id,

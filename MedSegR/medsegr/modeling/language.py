@@ -113,12 +113,23 @@ def add_special_tokens(model: nn.Module, tokenizer: Any, tokens: list[str]) -> l
     return ids
 
 
-def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Wrap the LLM with peft LoRA adapters (B initialised to zero: output unchanged)."""
+def apply_lora(model: nn.Module, cfg: LoraConfig, trainable_token_ids: list[int] | None = None
+               ) -> nn.Module:
+    """Wrap the LLM with peft LoRA adapters (B initialised to zero: output unchanged).
+
+    ``trainable_token_ids`` (e.g. ``[SEG]``) get trainable embedding rows through peft's
+    trainable tokens (in the input embedding and, tied or not, the LM head); the rest of
+    the vocabulary stays frozen.
+    """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
+    extra: dict = {}
+    if trainable_token_ids:
+        embeddings = model.get_input_embeddings()
+        name = next(n for n, module in model.named_modules() if module is embeddings)
+        extra["trainable_token_indices"] = {name.rsplit(".", 1)[-1]: list(trainable_token_ids)}
     peft_cfg = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=list(cfg.target_modules), bias="none",
-                              task_type="CAUSAL_LM")
+                              task_type="CAUSAL_LM", **extra)
     return get_peft_model(model, peft_cfg)
