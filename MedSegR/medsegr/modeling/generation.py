@@ -85,12 +85,6 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
         state.cache = out.past_key_values
         return out.hidden_states[-1][0, -1], out.logits[0, -1]
 
-    def rerun(sequence: list[Key]) -> tuple[torch.Tensor, torch.Tensor]:
-        """The reference path: the whole sequence again, no cache."""
-        out = llm(inputs_embeds=model.embed_keys(sequence, visual_bank), use_cache=False,
-                  output_hidden_states=True, logits_to_keep=1)
-        return out.hidden_states[-1][0, -1], out.logits[0, -1]
-
     t0 = time.perf_counter()
     reused = 0
     if use_cache:
@@ -108,7 +102,7 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
         hidden, logits = step(model.embed_keys(keys[reused:], visual_bank))
         state.keys = list(keys)
     else:
-        hidden, logits = rerun(keys)
+        hidden, logits = _last(reference_forward(model, keys, visual_bank))
     prefill_s = time.perf_counter() - t0
 
     t1 = time.perf_counter()
@@ -136,7 +130,7 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
             hidden, logits = step(model.embed_keys([token], visual_bank))
             state.keys.append(token)
         else:
-            hidden, logits = rerun(seq)
+            hidden, logits = _last(reference_forward(model, seq, visual_bank))
     decode_s = time.perf_counter() - t1
     hidden_size = int(llm.config.hidden_size)
     states = (torch.stack(seg_states) if seg_states
@@ -144,6 +138,29 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     return GeneratedTurn(token_ids=generated, seg_states=states, prompt_tokens=len(keys),
                          reused_tokens=reused, finished=finished, prefill_s=prefill_s,
                          decode_s=decode_s)
+
+
+@torch.no_grad()
+def reference_forward(model: MedSegRModel, keys: Sequence[Key], visual_bank: dict[str, torch.Tensor],
+                      with_logits: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The reference (LISA-style) forward: the whole sequence through the LLM, no cache.
+
+    Returns the last-layer hidden states of every position ``(T, H)`` and the last
+    position's logits ``(vocab,)`` (``None`` with ``with_logits=False``, which skips
+    the LM head: the pass that only reads ``[SEG]`` states back).
+    """
+    embeds = model.embed_keys(keys, visual_bank)
+    if not with_logits:
+        return model.llm.get_decoder()(inputs_embeds=embeds, use_cache=False).last_hidden_state[0], None
+    out = model.llm(inputs_embeds=embeds, use_cache=False, output_hidden_states=True,
+                    logits_to_keep=1)
+    return out.hidden_states[-1][0], out.logits[0, -1]
+
+
+def _last(forward: tuple[torch.Tensor, torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    hidden, logits = forward
+    assert logits is not None
+    return hidden[-1], logits
 
 
 def _select(logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> int:
