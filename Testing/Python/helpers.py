@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
+from pathlib import Path
 from typing import Iterator
+
+import numpy as np
 
 
 class ForceSeg:
@@ -31,3 +35,49 @@ def force_seg(model, steps) -> Iterator[ForceSeg]:
         yield hook
     finally:
         handle.remove()
+
+
+def write_records(path: Path, records: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+def make_dataset(root: Path) -> Path:
+    """A dataset in the MedSeg-QA-style format (docs/dataset-format.md). Two subjects
+    (one per split): small MR-like volumes with a bright "kidney" and a
+    dark "lesion" inside it, label maps on the same oblique, anisotropic grid."""
+    from medsegr.io.images import image_from_array, write_image
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for split, subject in (("train", "s1"), ("val", "s2")):
+        z, y, x = np.mgrid[0:6, 0:48, 0:56]
+        kidney = ((y - 24) / 14) ** 2 + ((x - 26) / 18) ** 2 <= 1
+        lesion = ((y - 22) / 4) ** 2 + ((x - 30) / 5) ** 2 <= 1
+        image = np.where(kidney, 800.0, 100.0) - np.where(lesion, 500.0, 0.0)
+        image = image + rng.normal(0, 20, image.shape)
+        labels = np.where(lesion, 2, np.where(kidney, 1, 0)).astype(np.int16)
+        geometry = dict(spacing=(0.9, 1.1, 2.5), origin=(-5.0, 10.0, 3.0),
+                        direction=(1, 0, 0, 0, 0.96592583, -0.25881905, 0, 0.25881905, 0.96592583))
+        write_image(root / "images" / f"{subject}.nrrd",
+                    image_from_array(image.astype(np.float32), modality="MR", **geometry))
+        write_image(root / "labels" / f"{subject}.nrrd",
+                    image_from_array(labels.astype(np.float32), modality="OT", **geometry))
+        masks = [{"key": "kidney", "file": f"labels/{subject}.nrrd", "label": 1, "name": "kidney"},
+                 {"key": "lesion", "file": f"labels/{subject}.nrrd", "label": 2, "name": "lesion"}]
+        records = []
+        for k in range(1, 5):
+            records.append({
+                "id": f"{subject}-ax-{k}", "subject": subject, "source": "test",
+                "image": f"images/{subject}.nrrd", "modality": "MR", "window": None,
+                "axis": "axial", "slice": k, "masks": masks,
+                "conversation": [
+                    {"question": "Which organ holds a dark lesion? Segment it.", "type": "implicit",
+                     "answer": "The <p>kidney</p> [SEG] holds it.", "masks": ["kidney"]},
+                    {"question": "Now only the lesion.", "type": "multi-turn",
+                     "answer": "Here is the <p>lesion</p> [SEG].", "masks": ["lesion"]},
+                    {"question": "Is the liver visible?", "type": "absent",
+                     "answer": "No, there is no liver in this slice.", "masks": []},
+                ]})
+        write_records(root / f"{split}.jsonl", records)
+    return root

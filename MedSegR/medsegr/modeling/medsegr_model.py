@@ -185,7 +185,9 @@ class MedSegRModel(nn.Module):
         out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
                        output_hidden_states=True, use_cache=False)
         last = out.hidden_states[-1]
-        positions = self.seg_state_positions(input_ids, self.seg_token_id)
+        # with labels, only the answers' [SEG] count (the system prompt may mention the token)
+        positions = self.seg_state_positions(labels if labels is not None else input_ids,
+                                             self.seg_token_id)
         mask_logits: list[torch.Tensor] = []
         for b, pos in enumerate(positions):
             if pos.numel() == 0:

@@ -1,0 +1,1 @@
+"""Evaluating MedSegR on a dataset split: masks (Dice, IoU, gIoU, cIoU) and text."""

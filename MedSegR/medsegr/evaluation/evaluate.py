@@ -1,0 +1,174 @@
+"""``medsegr eval``: run the pipeline on a dataset split, as a user would, and score it.
+
+Each record becomes one chat session; its turns are asked in order (follow-ups see
+the model's own earlier answers, as in real use). For every expected mask the
+answer's segment in the same position is compared with the ground truth on the
+record's slice. Text side: an answer that should segment something names every
+expected structure; an answer to an "absent" question gives no mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medsegr.evaluation.metrics import MaskScore, summarise
+from medsegr.training.examples import ImageStore
+
+
+@dataclass
+class TurnResult:
+    record_id: str
+    subject: str
+    turn: int
+    question_type: str
+    question: str
+    answer: str
+    expected: list[str]          # structure names expected, in [SEG] order
+    predicted: list[str]         # segment names the answer gave
+    scores: list[MaskScore]      # one per expected mask
+    named_right: bool | None     # None for absent questions
+    absent_ok: bool | None       # None unless the question is about an absent structure
+    seconds: float
+    references: dict[str, list[MaskScore]] = field(default_factory=dict)
+
+
+@dataclass
+class EvalReport:
+    checkpoint: str
+    dataset: str
+    split: str
+    fine_tuned: bool
+    turns: list[TurnResult]
+    seconds: float
+
+    # -- aggregates -----------------------------------------------------------
+    def mask_rows(self, method: str = "medsegr") -> list[tuple[TurnResult, str, MaskScore]]:
+        rows = []
+        for t in self.turns:
+            scores = t.scores if method == "medsegr" else t.references.get(method, [])
+            rows.extend((t, name, s) for name, s in zip(t.expected, scores))
+        return rows
+
+    def methods(self) -> list[str]:
+        found = sorted({m for t in self.turns for m in t.references})
+        return ["medsegr", *found]
+
+    def by(self, key: str, method: str = "medsegr") -> dict[str, dict[str, float | int]]:
+        groups: dict[str, list[MaskScore]] = defaultdict(list)
+        for turn, name, score in self.mask_rows(method):
+            groups[name if key == "structure" else turn.question_type].append(score)
+        return {k: summarise(v) for k, v in sorted(groups.items())}
+
+    def text_metrics(self) -> dict[str, float | int]:
+        named = [t.named_right for t in self.turns if t.named_right is not None]
+        absent = [t.absent_ok for t in self.turns if t.absent_ok is not None]
+        return {
+            "answers_with_structures": len(named),
+            "named_right_rate": float(np.mean(named)) if named else float("nan"),
+            "absent_questions": len(absent),
+            "absent_without_mask_rate": float(np.mean(absent)) if absent else float("nan"),
+            "false_claim_rate": float(np.mean([not a for a in absent])) if absent else float("nan"),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        methods = self.methods()
+        return {
+            "checkpoint": self.checkpoint, "dataset": self.dataset, "split": self.split,
+            "fine_tuned": self.fine_tuned, "seconds": round(self.seconds, 1),
+            "overall": {m: summarise(s for _, _, s in self.mask_rows(m)) for m in methods},
+            "by_question_type": {m: self.by("type", m) for m in methods},
+            "by_structure": {m: self.by("structure", m) for m in methods},
+            "text": self.text_metrics(),
+            "turns": [{**{k: v for k, v in dataclasses.asdict(t).items()
+                          if k not in ("scores", "references")},
+                       "dice": [round(s.dice, 4) for s in t.scores],
+                       "iou": [round(s.iou, 4) for s in t.scores],
+                       "reference_dice": {m: [round(s.dice, 4) for s in v]
+                                          for m, v in t.references.items()}}
+                      for t in self.turns],
+        }
+
+
+def names_structure(answer: str, name: str) -> bool:
+    """Whether the answer text mentions ``name`` (case-, space- and underscore-insensitive)."""
+    def norm(text: str) -> str:
+        return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
+
+    return norm(name) in norm(answer)
+
+
+def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: bool = True,
+             limit: int | None = None, progress: bool = True) -> EvalReport:
+    from tqdm import tqdm
+
+    from medsegr.data.records import load_dataset
+    from medsegr.evaluation.references import OracleBox, otsu_floor
+    from medsegr.prompts import clean_answer
+
+    root = Path(root)
+    records = load_dataset(root, split)
+    if limit is not None:
+        records = records[:limit]
+    store = ImageStore(root)
+    oracle = OracleBox(pipeline.model.config.vision) if references else None
+    seg_token = pipeline.model.config.model.seg_token
+    results: list[TurnResult] = []
+    t_start = time.perf_counter()
+    for record in tqdm(records, desc=f"evaluating {split}", unit="record", disable=not progress):
+        image = store.image(record.image)
+        if record.modality and record.modality != image.modality:
+            image = dataclasses.replace(image, modality=record.modality)
+        session = pipeline.new_session(image, window=record.window)
+        axis = 0 if image.is_2d else session_axis(record, image)
+        index = 0 if image.is_2d else (image.shape[axis] // 2 if record.slice is None
+                                       else int(record.slice))
+        view = session.view(axis, index)
+        truths = {spec.key: view.extract(store.image(spec.file).array == spec.label)
+                  for spec in record.masks}
+        names = {spec.key: spec.name for spec in record.masks}
+        shown01 = view.extract(session.volume01)
+        for k, turn in enumerate(record.conversation):
+            t0 = time.perf_counter()
+            answer = session.ask(turn.question, axis=axis, slice_index=index)
+            seconds = time.perf_counter() - t0
+            predicted = [view.extract(s.mask) for s in answer.segments]
+            scores = []
+            for j, key in enumerate(turn.masks):
+                pred = predicted[j] if j < len(predicted) else np.zeros_like(truths[key])
+                scores.append(MaskScore.of(pred, truths[key]))
+            qtype = str(turn.type)
+            is_absent = qtype == "absent" or (not turn.masks and seg_token not in turn.answer)
+            text = clean_answer(answer.raw_text, seg_token)
+            result = TurnResult(
+                record_id=record.id, subject=record.subject, turn=k + 1, question_type=qtype,
+                question=turn.question, answer=text, expected=[names[m] for m in turn.masks],
+                predicted=[s.name for s in answer.segments], scores=scores,
+                named_right=None if is_absent or not turn.masks else all(
+                    names_structure(text, names[m]) for m in turn.masks),
+                absent_ok=(len(answer.segments) == 0) if is_absent else None,
+                seconds=seconds)
+            if references and turn.masks:
+                assert oracle is not None
+                result.references["oracle_box"] = [
+                    MaskScore.of(oracle.predict(shown01, truths[m], view.pixel_spacing), truths[m])
+                    for m in turn.masks]
+                floor = otsu_floor(shown01)
+                result.references["otsu"] = [MaskScore.of(floor, truths[m]) for m in turn.masks]
+            results.append(result)
+    return EvalReport(checkpoint=str(pipeline.checkpoint or "base parts"), dataset=str(root),
+                      split=split, fine_tuned=pipeline.model.fine_tuned, turns=results,
+                      seconds=time.perf_counter() - t_start)
+
+
+def session_axis(record: Any, image: Any) -> int:
+    from medsegr.slicing import resolve_axis
+
+    return resolve_axis(record.axis or "axial", image.direction)

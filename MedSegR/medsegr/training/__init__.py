@@ -1,0 +1,1 @@
+"""Fine-tuning MedSegR: LoRA on the LLM, the projectors and the mask decoder."""

@@ -1,0 +1,195 @@
+"""The training configuration (``medsegr train CONFIG``): a TOML or JSON file.
+
+Sections and their defaults (every key optional; unknown keys are refused)::
+
+    [data]
+    root = "datasets/medsegqa"      # dataset folder (relative to the config file)
+    train_split = "train"
+    val_split = "val"              # "" for none
+    max_tokens = 512               # a longer conversation is an error, never cut silently
+
+    [engine]
+    config = ""                    # MedSegR model config file (as for `medsegr ask --config`)
+    tiny = false                   # the tiny random model of the same classes (tests)
+    init_checkpoint = ""           # start from a fine-tuned checkpoint instead of the base
+
+    [optim]
+    steps = 300                    # optimiser steps
+    batch_size = 8                 # per process
+    grad_accum = 1
+    lr = 3e-4
+    weight_decay = 0.0
+    warmup_steps = 20              # linear warm-up, then cosine decay
+    max_grad_norm = 1.0
+    mixed_precision = "no"         # "bf16" on a GPU
+
+    [loss]
+    ce = 1.0                       # weights of CE (answer text), BCE and Dice (masks)
+    bce = 2.0
+    dice = 0.5
+
+    [run]
+    output_dir = "runs/medsegr"
+    seed = 0
+    log_every = 10
+    eval_every = 50                # validation loss and Dice (0: never)
+    save_every = 100               # resumable checkpoints (0: only the final one)
+    keep_checkpoints = 2
+    cache_dir = ""                 # frozen-encoder cache (default: OUTPUT_DIR/../encoder-cache)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medsegr.config import _section_from_dict
+from medsegr.errors import ConfigError
+
+
+@dataclass
+class DataSection:
+    root: str = ""
+    train_split: str = "train"
+    val_split: str = "val"
+    max_tokens: int = 512
+
+
+@dataclass
+class EngineSection:
+    config: str = ""
+    tiny: bool = False
+    init_checkpoint: str = ""
+
+
+@dataclass
+class OptimSection:
+    steps: int = 300
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 20
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+
+
+@dataclass
+class LossSection:
+    ce: float = 1.0
+    bce: float = 2.0
+    dice: float = 0.5
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs/medsegr"
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 50
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    cache_dir: str = ""
+
+
+@dataclass
+class TrainConfig:
+    data: DataSection = field(default_factory=DataSection)
+    engine: EngineSection = field(default_factory=EngineSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    loss: LossSection = field(default_factory=LossSection)
+    run: RunSection = field(default_factory=RunSection)
+    #: folder that relative paths are resolved against (the config file's folder)
+    base_dir: Path = field(default_factory=Path.cwd, compare=False)
+
+    # -- loading -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, base_dir: Path | None = None) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ConfigError("a training config must be a table/object at the top level")
+        sections = {f.name: f for f in dataclasses.fields(cls) if f.name != "base_dir"}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ConfigError(f"unknown training config section(s): {', '.join(unknown)} "
+                              f"(known: {', '.join(sections)})")
+        kwargs = {name: _section_from_dict(name, fld.default_factory,  # type: ignore[misc]
+                                           data.get(name, {}))
+                  for name, fld in sections.items()}
+        config = cls(**kwargs, base_dir=(base_dir or Path.cwd()).resolve())
+        config.validate()
+        return config
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"training config not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot parse training config {path}: {exc}") from None
+        return cls.from_dict(data, base_dir=path.parent)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out.pop("base_dir")
+        return out
+
+    def validate(self) -> None:
+        o, r, d = self.optim, self.run, self.data
+        checks = [
+            (bool(d.root), "[data] root is required"),
+            (bool(d.train_split), "[data] train_split is required"),
+            (d.max_tokens >= 16, "[data] max_tokens must be at least 16"),
+            (o.steps >= 1, "[optim] steps must be at least 1"),
+            (o.batch_size >= 1, "[optim] batch_size must be at least 1"),
+            (o.grad_accum >= 1, "[optim] grad_accum must be at least 1"),
+            (o.lr > 0, "[optim] lr must be positive"),
+            (o.weight_decay >= 0, "[optim] weight_decay must not be negative"),
+            (o.warmup_steps >= 0, "[optim] warmup_steps must not be negative"),
+            (o.max_grad_norm >= 0, "[optim] max_grad_norm must not be negative (0: no clipping)"),
+            (o.mixed_precision in ("no", "bf16", "fp16"),
+             "[optim] mixed_precision must be no, bf16 or fp16"),
+            (min(self.loss.ce, self.loss.bce, self.loss.dice) >= 0,
+             "[loss] weights must not be negative"),
+            (r.log_every >= 1, "[run] log_every must be at least 1"),
+            (r.eval_every >= 0 and r.save_every >= 0, "[run] eval_every/save_every must be >= 0"),
+            (r.keep_checkpoints >= 1, "[run] keep_checkpoints must be at least 1"),
+            (not (self.engine.tiny and self.engine.config),
+             "[engine] set either tiny or config, not both"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    # -- resolved paths --------------------------------------------------------
+    def path(self, value: str) -> Path:
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    @property
+    def data_root(self) -> Path:
+        return self.path(self.data.root)
+
+    @property
+    def output_dir(self) -> Path:
+        return self.path(self.run.output_dir)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.path(self.run.cache_dir) if self.run.cache_dir else (
+            self.output_dir.parent / "encoder-cache")
+
+    def engine_config(self):  # -> MedSegRConfig
+        from medsegr.config import MedSegRConfig
+
+        if self.engine.tiny:
+            return MedSegRConfig.tiny()
+        if self.engine.config:
+            return MedSegRConfig.from_file(self.path(self.engine.config))
+        return MedSegRConfig()

@@ -1,0 +1,95 @@
+"""Frozen-encoder outputs on disk: each slice is encoded once, ever.
+
+The image encoder is frozen during training, so its output for a slice never
+changes. Each embedding is stored (float16, safetensors) under a folder named after
+the encoder's weights, keyed by the slice's identity (image file, size and mtime,
+modality, window, axis, index, input size). The first epoch (or an earlier run)
+fills the cache; later epochs and runs only read it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from medsegr.training.examples import SliceInput
+
+
+def encoder_digest(model) -> str:
+    """Identifies the encoder's weights (SHA-256 from the model's provenance, or a hash of
+    the parameters for models without one, e.g. the tiny test model)."""
+    vision = model.provenance.get("vision", {})
+    shas = {k: v for k, v in vision.items() if k.startswith("sha256")}
+    if shas:
+        text = json.dumps(shas, sort_keys=True)
+    else:
+        h = hashlib.sha256()
+        for name, p in sorted(model.vision.image_encoder.state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().float().cpu().numpy().tobytes())
+        text = h.hexdigest()
+    return hashlib.sha256(f"{text}|{model.vision.image_size}".encode()).hexdigest()[:16]
+
+
+class EncoderCache:
+    def __init__(self, folder: Path, digest: str) -> None:
+        self.folder = Path(folder) / digest
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.memory: dict[str, torch.Tensor] = {}
+        self.computed = 0  # slices encoded by this process
+
+    def _file(self, key: str) -> Path:
+        return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+
+    def has(self, key: str) -> bool:
+        return key in self.memory or self._file(key).is_file()
+
+    def fill(self, model, inputs: Sequence[SliceInput], batch_size: int = 4,
+             progress: bool = True) -> None:
+        """Encode every input whose embedding is not on disk yet (frozen encoder, no grad)."""
+        from safetensors.torch import save_file
+        from tqdm import tqdm
+
+        todo: dict[str, SliceInput] = {}
+        for item in inputs:
+            if not self.has(item.cache_key):
+                todo.setdefault(item.cache_key, item)
+        items = list(todo.values())
+        bar = tqdm(total=len(items), desc="encoding slices (cached)", unit="slice",
+                   disable=not progress or not items)
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            pixels = torch.from_numpy(np.stack([c.pixels for c in chunk]))[:, None]
+            with torch.no_grad():
+                emb = model.encode_images(pixels).to(torch.float16).cpu()
+            for item, e in zip(chunk, emb):
+                target = self._file(item.cache_key)
+                fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.folder)
+                os.close(fd)
+                try:
+                    save_file({"embedding": e.contiguous()}, tmp, metadata={"key": item.cache_key})
+                    os.replace(tmp, target)
+                except BaseException:
+                    Path(tmp).unlink(missing_ok=True)
+                    raise
+            self.computed += len(chunk)
+            bar.update(len(chunk))
+        bar.close()
+
+    def get(self, key: str) -> torch.Tensor:
+        """The embedding ``(C, h, w)`` float16 (read from disk once, then kept in memory)."""
+        if key not in self.memory:
+            from safetensors import safe_open
+
+            with safe_open(str(self._file(key)), framework="pt") as f:
+                if f.metadata().get("key") != key:
+                    raise RuntimeError(f"encoder cache collision for {key!r}")
+                self.memory[key] = f.get_tensor("embedding")
+        return self.memory[key]

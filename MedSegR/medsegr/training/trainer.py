@@ -1,0 +1,376 @@
+"""``medsegr train``: LoRA on the LLM, the two projectors and the mask decoder.
+
+Runs on one CPU or GPU as a plain command, and unchanged under ``accelerate launch``
+(DDP on several GPUs or nodes, or CPU processes; FSDP/DeepSpeed through accelerate's
+own config). The frozen encoder's outputs are cached on disk (:mod:`encoder_cache`).
+
+Output folder::
+
+    train_config.json          the resolved training config
+    metrics.jsonl              one line per logged step / validation
+    curves.png                 loss and validation Dice against steps
+    checkpoint-000100/         resumable: model/ (a MedSegR checkpoint) + training_state.pt
+    final/                     the fine-tuned checkpoint (load with --checkpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsegr.errors import CheckpointError, InputError
+from medsegr.training.config import TrainConfig
+from medsegr.training.encoder_cache import EncoderCache, encoder_digest
+from medsegr.training.examples import IGNORE, Example, ImageStore, make_example, slice_input
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "training_state.pt"
+TRAINABLE_PREFIXES = ("visual_projector.", "seg_projector.", "vision.mask_decoder.")
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    final_checkpoint: Path
+    steps: int
+    first_loss: float
+    last_loss: float
+    encoded_slices: int
+
+
+# -- data ----------------------------------------------------------------------
+def load_examples(config: TrainConfig, model: Any, split: str) -> tuple[list[Example], list[Any]]:
+    """Records of ``split`` as tokenised examples plus their encoder inputs."""
+    from medsegr.data.records import load_dataset
+
+    records = load_dataset(config.data_root, split)
+    if not records:
+        raise InputError(f"split {split!r} of {config.data_root} has no records")
+    store = ImageStore(config.data_root)
+    examples, inputs = [], []
+    problems = []
+    for record in records:
+        try:
+            item = slice_input(record, store, model.vision.image_size)
+            examples.append(make_example(record, model, item, config.data.max_tokens))
+            inputs.append(item)
+        except InputError as exc:
+            problems.append(str(exc))
+    if problems:
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise InputError(f"{len(problems)} record(s) of split {split!r} cannot be used for "
+                         f"training:\n  {shown}{more}")
+    return examples, inputs
+
+
+class ExampleDataset(torch.utils.data.Dataset):
+    def __init__(self, examples: list[Example], cache: EncoderCache) -> None:
+        self.examples = examples
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ex = self.examples[i]
+        return {"input_ids": ex.input_ids, "labels": ex.labels, "masks": ex.masks,
+                "embedding": self.cache.get(ex.cache_key)}
+
+
+def collate(pad_id: int):
+    def fn(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        length = max(len(b["input_ids"]) for b in batch)
+        ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+        labels = torch.full((len(batch), length), IGNORE, dtype=torch.long)
+        attention = torch.zeros((len(batch), length), dtype=torch.long)
+        for row, b in enumerate(batch):
+            n = len(b["input_ids"])
+            ids[row, :n] = torch.tensor(b["input_ids"])
+            labels[row, :n] = torch.tensor(b["labels"])
+            attention[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": attention,
+                "image_embeddings": torch.stack([b["embedding"] for b in batch]).float(),
+                "gt_masks": [torch.from_numpy(b["masks"]).float() for b in batch]}
+    return fn
+
+
+# -- model ---------------------------------------------------------------------
+def mark_trainable(model: Any) -> list[torch.nn.Parameter]:
+    """Freeze everything but LoRA, the ``[SEG]`` token row, the projectors and the mask
+    decoder; return the trainable parameters (in a fixed order)."""
+    params = []
+    for name, p in model.named_parameters():
+        train = name.startswith(TRAINABLE_PREFIXES) or (
+            name.startswith("llm.") and ("lora_" in name or "trainable_tokens_delta" in name))
+        p.requires_grad_(train)
+        if train:
+            params.append(p)
+    if not params:
+        raise CheckpointError("the model has no trainable parameters")
+    return params
+
+
+def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
+    from medsegr.checkpoint import from_pretrained, read_checkpoint_config
+    from medsegr.modeling.builder import build_model
+
+    engine = config.engine_config()
+    start = resume_model or (config.path(config.engine.init_checkpoint)
+                             if config.engine.init_checkpoint else None)
+    if start is None:
+        model = build_model(engine, device="cpu", with_lora=True)
+    else:
+        saved = read_checkpoint_config(start)["config"]
+        if saved != engine.to_dict():
+            diff = sorted(k for k in set(saved) | set(engine.to_dict())
+                          if saved.get(k) != engine.to_dict().get(k))
+            raise CheckpointError(f"{start} was trained with another model config (sections "
+                                  f"{', '.join(diff)} differ from this training config's)")
+        model = from_pretrained(start, device="cpu", trainable=True)
+    model.train()
+    model.vision.image_encoder.eval()
+    return model
+
+
+def lr_lambda(warmup: int, total: int):
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return fn
+
+
+# -- checkpoints ----------------------------------------------------------------
+def _checkpoints(output_dir: Path) -> list[Path]:
+    return sorted(p for p in output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file())
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    found = _checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def _save_resumable(output_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
+                    config: TrainConfig, keep: int) -> Path:
+    from medsegr.checkpoint import save_pretrained
+
+    target = output_dir / f"checkpoint-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=output_dir))
+    try:
+        save_pretrained(model, tmp / "model", extra={"training": {"step": step}})
+        torch.save({"step": step, "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "config": config.to_dict(),
+                    "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                            "torch": torch.get_rng_state()}},
+                   tmp / STATE_NAME)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in _checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
+    if not resume:
+        return None
+    if resume == "auto":
+        return latest_checkpoint(output_dir)
+    path = Path(resume)
+    if not (path / STATE_NAME).is_file() or not (path / "model").is_dir():
+        raise CheckpointError(f"{path} is not a resumable training checkpoint "
+                              f"(no {STATE_NAME} and model/)")
+    return path
+
+
+# -- the loop ---------------------------------------------------------------------
+def train(config: TrainConfig, resume: str | None = None, max_steps: int | None = None,
+          progress: bool = True) -> TrainResult:
+    """Train as ``config`` says; ``resume`` is a checkpoint folder or ``"auto"`` (the
+    latest in the output folder); ``max_steps`` stops early (the schedule is unchanged)."""
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+    from accelerate.utils import set_seed
+    from tqdm import tqdm
+
+    from medsegr.checkpoint import save_pretrained
+
+    accelerator = Accelerator(
+        mixed_precision=config.optim.mixed_precision,
+        gradient_accumulation_steps=config.optim.grad_accum,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    out = config.output_dir
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    resume_dir = _resolve_resume(resume, out)
+    set_seed(config.run.seed + accelerator.process_index)
+
+    model = build_training_model(config, resume_dir / "model" if resume_dir else None)
+    params = mark_trainable(model)
+    model.to(accelerator.device)
+
+    # data + frozen-encoder cache (the main process encodes, the others wait and read)
+    train_examples, train_inputs = load_examples(config, model, config.data.train_split)
+    val_examples: list[Example] = []
+    val_inputs: list[Any] = []
+    if config.data.val_split and config.run.eval_every:
+        val_examples, val_inputs = load_examples(config, model, config.data.val_split)
+    cache = EncoderCache(config.cache_dir, encoder_digest(model))
+    if accelerator.is_main_process:
+        cache.fill(model, train_inputs + val_inputs, progress=progress)
+    accelerator.wait_for_everyone()
+
+    pad = model.tokenizer.pad_token_id
+    pad = pad if pad is not None else sorted(model.eos_token_ids)[0]
+    loader = torch.utils.data.DataLoader(
+        ExampleDataset(train_examples, cache), batch_size=config.optim.batch_size, shuffle=True,
+        collate_fn=collate(pad), generator=torch.Generator().manual_seed(config.run.seed))
+    optimizer = torch.optim.AdamW(params, lr=config.optim.lr,
+                                  weight_decay=config.optim.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(config.optim.warmup_steps, config.optim.steps))
+
+    step = 0
+    if resume_dir is not None:
+        state = torch.load(resume_dir / STATE_NAME, map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        rng = state.get("rng", {})
+        if rng and accelerator.num_processes == 1:
+            random.setstate(rng["python"])
+            np.random.set_state(rng["numpy"])
+            torch.set_rng_state(rng["torch"])
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if accelerator.is_main_process:
+        (out / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+    stop_at = min(config.optim.steps, max_steps if max_steps is not None else config.optim.steps)
+    metrics_file = out / "metrics.jsonl"
+    bar = tqdm(total=stop_at, initial=step, desc="training", unit="step",
+               disable=not (progress and accelerator.is_local_main_process))
+    first_loss: float | None = None
+    last_loss = float("nan")
+    window: list[dict[str, float]] = []
+    t0 = time.perf_counter()
+    weights = dict(ce_weight=config.loss.ce, bce_weight=config.loss.bce,
+                   dice_weight=config.loss.dice)
+    while step < stop_at:
+        for batch in loader:
+            with accelerator.accumulate(model):
+                output = model(batch["input_ids"], batch["image_embeddings"],
+                               attention_mask=batch["attention_mask"], labels=batch["labels"],
+                               gt_masks=batch["gt_masks"], **weights)
+                accelerator.backward(output.loss)
+                if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            step += 1
+            loss = accelerator.gather(output.loss.detach()[None]).mean().item()
+            first_loss = loss if first_loss is None else first_loss
+            last_loss = loss
+            window.append({"loss": loss, **{k: float(getattr(output, k).detach())
+                                            for k in ("ce_loss", "bce_loss", "dice_loss")
+                                            if getattr(output, k) is not None}})
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if step % config.run.log_every == 0 or step == stop_at:
+                record = {"step": step, "kind": "train", "lr": scheduler.get_last_lr()[0],
+                          "elapsed_s": round(time.perf_counter() - t0, 2),
+                          **{k: float(np.mean([w[k] for w in window if k in w]))
+                             for k in window[0]}}
+                window = []
+                _append_metrics(accelerator, metrics_file, record)
+            if val_examples and config.run.eval_every and (
+                    step % config.run.eval_every == 0 or step == stop_at):
+                _append_metrics(accelerator, metrics_file,
+                                {"step": step, "kind": "val",
+                                 **validate(accelerator.unwrap_model(model), val_examples, cache,
+                                            pad, weights)})
+            if config.run.save_every and step % config.run.save_every == 0 and step < stop_at:
+                accelerator.wait_for_everyone()
+                if accelerator.is_main_process:
+                    _save_resumable(out, step, accelerator.unwrap_model(model), optimizer,
+                                    scheduler, config, config.run.keep_checkpoints)
+            if step >= stop_at:
+                break
+    bar.close()
+    accelerator.wait_for_everyone()
+    final = out / "final"
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(model)
+        unwrapped.eval()
+        _save_resumable(out, step, unwrapped, optimizer, scheduler, config,
+                        config.run.keep_checkpoints)
+        save_pretrained(unwrapped, final, extra={"training": {
+            "steps": step, "train_split": config.data.train_split,
+            "train_examples": len(train_examples), "final_loss": last_loss}})
+        from medsegr.training.curves import plot_curves
+
+        plot_curves(metrics_file, out / "curves.png")
+    accelerator.wait_for_everyone()
+    return TrainResult(output_dir=out, final_checkpoint=final, steps=step,
+                       first_loss=float("nan") if first_loss is None else first_loss,
+                       last_loss=last_loss, encoded_slices=cache.computed)
+
+
+def _append_metrics(accelerator: Any, path: Path, record: dict[str, Any]) -> None:
+    if accelerator.is_main_process:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+@torch.no_grad()
+def validate(model: Any, examples: list[Example], cache: EncoderCache, pad: int,
+             weights: dict[str, float], batch_size: int = 8) -> dict[str, float]:
+    """Teacher-forced validation: mean losses and the mean Dice of the decoded masks."""
+    was_training = model.training
+    model.eval()
+    fn = collate(pad)
+    data = ExampleDataset(examples, cache)
+    losses: dict[str, list[float]] = {"loss": [], "ce_loss": [], "bce_loss": [], "dice_loss": []}
+    dices: list[float] = []
+    device = next(model.parameters()).device
+    for start in range(0, len(data), batch_size):
+        batch = fn([data[i] for i in range(start, min(len(data), start + batch_size))])
+        output = model(batch["input_ids"].to(device), batch["image_embeddings"].to(device),
+                       attention_mask=batch["attention_mask"].to(device),
+                       labels=batch["labels"].to(device), gt_masks=batch["gt_masks"], **weights)
+        for key in losses:
+            value = getattr(output, key)
+            if value is not None:
+                losses[key].append(float(value))
+        for pred, gt in zip(output.mask_logits, batch["gt_masks"]):
+            for p, g in zip(pred.cpu() > 0, gt > 0.5):
+                inter = float((p & g).sum())
+                total = float(p.sum() + g.sum())
+                dices.append(1.0 if total == 0 else 2 * inter / total)
+    if was_training:
+        model.train()
+        model.vision.image_encoder.eval()
+    result = {f"val_{k}": float(np.mean(v)) for k, v in losses.items() if v}
+    if dices:
+        result["val_dice"] = float(np.mean(dices))
+    return result

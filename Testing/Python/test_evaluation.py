@@ -1,0 +1,107 @@
+"""Evaluation: metric definitions, the two references, the report, and `medsegr eval`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from helpers import make_dataset
+from medsegr.evaluation.metrics import MaskScore, summarise
+
+
+def test_dice_iou_giou_ciou():
+    truth = np.zeros((10, 10), bool)
+    truth[:4, :5] = True                       # 20 px
+    pred = np.zeros((10, 10), bool)
+    pred[:4, :4] = True                        # 16 px, all inside
+    s = MaskScore.of(pred, truth)
+    assert (s.intersection, s.union) == (16, 20)
+    assert s.iou == pytest.approx(0.8) and s.dice == pytest.approx(32 / 36)
+    small = MaskScore.of(np.eye(10, dtype=bool)[:2], np.zeros((2, 10), bool))  # 2 px wrong
+    agg = summarise([s, small])
+    assert agg["giou"] == pytest.approx((0.8 + 0.0) / 2)      # mean of per-mask IoU
+    assert agg["ciou"] == pytest.approx(16 / 22)              # total I / total U
+    assert MaskScore.of(np.zeros(3, bool), np.zeros(3, bool)).dice == 1.0
+    with pytest.raises(ValueError):
+        MaskScore.of(np.zeros(3, bool), np.zeros(4, bool))
+
+
+def test_otsu_floor_takes_the_bright_side():
+    from medsegr.evaluation.references import otsu_floor
+
+    img = np.full((40, 40), 0.1, np.float32)
+    img[10:20, 5:30] = 0.9
+    assert np.array_equal(otsu_floor(img), img > 0.5)
+    assert not otsu_floor(np.zeros((5, 5), np.float32)).any()
+
+
+@pytest.mark.real
+def test_oracle_box_on_the_real_litemedsam():
+    from medsegr.config import MedSegRConfig
+    from medsegr.evaluation.references import OracleBox
+
+    yy, xx = np.mgrid[0:120, 0:100]
+    disc = (yy - 60) ** 2 + (xx - 45) ** 2 <= 25 ** 2
+    img = np.where(disc, 0.85, 0.15).astype(np.float32)
+    oracle = OracleBox(MedSegRConfig().vision)
+    pred = oracle.predict(img, disc, (1.0, 1.0))
+    assert pred.shape == disc.shape
+    assert MaskScore.of(pred, disc).dice > 0.9
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("evaldata"))
+
+
+def test_evaluate_a_split_and_write_the_report(dataset, tiny_pipeline, tmp_path):
+    from medsegr.evaluation.evaluate import evaluate
+    from medsegr.evaluation.report import write_report
+
+    model = tiny_pipeline.model
+
+    prefill = {"now": False}
+
+    def note_prefill(module, args, kwargs):  # a prompt (several positions) or one new token
+        prefill["now"] = kwargs["inputs_embeds"].shape[1] > 1
+
+    def seg_first(module, args, output):  # every answer begins with one [SEG], and only one
+        output = output.clone()
+        output[..., -1, model.seg_token_id] += 1e4 if prefill["now"] else -1e4
+        return output
+
+    handles = [model.llm.register_forward_pre_hook(note_prefill, with_kwargs=True),
+               model.llm.get_output_embeddings().register_forward_hook(seg_first)]
+    try:
+        report = evaluate(tiny_pipeline, dataset, "val", references=True, limit=2,
+                          progress=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(report.turns) == 6                          # 2 records x 3 turns
+    types = [t.question_type for t in report.turns]
+    assert types == ["implicit", "multi-turn", "absent"] * 2
+    absent = [t for t in report.turns if t.question_type == "absent"]
+    assert all(t.absent_ok is False for t in absent)      # it wrongly gave a mask
+    kidney = report.turns[0]
+    assert kidney.expected == ["kidney"] and len(kidney.scores) == 1
+    assert set(kidney.references) == {"oracle_box", "otsu"}
+    data = report.to_dict()
+    assert data["text"]["false_claim_rate"] == 1.0
+    assert set(data["by_question_type"]["medsegr"]) == {"implicit", "multi-turn"}
+    assert set(data["by_structure"]["otsu"]) == {"kidney", "lesion"}
+    # the floor: Otsu finds the bright kidney (the lesion is dark inside it)
+    assert data["by_structure"]["otsu"]["kidney"]["dice"] > 0.7
+    paths = write_report(report, tmp_path / "out")
+    assert json.loads(paths["json"].read_text())["split"] == "val"
+    md = paths["markdown"].read_text()
+    assert "By question type" in md and "Otsu" in md and "absent" in md
+
+
+def test_eval_command_bad_input(tmp_path, capsys):
+    from medsegr.cli import main
+
+    assert main(["eval", "base", str(tmp_path / "missing")]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err

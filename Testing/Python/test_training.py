@@ -1,0 +1,159 @@
+"""Training: examples from dataset records, a few steps that lower the loss, the encoder
+cache, resume, bad configs and checkpoints, and 2 CPU processes under accelerate."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import make_dataset
+
+
+def write_config(path: Path, data_root: Path, out: Path, **optim) -> Path:
+    values = {"steps": 6, "batch_size": 2, "lr": 2e-3, "warmup_steps": 1, **optim}
+    optim_text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    path.write_text(f"""
+[data]
+root = "{data_root}"
+max_tokens = 400
+
+[engine]
+tiny = true
+
+[optim]
+{optim_text}
+
+[run]
+output_dir = "{out}"
+log_every = 1
+eval_every = 3
+save_every = 3
+cache_dir = "{out.parent / 'cache'}"
+""", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("data"))
+
+
+def test_examples_bind_seg_tokens_to_masks(dataset, tiny_model):
+    from medsegr.data.records import load_dataset
+    from medsegr.training.examples import IGNORE, ImageStore, make_example, slice_input
+
+    record = load_dataset(dataset, "train")[0]
+    store = ImageStore(dataset)
+    item = slice_input(record, store, tiny_model.vision.image_size)
+    assert item.pixels.shape == (256, 256) and 0 <= item.pixels.min() <= item.pixels.max() <= 1
+    assert item.masks["kidney"].sum() > item.masks["lesion"].sum() > 0
+    ex = make_example(record, tiny_model, item, 400)
+    assert ex.masks.shape == (2, 256, 256)          # kidney, then lesion (turn order)
+    assert np.array_equal(ex.masks[0], item.masks["kidney"])
+    ids, labels = ex.input_ids, ex.labels
+    assert ids.count(tiny_model.image_token_id) == tiny_model.num_visual_tokens
+    # two [SEG] in the answers (the system prompt mentions the token too, unlabelled)
+    assert labels.count(tiny_model.seg_token_id) == 2
+    first_image = ids.index(tiny_model.image_token_id)
+    for pos, token in enumerate(ids):
+        if token == tiny_model.seg_token_id:  # answers' [SEG] are trained, the prompt's not
+            assert labels[pos] == (token if pos > first_image else IGNORE)
+        if token == tiny_model.image_token_id:
+            assert labels[pos] == IGNORE
+    answers = tiny_model.tokenizer.decode([t for t, l in zip(ids, labels) if l != IGNORE])
+    assert "holds it." in answers and "no liver" in answers
+    assert "Which organ" not in answers
+    with pytest.raises(Exception, match="max_tokens"):
+        make_example(record, tiny_model, item, 20)
+
+
+def test_train_lowers_the_loss_caches_the_encoder_and_resumes(dataset, tmp_path):
+    from medsegr.checkpoint import from_pretrained
+    from medsegr.training.config import TrainConfig
+    from medsegr.training.trainer import train
+
+    out = tmp_path / "run"
+    config = TrainConfig.from_file(write_config(tmp_path / "train.toml", dataset, out))
+    first = train(config, max_steps=3, progress=False)
+    assert first.steps == 3 and first.encoded_slices == 8  # 4 train + 4 val slices, once
+    assert (out / "checkpoint-000003" / "training_state.pt").is_file()
+
+    second = train(config, resume="auto", progress=False)
+    assert second.steps == 6
+    assert second.encoded_slices == 0  # every embedding came from the disk cache
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
+    assert np.mean([r["loss"] for r in train_rows[-2:]]) < train_rows[0]["loss"]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert val and all(0 <= r["val_dice"] <= 1 for r in val)
+    assert (out / "curves.png").stat().st_size > 1000
+    model = from_pretrained(out / "final", device="cpu")
+    assert model.fine_tuned
+    meta = json.loads((out / "final" / "medsegr_config.json").read_text())
+    assert meta["training"]["steps"] == 6
+
+
+def test_bad_training_configs_and_checkpoints_are_refused(dataset, tmp_path):
+    from medsegr.errors import CheckpointError, ConfigError, InputError
+    from medsegr.training.config import TrainConfig
+    from medsegr.training.trainer import train
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[optim]\nstepz = 3\n')
+    with pytest.raises(ConfigError, match="stepz"):
+        TrainConfig.from_file(bad)
+    bad.write_text('[data]\nroot = "x"\n[optim]\nlr = -1.0\n')
+    with pytest.raises(ConfigError, match="lr"):
+        TrainConfig.from_file(bad)
+
+    # a resumable checkpoint trained on another base vision model
+    out = tmp_path / "run"
+    config = TrainConfig.from_file(write_config(tmp_path / "t.toml", dataset, out, steps=1))
+    train(config, progress=False)
+    ckpt = next(out.glob("checkpoint-*"))
+    meta_file = ckpt / "model" / "medsegr_config.json"
+    meta = json.loads(meta_file.read_text())
+    meta["base"]["vision"]["sha256"] = "0" * 64
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="another base"):
+        train(config, resume=str(ckpt), progress=False)
+    with pytest.raises(CheckpointError, match="not a resumable"):
+        train(config, resume=str(tmp_path), progress=False)
+
+    # a record whose answer has a [SEG] without a mask
+    broken = tmp_path / "broken"
+    shutil.copytree(dataset, broken)
+    lines = (broken / "train.jsonl").read_text().splitlines()
+    rec = json.loads(lines[0])
+    rec["conversation"][0]["masks"] = []
+    lines[0] = json.dumps(rec)
+    (broken / "train.jsonl").write_text("\n".join(lines) + "\n")
+    config = TrainConfig.from_file(write_config(tmp_path / "b.toml", broken, tmp_path / "r2"))
+    with pytest.raises(InputError):
+        train(config, progress=False)
+    assert not (tmp_path / "r2" / "final").exists()
+
+
+def test_train_command_under_accelerate_launch_with_two_cpu_processes(dataset, tmp_path):
+    out = tmp_path / "ddp"
+    cfg = write_config(tmp_path / "ddp.toml", dataset, out, steps=2, batch_size=1)
+    launcher = Path(sys.executable).with_name("accelerate")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [str(launcher), "launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "medsegr.cli", "train",
+         str(cfg), "--no-progress"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trained 2 steps" in proc.stdout
+    assert (out / "final" / "heads.safetensors").is_file()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]  # logged once, not twice
