@@ -279,7 +279,7 @@ class EngineClient:
         watcher = _CancelWatcher(self, request_id, cancel_event)
         try:
             if stream:
-                record = self._ask_streamed(path, body, on_text, watcher)
+                record = self._ask_streamed(path + "/stream", body, on_text, watcher)
             else:
                 record = self._json("POST", path, body, "application/json")
         except EngineError as exc:

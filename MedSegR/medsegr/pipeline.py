@@ -413,6 +413,15 @@ class ChatSession:
             self.state = self.pipeline.prompt_prefix() or ConversationState()
             self._shown_image = None
 
+    def memory_bytes(self) -> int:
+        """Bytes this session holds: the image, its normalised copy, the cached slice
+        embeddings and visual tokens, and the conversation's KV cache."""
+        seen: set[int] = set()
+        total = self.image.array.nbytes + int(np.asarray(self.volume01).nbytes)
+        total += sum(_tensor_bytes(t, seen) for t in list(self._embeddings.values()))
+        total += sum(_tensor_bytes(t, seen) for t in list(self._visual_bank.values()))
+        return total + _tensor_bytes(self.state.cache, seen)
+
     # -- helpers ------------------------------------------------------------------
     def _key_slices(self, axis: int, count: int) -> list[int]:
         """Slices the LLM looks at in volume mode: evenly inside the extent of the
@@ -523,3 +532,23 @@ class _Streamer:
             self.cancelled = True
             return False
         return True
+
+
+def _tensor_bytes(obj: Any, seen: set[int], depth: int = 0) -> int:
+    """Bytes of the tensors in ``obj`` (a tensor, or a KV cache object holding tensors
+    in attributes, lists or dicts, a few levels deep); storages counted once."""
+    if isinstance(obj, torch.Tensor):
+        key = obj.untyped_storage().data_ptr()
+        if key in seen:
+            return 0
+        seen.add(key)
+        return int(obj.untyped_storage().nbytes())
+    if obj is None or depth > 4 or isinstance(obj, (str, bytes, int, float, bool)):
+        return 0
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(o, seen, depth + 1) for o in list(obj))
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(o, seen, depth + 1) for o in list(obj.values()))
+    if hasattr(obj, "__dict__"):
+        return sum(_tensor_bytes(o, seen, depth + 1) for o in list(vars(obj).values()))
+    return 0

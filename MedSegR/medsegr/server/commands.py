@@ -1,0 +1,165 @@
+"""``medsegr serve``: run the engine server (FastAPI + uvicorn).
+
+Imports nothing heavy at module level; the model and the web stack load only when
+the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import stat
+import sys
+from pathlib import Path
+
+from medsegr.errors import InputError
+from medsegr.server.settings import DEFAULT_PORT, MIB
+
+log = logging.getLogger("medsegr.server")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    serve = subparsers.add_parser(
+        "serve", help="run the engine as an HTTP server for 3D Slicer and other clients",
+        description="Serve one model on one device behind the versioned /v1 HTTP API. "
+        "Listens on 127.0.0.1 by default; any other address needs a token.")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT,
+                       help=f"TCP port (default {DEFAULT_PORT}; 0 picks a free one)")
+    token = serve.add_mutually_exclusive_group()
+    token.add_argument("--token", default=None,
+                       help="bearer token clients must send (visible in the process list: "
+                       "prefer --token-file or $MEDSEGR_TOKEN)")
+    token.add_argument("--token-file", default=None, metavar="FILE",
+                       help="file holding the bearer token (first line)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    model = serve.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", default="default",
+                       help="fine-tuned checkpoint folder (default: the bundled one)")
+    model.add_argument("--base", action="store_true",
+                       help="serve the untrained base parts (no fine-tuned checkpoint)")
+    serve.add_argument("--config", default=None,
+                       help="model config file (TOML/JSON), with --base")
+    serve.add_argument("--max-queue", type=int, default=16,
+                       help="requests that may wait for the model; more get 503 (default 16)")
+    serve.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
+                       help="a request not finished this long after it was queued fails "
+                       "with 504 (default 600)")
+    serve.add_argument("--session-idle", type=float, default=1800.0, metavar="S",
+                       help="delete sessions unused for this long (default 1800)")
+    serve.add_argument("--max-session-memory", type=float, default=4096, metavar="MIB",
+                       help="memory all sessions may hold together; least recently used "
+                       "ones are evicted (default 4096 MiB)")
+    serve.add_argument("--max-sessions", type=int, default=64, help="most sessions at once")
+    serve.add_argument("--max-upload", type=float, default=1024, metavar="MIB",
+                       help="largest uploaded image file (default 1024 MiB)")
+    serve.add_argument("--max-voxels", type=int, default=512 * 512 * 1024,
+                       help="most voxels an uploaded image may have (default 512*512*1024)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"],
+                       help="server log level (question text is logged at debug only)")
+    serve.add_argument("--export-openapi", default=None, metavar="FILE",
+                       help="write the API's OpenAPI document to FILE and exit (no model)")
+    serve.set_defaults(handler=cmd_serve)
+
+
+def read_token(args: argparse.Namespace) -> str | None:
+    """The token from --token, --token-file or $MEDSEGR_TOKEN (in that order)."""
+    if args.token is not None:
+        return args.token.strip() or None
+    if args.token_file is not None:
+        path = Path(args.token_file)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
+        token = text.strip().splitlines()[0].strip() if text.strip() else ""
+        if not token:
+            raise InputError(f"the token file {path} is empty")
+        if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("the token file %s is readable by other users; chmod 600 it", path)
+        return token
+    return os.environ.get("MEDSEGR_TOKEN", "").strip() or None
+
+
+def write_openapi(path: str | Path) -> Path:
+    """Write the OpenAPI document (JSON, 2-space indent, trailing newline) atomically."""
+    from medsegr.io.images import atomic_output
+    from medsegr.server.app import openapi_document
+
+    target = Path(path)
+    with atomic_output(target) as tmp:
+        tmp.write_text(json.dumps(openapi_document(), indent=2) + "\n", encoding="utf-8")
+    return target
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if args.export_openapi:
+        print(f"wrote {write_openapi(args.export_openapi)}")
+        return 0
+    from medsegr.server.security import check_bind_address
+    from medsegr.server.settings import ServerSettings
+
+    token = read_token(args)
+    check_bind_address(args.host, token)
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be between 0 and 65535, got {args.port}")
+    if args.config and not args.base:
+        raise InputError("--config applies to --base (a checkpoint brings its own configuration)")
+    settings = ServerSettings(
+        token=token, max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+        session_idle_s=args.session_idle, max_session_bytes=int(args.max_session_memory * MIB),
+        max_sessions=args.max_sessions, max_upload_bytes=int(args.max_upload * MIB),
+        max_voxels=args.max_voxels)
+    if args.checkpoint not in (None, "default") and not Path(args.checkpoint).is_dir():
+        raise InputError(f"checkpoint folder not found: {args.checkpoint}")
+    sock = _bind(args.host, args.port)  # fail fast on a busy port, before loading the model
+    print("medsegr serve: loading the model…", file=sys.stderr, flush=True)
+
+    import uvicorn
+
+    from medsegr.config import MedSegRConfig
+    from medsegr.pipeline import MedSegRPipeline
+    from medsegr.server.app import create_app
+
+    level = getattr(logging, args.log_level.upper())
+    logging.getLogger("medsegr").setLevel(level)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    config = MedSegRConfig.from_file(args.config) if args.config else None
+    pipe = MedSegRPipeline.load(None if args.base else args.checkpoint, config=config,
+                                device=args.device)
+    if not pipe.fine_tuned:
+        log.warning("no fine-tuned MedSegR checkpoint is loaded: answers are not grounded in "
+                    "the image and masks are not meaningful")
+    app = create_app(pipe, settings)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"medsegr serve: listening on http://{shown}:{port} (API v1, device "
+          f"{pipe.info()['device']}, {'token required' if token else 'no token'})", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=True,
+                                           timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
+    return 0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (IPv4 or IPv6)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise InputError(f"cannot resolve --host {host}: {exc.strerror}") from None
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    sock.listen(128)
+    return sock

@@ -1,0 +1,132 @@
+"""Request and response models of the ``/v1`` API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+AxisName = Literal["axial", "coronal", "sagittal", "k", "j", "i"]
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+
+
+class AskRequest(BaseModel):
+    """A question about the session's image: one slice (default: the middle one along
+    ``axis``) or, with ``volume``, the whole volume."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(description="the question (at most the server's "
+                          "max_question_chars, 2,000 by default)")
+    volume: bool = Field(False, description="answer about the whole volume")
+    axis: AxisName | Annotated[int, Field(ge=0, le=2)] = Field(
+        "axial", description="axial, coronal, sagittal (from the direction matrix), or a "
+        "raw array axis k/j/i or 0/1/2")
+    slice_index: Annotated[int, Field(ge=0)] | None = Field(
+        None, description="slice along axis (slice mode); default the middle slice")
+    box: tuple[Finite, Finite, Finite, Finite] | None = Field(
+        None, description="optional box hint x0, y0, x1, y1 in in-plane voxel indices "
+        "(axial: i, j; coronal: i, k; sagittal: j, k)")
+    points: list[tuple[Finite, Finite, Literal[0, 1]]] | None = Field(
+        None, max_length=64, description="optional point hints [x, y, label], label 1 inside, "
+        "0 outside")
+    request_id: Annotated[str, Field(pattern=REQUEST_ID_PATTERN)] | None = Field(
+        None, description="the client's id for this request (used to cancel it); the server "
+        "makes one when absent")
+    max_new_tokens: Annotated[int, Field(ge=1, le=1024)] | None = Field(
+        None, description="cap on generated tokens (default: the model's configuration)")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="machine-readable error code, e.g. unknown_session")
+    message: str = Field(description="one-line reason")
+
+
+class ErrorBody(BaseModel):
+    """Every error reply."""
+
+    error: ErrorDetail
+
+
+class SegmentRecord(BaseModel):
+    id: str
+    name: str
+    index: int
+    voxels: int
+    mask_url: str = Field(description="GET it (with the token) for the mask as gzip NRRD "
+                          "(uint8 0/1) on the session image's exact grid")
+
+
+class AnswerRecord(BaseModel):
+    request_id: str
+    session_id: str
+    text: str = Field(description="the answer as a clinician reads it (no [SEG] markers)")
+    raw_text: str = Field(description="the model's raw answer")
+    mode: Literal["slice", "volume"]
+    axis: int
+    slice_index: int | None
+    key_slices: list[int]
+    fine_tuned: bool
+    timings: dict[str, float] = Field(description="seconds: encode, prefill, decode, masks, "
+                                      "total, queue_wait, server_total")
+    tokens: dict[str, int]
+    encoded_slices: int = Field(description="slices encoded for this answer (0: every "
+                                "embedding was reused)")
+    segments: list[SegmentRecord]
+
+
+class SessionRecord(BaseModel):
+    session_id: str
+    shape: list[int] = Field(description="numpy order (z, y, x)")
+    spacing: list[float] = Field(description="mm, ITK order (x, y, z)")
+    origin: list[float] = Field(description="LPS mm")
+    direction: list[float] = Field(description="row-major 3x3 ITK direction matrix")
+    modality: str
+    is_2d: bool
+    turns: int
+    encoded_slices: int
+    memory_bytes: int
+    idle_s: float
+
+
+class HealthRecord(BaseModel):
+    status: Literal["ok"]
+    api_version: str
+    engine_version: str
+
+
+class InfoRecord(BaseModel):
+    engine_version: str
+    api_version: str
+    model: dict[str, Any] = Field(description="the loaded model: base parts with their "
+                                  "SHA-256, checkpoint, fine-tuned or not, dtype")
+    device: str
+    memory: dict[str, Any]
+    capabilities: dict[str, bool]
+    limits: dict[str, float]
+    queue: dict[str, Any]
+    auth: bool = Field(description="whether requests need a bearer token")
+
+
+class CancelRecord(BaseModel):
+    request_id: str
+    state: Literal["queued", "running"] = Field(
+        description="queued: removed from the queue; running: stops at the next token")
+
+
+#: what an answer stream sends (``POST .../ask/stream``), for the OpenAPI document
+STREAM_DESCRIPTION = """Server-sent events (`text/event-stream`), each `event: NAME` with one
+`data:` line of JSON:
+
+* `queued` `{"request_id", "position"}`: requests ahead of this one;
+* `started` `{"request_id", "queue_wait_s"}`: the model took it;
+* `progress` `{"stage": "encoding", "done", "total"}`: volume mode, slices encoded;
+* `text` `{"text"}`: the next piece of the raw answer text (may contain `<p>` and
+  `[SEG]` markers), as it is generated;
+* `answer`: the final answer (the same JSON as `POST .../ask`); the stream ends;
+* `error` `{"error": {"code", "message", "status"}}`: the request failed or was
+  cancelled; the stream ends.
+
+Comment lines (`: ping`) keep the connection alive. Closing the connection cancels
+the request."""

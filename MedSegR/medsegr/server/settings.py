@@ -1,0 +1,76 @@
+"""Server settings: limits and defaults, in one typed object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from medsegr.errors import InputError
+from medsegr.prompts import MAX_QUESTION_CHARS
+
+#: default TCP port of ``medsegr serve``
+DEFAULT_PORT = 8765
+#: the shortest bearer token the server accepts
+MIN_TOKEN_CHARS = 16
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class ServerSettings:
+    """Everything the application needs besides the loaded pipeline.
+
+    Sizes are in bytes, durations in seconds.
+    """
+
+    #: bearer token every request except ``/v1/health`` must carry (None: no check,
+    #: only allowed on a loopback address)
+    token: str | None = None
+    #: largest request body: an uploaded image (NRRD, usually gzip-compressed)
+    max_upload_bytes: int = 1024 * MIB
+    #: largest JSON request body (questions, hints)
+    max_json_bytes: int = 64 * 1024
+    #: most voxels an uploaded image may have
+    max_voxels: int = 512 * 512 * 1024
+    #: longest question, in characters
+    max_question_chars: int = MAX_QUESTION_CHARS
+    #: requests that may wait for the model (the running one not counted); more get 503
+    max_queue: int = 16
+    #: a request that has not finished this long after it was queued fails with 504
+    request_timeout_s: float = 600.0
+    #: sessions unused this long are deleted
+    session_idle_s: float = 1800.0
+    #: total memory all sessions may hold (images, embeddings, KV caches, masks);
+    #: least recently used sessions are evicted to stay below it
+    max_session_bytes: int = 4096 * MIB
+    #: most sessions held at once (least recently used evicted first)
+    max_sessions: int = 64
+    #: how many answers per session keep their masks available for download
+    keep_answers: int = 8
+    #: seconds between keep-alive comments on an answer stream
+    ping_interval_s: float = 2.0
+    #: seconds a 503 (queue full) tells the client to wait (``Retry-After``)
+    retry_after_s: int = 2
+
+    def __post_init__(self) -> None:
+        if self.token is not None:
+            if len(self.token) < MIN_TOKEN_CHARS:
+                raise InputError(f"the token must have at least {MIN_TOKEN_CHARS} characters "
+                                 "(make one with: python -c \"import secrets; "
+                                 "print(secrets.token_urlsafe(32))\")")
+            if any(c.isspace() for c in self.token) or not self.token.isprintable():
+                raise InputError("the token must be printable text without spaces")
+        positive = ("max_upload_bytes", "max_json_bytes", "max_voxels", "max_question_chars",
+                    "max_queue", "request_timeout_s", "session_idle_s", "max_session_bytes",
+                    "max_sessions", "keep_answers", "ping_interval_s", "retry_after_s")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise InputError(f"server setting {name} must be positive, got {getattr(self, name)}")
+
+    def limits(self) -> dict[str, float | int]:
+        """The limits a client may want to know (``/v1/info``)."""
+        return {"max_upload_bytes": self.max_upload_bytes, "max_json_bytes": self.max_json_bytes,
+                "max_voxels": self.max_voxels, "max_question_chars": self.max_question_chars,
+                "max_queue": self.max_queue, "request_timeout_s": self.request_timeout_s,
+                "session_idle_s": self.session_idle_s,
+                "max_session_bytes": self.max_session_bytes, "max_sessions": self.max_sessions,
+                "keep_answers": self.keep_answers}
