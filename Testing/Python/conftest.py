@@ -56,3 +56,13 @@ def anisotropic_volume():
                            origin=(-10.0, 25.0, 40.0), direction=oblique_direction(),
                            modality="MR")
     return img, organ
+
+
+@pytest.fixture
+def mrml_scene():
+    """A real MRML scene (slicer-core) with Slicer's module logics and the standard
+    Red/Yellow/Green slice views (see mrml_scene.py)."""
+    pytest.importorskip("slicer")
+    from mrml_scene import new_scene
+
+    return new_scene()
