@@ -39,6 +39,7 @@ class MedSegROutput:
     ce_loss: torch.Tensor | None
     bce_loss: torch.Tensor | None
     dice_loss: torch.Tensor | None
+    #: ``(B, T, V)`` without labels; with labels only the labelled positions ``(L, V)``
     logits: torch.Tensor
     #: per sample, mask logits ``(K_i, S, S)`` for its K_i ``[SEG]`` tokens
     mask_logits: list[torch.Tensor]
@@ -182,9 +183,23 @@ class MedSegRModel(nn.Module):
         """
         visual = self.visual_tokens(image_embeddings)
         embeds = self.embed_batch(input_ids, visual)
-        out = self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels,
-                       output_hidden_states=True, use_cache=False)
-        last = out.hidden_states[-1]
+        base = self.llm.get_base_model() if hasattr(self.llm, "get_base_model") else self.llm
+        decoder = base.get_decoder()
+        last = decoder(inputs_embeds=embeds, attention_mask=attention_mask,
+                       use_cache=False).last_hidden_state
+        head = base.get_output_embeddings()
+        logits = None
+        ce = None
+        if labels is not None:
+            # the LM head runs only where a label is predicted (answer tokens): the
+            # vocabulary projection of every prompt position would dominate the step
+            targets = labels[:, 1:]
+            chosen = targets != -100
+            logits = head(last[:, :-1][chosen])
+            ce = (F.cross_entropy(logits.float(), targets[chosen]) if logits.shape[0]
+                  else last.new_zeros(()))
+        else:
+            logits = head(last)
         # with labels, only the answers' [SEG] count (the system prompt may mention the token)
         positions = self.seg_state_positions(labels if labels is not None else input_ids,
                                              self.seg_token_id)
@@ -195,7 +210,6 @@ class MedSegRModel(nn.Module):
                 continue
             prompts = self.seg_prompts(last[b, pos])
             mask_logits.append(self.decode_masks(image_embeddings[b:b + 1], prompts))
-        ce = out.loss if labels is not None else None
         bce = dice = None
         if gt_masks is not None:
             bce, dice = _mask_losses(mask_logits, gt_masks)
@@ -206,7 +220,7 @@ class MedSegRModel(nn.Module):
                     + bce_weight * (bce if bce is not None else zero)
                     + dice_weight * (dice if dice is not None else zero))
         return MedSegROutput(loss=loss, ce_loss=ce, bce_loss=bce, dice_loss=dice,
-                             logits=out.logits, mask_logits=mask_logits)
+                             logits=logits, mask_logits=mask_logits)
 
 
 def _mask_losses(pred: list[torch.Tensor], gt: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
