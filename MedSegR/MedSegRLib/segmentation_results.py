@@ -133,6 +133,15 @@ def write_segments(segmentation_node: Any, volume_node: Any, segments: Sequence[
     return written
 
 
+def segment_tag(segmentation_node: Any, segment_id: str, key: str) -> str | None:
+    """A tag of a segment, or None when the segment or the tag is not there."""
+    segment = segmentation_node.GetSegmentation().GetSegment(segment_id)
+    value = vtk.reference("")
+    if segment is None or not segment.GetTag(key, value):
+        return None
+    return str(value)
+
+
 def _existing(segmentation_node: Any, segment_ids: Sequence[str]) -> list[str]:
     segmentation = segmentation_node.GetSegmentation()
     return [sid for sid in segment_ids if segmentation.GetSegment(sid) is not None]
