@@ -197,10 +197,7 @@ class EngineClient:
             info = self.info()
         except EngineError as exc:
             if exc.status == 404:
-                raise VersionMismatch(
-                    f"the server at {self.url} does not offer API v{API_VERSION} (this client "
-                    f"is medsegr {__version__}); update the engine or the client",
-                    code="version_mismatch", status=404) from None
+                raise self._mismatch() from None
             raise
         server = str(info.get("api_version"))
         if server != API_VERSION:
@@ -211,6 +208,27 @@ class EngineClient:
                 "Slicer extension", code="version_mismatch")
         self._checked = info
         return info
+
+    def _mismatch(self) -> VersionMismatch:
+        """The error for a server without this client's API version: what it speaks
+        instead, from its version-independent ``GET /``."""
+        try:
+            response = self._opener.open(urllib.request.Request(self.url + "/"),
+                                         timeout=self.timeout)
+            with response:
+                service = json.loads(response.read().decode("utf-8"))
+            versions = [str(v) for v in service["api_versions"]]
+            engine = str(service.get("engine_version", "?"))
+        except (OSError, ValueError, KeyError, TypeError, http.client.HTTPException):
+            return VersionMismatch(
+                f"the server at {self.url} does not offer MedSegR API v{API_VERSION} (this "
+                f"client is medsegr {__version__}); is it a MedSegR engine of a matching "
+                "version?", code="version_mismatch", status=404)
+        return VersionMismatch(
+            f"the engine at {self.url} speaks API v{', v'.join(versions)} (medsegr {engine}) "
+            f"but this client speaks API v{API_VERSION} (medsegr {__version__}); install "
+            "matching versions of the engine and the Slicer extension",
+            code="version_mismatch", status=404)
 
     # -- sessions -----------------------------------------------------------------
     def create_session(self, array: np.ndarray, spacing: Any, origin: Any, direction: Any,

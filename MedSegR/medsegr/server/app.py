@@ -37,7 +37,7 @@ from medsegr.nrrd_codec import NrrdTooLarge, decode_nrrd, encode_nrrd
 from medsegr.pipeline import Hints, MedSegRPipeline
 from medsegr.prompts import validate_question
 from medsegr.server.errors import ApiError, install_error_handlers
-from medsegr.server.routes import api, public
+from medsegr.server.routes import api, public, root
 from medsegr.server.schemas import AskRequest
 from medsegr.server.security import BodyLimitMiddleware, TokenCheck
 from medsegr.server.sessions import SessionEntry, SessionStore, StoredMask
@@ -78,10 +78,10 @@ class Engine:
         image = image_from_array(array, spacing=spacing, origin=origin, direction=direction,
                                  modality=modality)
         needed = 2 * image.array.nbytes  # the image and its normalised copy
-        if needed > self.settings.max_session_bytes:
-            raise ApiError(413, "too_large", f"this image needs {needed / 2**20:.0f} MiB of session "
-                           f"memory; the engine allows {self.settings.max_session_bytes / 2**20:.0f} "
-                           "MiB for all sessions together")
+        if needed > self.store.max_bytes:
+            raise ApiError(413, "too_large", f"this image needs {needed / 2**20:.1f} MiB of session "
+                           f"memory; the engine allows {self.store.max_bytes / 2**20:.1f} MiB for "
+                           "all sessions together")
         session = self.pipeline.new_session(image, window=window)
         entry = self.store.add(session)
         log.info("session %s opened: %s voxels (z, y, x) %s, %s, %.1f MiB", entry.id,
@@ -166,6 +166,7 @@ def _base_app(lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="MedSegR engine", version=__version__, description=_DESCRIPTION,
                   docs_url=None, redoc_url=None, openapi_url=f"/v{API_VERSION}/openapi.json",
                   lifespan=lifespan)
+    app.include_router(root)
     app.include_router(public)
     app.include_router(api)
     install_error_handlers(app)

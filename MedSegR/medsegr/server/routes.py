@@ -22,7 +22,7 @@ from medsegr.client import API_VERSION, NRRD_MEDIA_TYPE
 from medsegr.server.errors import ApiError
 from medsegr.server.schemas import (
     STREAM_DESCRIPTION, AnswerRecord, AskRequest, CancelRecord, ErrorBody, HealthRecord,
-    InfoRecord, SessionRecord)
+    InfoRecord, ServiceRecord, SessionRecord)
 from medsegr.server.security import require_token
 
 #: media types accepted for an uploaded image
@@ -49,6 +49,15 @@ async def json_body(request: Request) -> None:
 
 
 public = APIRouter(prefix=f"/v{API_VERSION}", tags=["service"])
+root = APIRouter(tags=["service"])
+
+
+@root.get("/", response_model=ServiceRecord, summary="Which API versions this engine speaks "
+          "(no token needed; stays the same across API versions)")
+async def service() -> dict[str, Any]:
+    return {"service": "medsegr-engine", "api_versions": [API_VERSION],
+            "engine_version": __version__}
+
 api = APIRouter(prefix=f"/v{API_VERSION}", dependencies=[Depends(require_token)],
                 responses=_errors(401))
 
@@ -130,7 +139,7 @@ async def ask(session_id: str, body: AskRequest, request: Request) -> dict[str, 
     engine = _engine(request)
     job = engine.make_job(session_id, body, emit=None)
     engine.worker.submit(job)
-    future = asyncio.wrap_future(job.future)
+    future = _wrap(job.future)
     try:
         while True:
             done, _ = await asyncio.wait({future}, timeout=0.25)
@@ -169,8 +178,9 @@ async def ask_stream(session_id: str, body: AskRequest, request: Request) -> Str
 
 async def _event_stream(engine: Any, job: Any, events: asyncio.Queue, ahead: int,
                         ) -> AsyncIterator[bytes]:
-    future = asyncio.wrap_future(job.future)
+    future = _wrap(job.future)
     ping = engine.settings.ping_interval_s
+    getter: asyncio.Future | None = None
     try:
         yield _sse("queued", {"request_id": job.request_id, "position": ahead})
         while True:
@@ -197,8 +207,18 @@ async def _event_stream(engine: Any, job: Any, events: asyncio.Queue, ahead: int
                                                "message": "the engine failed on this request"}})
             return
     finally:
+        if getter is not None and not getter.done():
+            getter.cancel()
         if job.state != "done":  # the client went away: free the model for the next one
             engine.worker.cancel(job.request_id, "disconnected")
+
+
+def _wrap(future: Any) -> asyncio.Future:
+    """An asyncio view of a worker future whose outcome counts as seen even when the
+    client went away before it came (no "exception was never retrieved" noise)."""
+    wrapped = asyncio.wrap_future(future)
+    wrapped.add_done_callback(lambda f: f.cancelled() or f.exception())
+    return wrapped
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:

@@ -90,6 +90,12 @@ class SessionRecord(BaseModel):
     idle_s: float
 
 
+class ServiceRecord(BaseModel):
+    service: Literal["medsegr-engine"]
+    api_versions: list[str]
+    engine_version: str
+
+
 class HealthRecord(BaseModel):
     status: Literal["ok"]
     api_version: str

@@ -112,6 +112,7 @@ class ModelWorker:
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="medsegr-model", daemon=True)
             self._thread.start()
+            threading.Thread(target=self._reap, name="medsegr-queue-timeouts", daemon=True).start()
 
     def stop(self, timeout: float = 10.0) -> None:
         """Fail queued requests, stop the running one and end the thread."""
@@ -196,7 +197,6 @@ class ModelWorker:
             with self._cond:
                 while not self._queue and not self._stopping:
                     self._cond.wait(timeout=0.5)
-                    self._expire_queued()
                 if self._stopping:
                     return
                 self._expire_queued()
@@ -216,6 +216,13 @@ class ModelWorker:
                                                  "server log"))
             else:
                 self._finish(job, result=record)
+
+    def _reap(self) -> None:
+        """Fail queued requests at their deadline, even while the model is busy."""
+        with self._cond:
+            while not self._stopping:
+                self._expire_queued()
+                self._cond.wait(timeout=0.25)
 
     def _expire_queued(self) -> None:
         now = time.monotonic()
