@@ -1,0 +1,127 @@
+"""From the masks on one displayed slice to a :class:`~medsegr.data.conversations.Scene`
+and to dataset records. Shared by every builder."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medsegr.data.conversations import Absence, Item, Scene, containment, make_conversation, measure
+from medsegr.data.knowledge import Structure
+from medsegr.data.records import MaskRef, Record, Turn
+
+__all__ = ["MaskSpec", "SliceRef", "lesion_components", "records_for_scene", "scene_from_masks"]
+
+#: a structure smaller than this on a slice is neither asked about nor called absent
+MIN_AREA_MM2 = 40.0
+MIN_PIXELS = 25
+
+
+@dataclass
+class MaskSpec:
+    """What a mask is: its knowledge-base entry, the name answers use, where it is
+    stored (label map file relative to the dataset root, label value) and known facts."""
+
+    key: str
+    entry: Structure
+    name: str
+    file: str
+    label: int
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def ref(self) -> MaskRef:
+        return MaskRef(key=self.key, file=self.file, label=self.label, name=self.name, snomed=self.entry.snomed)
+
+
+@dataclass
+class SliceRef:
+    """Where a record's slice is: the image file, axis name and index (None for 2-D)."""
+
+    image: str
+    axis: str | None
+    index: int | None
+    plane: str
+
+
+def lesion_components(mask: np.ndarray, pixel_spacing: tuple[float, float]) -> tuple[int, float]:
+    """Number of separate lesions on a 2-D mask and the largest one's diameter (mm,
+    of the circle of equal area)."""
+    from scipy.ndimage import label
+
+    labelled, count = label(mask)
+    if count == 0:
+        return 0, 0.0
+    sizes = np.bincount(labelled.ravel())[1:] * pixel_spacing[0] * pixel_spacing[1]
+    return int(count), float(2.0 * np.sqrt(sizes.max() / np.pi))
+
+
+def scene_from_masks(masks: Mapping[str, np.ndarray], specs: Mapping[str, MaskSpec], pixel_spacing: tuple[float, float],
+                     *, modality: str, plane: str, regions: Sequence[str], description: str,
+                     sequence: str | None = None, absences: Sequence[Absence] = (),
+                     lesion_hosts: Sequence[str] = (), missing_is_absent: bool = False,
+                     min_area_mm2: float = MIN_AREA_MM2) -> Scene:
+    """The scene of one displayed slice.
+
+    Masks smaller than ``min_area_mm2`` (or :data:`MIN_PIXELS` pixels) are left out:
+    never segmented, never called absent. With ``missing_is_absent``, a structure
+    whose mask is empty on this slice becomes an absence ("not in this slice").
+    ``lesion_hosts`` are organ keys that may hold lesions: present ones without a
+    lesion on this slice are recorded as lesion-free. A lesion spec names its host
+    organ in ``attrs["host"]``; its count and size are measured on the slice.
+    """
+    geometry = measure(masks, pixel_spacing)
+    items: dict[str, Item] = {}
+    present_masks: dict[str, np.ndarray] = {}
+    found_absences = list(absences)
+    for key, spec in specs.items():
+        mask = masks.get(key)
+        pixels = int(np.count_nonzero(mask)) if mask is not None else 0
+        area, centroid, diameter = geometry.get(key, (0.0, (0.0, 0.0), 0.0))
+        if pixels == 0:
+            if missing_is_absent and spec.entry.kind != "lesion":
+                found_absences.append(Absence(spec.entry, "it is not in this slice"))
+            continue
+        if area < min_area_mm2 or pixels < MIN_PIXELS:
+            continue
+        attrs = dict(spec.attrs)
+        if spec.entry.kind == "lesion":
+            count, size = lesion_components(mask, pixel_spacing)
+            attrs.update(count=count, size_mm=size)
+        items[key] = Item(key=key, entry=spec.entry, name=spec.name, area_mm2=area, centroid=centroid,
+                          diameter_mm=diameter, attrs=attrs)
+        present_masks[key] = mask
+    lesion_free = [h for h in lesion_hosts if h in items
+                   and not any(i.entry.kind == "lesion" and i.attrs.get("host") == h for i in items.values())]
+    # a structure with a lesion on this slice must not also be called lesion-free
+    return Scene(modality=modality, plane=plane, regions=tuple(regions), items=items, sequence=sequence,
+                 contains=containment(present_masks), absences=found_absences, lesion_free=lesion_free,
+                 description=description)
+
+
+def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceRef, *, record_id: str,
+                      subject: str, source: str, modality: str, count: int, rng: random.Random,
+                      windows: Sequence[str | None] = (None,), attributes: Mapping[str, Any] | None = None,
+                      max_turns: int = 3) -> list[Record]:
+    """Up to ``count`` records on one slice, each with its own conversation (distinct
+    first questions). The record's masks are the structures present on the slice."""
+    refs = [specs[key].ref() for key in scene.items]
+    records: list[Record] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(records) < count and attempts < count * 4:
+        attempts += 1
+        turns: list[Turn] = make_conversation(scene, rng, max_turns=max_turns)
+        if not turns or turns[0].question in seen:
+            continue
+        seen.add(turns[0].question)
+        used = {k for t in turns for k in t.masks}
+        masks = [r for r in refs if r.key in used] + [r for r in refs if r.key not in used]
+        records.append(Record(
+            id=f"{record_id}-c{len(records)}", subject=subject, source=source, image=where.image,
+            modality=modality, window=rng.choice(list(windows)), axis=where.axis, slice=where.index,
+            masks=masks, conversation=turns, attributes=dict(attributes or {})))
+    return records
