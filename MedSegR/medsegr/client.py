@@ -335,8 +335,9 @@ class EngineClient:
                     return data
                 elif event == "error":
                     raise _error_from_body(data, data.get("error", {}).get("status"), None)
-            raise EngineUnavailable("the engine closed the answer stream before the answer "
-                                    "(was it stopped?)", code="connection_lost")
+            raise EngineUnavailable(f"lost the connection to the engine at {self.url} while "
+                                    "waiting for the answer (the stream ended early; was the "
+                                    "engine stopped?)", code="connection_lost")
         except (OSError, http.client.HTTPException) as exc:
             if watcher.sent:
                 raise RequestCancelled("the request was cancelled", code="cancelled") from None
