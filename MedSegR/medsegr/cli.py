@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "medsegr.training.commands",
     "medsegr.evaluation.commands",
     "medsegr.server.commands",
+    "medsegr.bench.commands",
 )
 
 
@@ -78,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--config", default=None, help="model config file (TOML/JSON) for --base")
     ask.add_argument("--max-new-tokens", type=int, default=None)
     ask.add_argument("--json", action="store_true", help="print the JSON record instead of text")
+    ask.add_argument("--server", default=None, metavar="URL",
+                     help="ask a running engine (medsegr serve) instead of loading a model here")
+    remote_token = ask.add_mutually_exclusive_group()
+    remote_token.add_argument("--token", default=None, help="the engine's token (with --server; "
+                              "prefer --token-file or $MEDSEGR_TOKEN)")
+    remote_token.add_argument("--token-file", default=None, metavar="FILE",
+                              help="file holding the engine's token (with --server)")
     ask.add_argument("-v", "--verbose", action="store_true")
 
     info = sub.add_parser("info", help="check the weights and show the model that would be loaded")
@@ -132,6 +140,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
                              f"(0..{image.shape[axis] - 1} along {args.axis})")
     config = MedSegRConfig.from_file(args.config) if args.config else None
     _check_output_folder(Path(args.out))
+    if args.server:
+        from medsegr.remote_ask import ask_remote
+
+        return ask_remote(args, image, question, hints)
 
     from medsegr.outputs import write_results
     from medsegr.pipeline import MedSegRPipeline

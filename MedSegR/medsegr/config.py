@@ -103,7 +103,7 @@ class GenerationConfig:
     #: key slices the LLM sees in volume mode (the mask decoder sees every slice)
     volume_key_slices: int = 1
     #: slices per image-encoder call (0: automatic, 1 on CPU where larger batches are
-    #: slower per slice and cost ~1 GiB more, 16 on CUDA)
+    #: slower per slice and cost ~1 GiB more; on CUDA what fits in half the free memory)
     encoder_batch: int = 0
     #: slices per mask-decoder call in volume mode
     decoder_batch: int = 4

@@ -128,6 +128,10 @@ class MedSegRPipeline:
         self.checkpoint = checkpoint
         self.lock = threading.RLock()  # one forward pass at a time on the model
         self._prefix: ConversationState | None = None
+        self._encoder_batch: int | None = None
+        #: optional ``fn(step, logits)`` applied to every generated token's logits, in
+        #: place (benchmarks use it to place a [SEG]); None in normal use
+        self.adjust_logits: Callable[[int, torch.Tensor], None] | None = None
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = "default", config: MedSegRConfig | None = None,
@@ -172,6 +176,59 @@ class MedSegRPipeline:
             "visual_tokens": self.model.num_visual_tokens,
         }
 
+    def encoder_batch(self) -> int:
+        """Slices per image-encoder call: ``generation.encoder_batch``, or when that is 0
+        (automatic) 1 on CPU and, on CUDA, as many as fit in half the free memory
+        (:func:`batch_for_memory`, from the measured cost of one slice). Lowered for
+        the rest of the pipeline's life when a call runs out of memory."""
+        if self._encoder_batch is None:
+            configured = self.model.config.generation.encoder_batch
+            if configured > 0:
+                self._encoder_batch = configured
+            elif self.model.device.type == "cuda":
+                self._encoder_batch = self._fit_encoder_batch()
+            else:
+                self._encoder_batch = 1
+        return self._encoder_batch
+
+    def _fit_encoder_batch(self) -> int:
+        device = self.model.device
+        size = self.model.vision.image_size
+        with self.lock:
+            torch.cuda.synchronize(device)
+            base = torch.cuda.memory_allocated(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            self.model.encode_images(torch.zeros((1, 1, size, size)))
+            per_slice = torch.cuda.max_memory_allocated(device) - base
+            free, _ = torch.cuda.mem_get_info(device)
+        return batch_for_memory(free, per_slice)
+
+    def encode(self, pixels: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Image embeddings ``(B, C, h, w)`` of ``pixels`` ``(B, 1, S, S)``, in chunks of
+        ``batch_size`` (default :meth:`encoder_batch`) slices. A chunk that runs out of
+        accelerator memory is split in half (down to one slice, which re-raises) and
+        the smaller size is kept for later calls."""
+        size = batch_size or self.encoder_batch()
+        parts: list[torch.Tensor] = []
+        start = 0
+        while start < pixels.shape[0]:
+            chunk = pixels[start:start + size]
+            try:
+                with self.lock:
+                    parts.append(self.model.encode_images(chunk))
+            except torch.OutOfMemoryError:
+                if chunk.shape[0] == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                size = chunk.shape[0] // 2
+                self._encoder_batch = min(self.encoder_batch(), size)
+                log.warning("image encoder out of memory at %d slices per call; using %d",
+                            chunk.shape[0], size)
+                continue
+            start += chunk.shape[0]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
     def new_session(self, image: MedicalImage, window: str | None = None) -> "ChatSession":
         return ChatSession(self, image, window)
 
@@ -202,6 +259,15 @@ class MedSegRPipeline:
             if not isinstance(self._prefix.cache, StaticKVCache):
                 return None
             return ConversationState(keys=list(self._prefix.keys), cache=self._prefix.cache.fork())
+
+
+def batch_for_memory(free_bytes: int, per_slice_bytes: int, fraction: float = 0.5,
+                     limit: int = 64) -> int:
+    """How many slices one encoder call may take: ``fraction`` of the free memory
+    divided by the cost of one slice, between 1 and ``limit``."""
+    if per_slice_bytes <= 0:
+        return limit
+    return max(1, min(limit, int(free_bytes * fraction) // per_slice_bytes))
 
 
 def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> Path | None:
@@ -272,8 +338,7 @@ class ChatSession:
         slices, computing only those not cached yet; returns them and how many were
         computed."""
         if batch_size is None:
-            batch_size = self.model.config.generation.encoder_batch or (
-                1 if self.model.device.type == "cpu" else 16)
+            batch_size = self.pipeline.encoder_batch()
         missing = [i for i in indices if (axis, i) not in self._embeddings]
         bar = None
         if self.show_progress and len(missing) > 4:
@@ -285,8 +350,7 @@ class ChatSession:
             views = [self.view(axis, i) for i in chunk]
             box = self._letterbox(views[0])
             stack = np.stack([v.extract(self.volume01) for v in views])
-            with self.pipeline.lock:
-                emb = self.model.encode_images(letterbox(stack, box))
+            emb = self.pipeline.encode(letterbox(stack, box), batch_size)
             for i, e in zip(chunk, emb):
                 self._embeddings[(axis, i)] = e.to(self._cache_dtype).clone()
             if bar is not None:
@@ -367,7 +431,8 @@ class ChatSession:
                 gen = generate(self.model, keys, self._visual_bank,
                                max_new_tokens or cfg.generation.max_new_tokens, self.state,
                                use_cache=True, temperature=cfg.generation.temperature,
-                               min_new_tokens=cfg.generation.min_new_tokens, on_token=streamer)
+                               min_new_tokens=cfg.generation.min_new_tokens, on_token=streamer,
+                               adjust_logits=self.pipeline.adjust_logits)
             if streamer is not None and streamer.cancelled:
                 raise Cancelled("the request was cancelled")
             raw = self.model.tokenizer.decode(gen.token_ids, skip_special_tokens=False)

@@ -62,12 +62,15 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
              max_new_tokens: int, state: ConversationState | None = None,
              use_cache: bool = True, temperature: float = 0.0, min_new_tokens: int = 0,
              generator: torch.Generator | None = None,
-             on_token: Callable[[int], bool | None] | None = None) -> GeneratedTurn:
+             on_token: Callable[[int], bool | None] | None = None,
+             adjust_logits: Callable[[int, torch.Tensor], None] | None = None) -> GeneratedTurn:
     """Generate an answer for the prompt ``keys``.
 
     ``state`` (with ``use_cache``) is the conversation's cache: it is reused up to
     the longest common prefix and updated in place. ``on_token(token_id)`` is
     called for each generated token; returning ``False`` stops generation (cancel).
+    ``adjust_logits(step, logits)`` may change the float logits of the ``step``-th new
+    token in place before it is chosen (benchmarks use it to place a ``[SEG]``).
     """
     llm = model.llm
     seg_id = model.seg_token_id
@@ -114,6 +117,8 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
         logits = logits.float()
         if len(generated) < min_new_tokens:
             logits[list(eos)] = float("-inf")
+        if adjust_logits is not None:
+            adjust_logits(len(generated), logits)
         token = _select(logits, temperature, generator)
         if token in eos:
             finished = True

@@ -1,0 +1,144 @@
+"""``medsegr bench``: MedSegR against a LISA-style reference, side by side.
+
+::
+
+    medsegr bench [--quick] [--json FILE] [--plots DIR] [--device auto|cpu|cuda[:N]]
+                  [--workloads slice,conversation,volume,server] [--no-server]
+                  [--model bundled|tiny] [--config FILE] [--cpu-int8] [--compile]
+                  [--repeats N] [--profile FILE]
+
+Prints the report (Markdown) on stdout and progress on stderr. Exit status 0 when
+both paths gave equal answers in every workload (performance targets met or not:
+they are reported, not enforced), 1 when an equality check failed, 2 on bad input.
+Nothing heavy is imported until the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medsegr.errors import InputError
+
+WORKLOADS = ("slice", "conversation", "volume", "server")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench", help="benchmark MedSegR against a LISA-style reference path (same weights)",
+        description="Run the same questions through MedSegR's pipeline and through a "
+        "LISA-style reference on the same loaded model (no KV cache, image re-encoded at "
+        "every turn, the whole model once per slice in volume mode), check that both give "
+        "the same answers, and report latency, tokens/s, peak memory and the ratio.")
+    parser.add_argument("--quick", action="store_true",
+                        help="a short run: 2 repetitions, 3 turns, an 8-slice volume")
+    parser.add_argument("--json", metavar="FILE", type=Path, default=None,
+                        help="also write every number (raw repetitions included) as JSON")
+    parser.add_argument("--plots", metavar="DIR", type=Path, default=None,
+                        help="write latency_vs_turns.png and latency_vs_slices.png here")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS), metavar="LIST",
+                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the concurrent-sessions workload through a real engine "
+                        "server on loopback (default: on; --no-server leaves it out)")
+    parser.add_argument("--model", choices=["bundled", "tiny"], default="bundled",
+                        help="bundled: the real pretrained parts (default); tiny: a tiny "
+                        "random model of the same classes, to smoke-test the benchmark")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="model configuration (TOML/JSON) for other base parts")
+    parser.add_argument("--cpu-int8", action="store_true",
+                        help="run the LLM as dynamic int8 on CPU on both paths (the engine's "
+                        "production CPU setting; the reference's answers then differ, see "
+                        "docs/benchmarks.md). Default: float32 on both paths")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the image encoder and mask decoder (CUDA graphs "
+                        "on CUDA); compilation happens in the untimed warm-up")
+    parser.add_argument("--repeats", type=int, default=None, metavar="N",
+                        help="repeat every workload N times on both paths")
+    parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
+                        help="also profile one slice question on each path (torch profiler) "
+                        "and write the operator tables to FILE")
+    parser.set_defaults(handler=cmd_bench)
+
+
+def _workloads(args: argparse.Namespace) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in args.workloads.split(",") if n.strip())
+    if not names:
+        raise InputError("--workloads is empty")
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        raise InputError(f"unknown workload(s) {', '.join(unknown)} "
+                         f"(choose from {', '.join(WORKLOADS)})")
+    if not args.server:
+        names = tuple(n for n in names if n != "server")
+        if not names:
+            raise InputError("--no-server leaves no workload to run")
+    return names
+
+
+def _check_output(path: Path | None, what: str, folder: bool = False) -> None:
+    """Refuse an unusable output path before any work."""
+    if path is None:
+        return
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{what} {path} exists and is not a folder")
+        return
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file")
+    parent = path.parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{what}: {parent} is not a folder")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    workloads = _workloads(args)
+    if args.repeats is not None and not 1 <= args.repeats <= 100:
+        raise InputError("--repeats must be between 1 and 100")
+    if args.config is not None and args.model == "tiny":
+        raise InputError("--config applies to --model bundled")
+    if args.config is not None and not args.config.is_file():
+        raise InputError(f"config file not found: {args.config}")
+    _check_output(args.json, "--json")
+    _check_output(args.profile, "--profile")
+    _check_output(args.plots, "--plots", folder=True)
+
+    from medsegr.bench.report import render_markdown, write_json, write_plots
+    from medsegr.bench.runner import BenchOptions, load_pipeline, run_bench
+    from medsegr.device import resolve_device
+
+    resolve_device(args.device)  # a clear error for an unusable device, before loading
+    options = BenchOptions(quick=args.quick, device=args.device, workloads=workloads,
+                           model=args.model, config_file=args.config, cpu_int8=args.cpu_int8,
+                           compile=args.compile, repeats=args.repeats)
+
+    def progress(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    progress(f"loading the {options.model} model on {options.device} ...")
+    pipeline, load_s = load_pipeline(options, options.plan())
+    result = run_bench(options, progress, pipeline=pipeline)
+    result.load_s = load_s
+    sys.stdout.write(render_markdown(result))
+    sys.stdout.flush()
+    if args.json is not None:
+        progress(f"wrote {write_json(result, args.json)}")
+    if args.plots is not None:
+        for path in write_plots(result, args.plots):
+            progress(f"wrote {path}")
+    if args.profile is not None:
+        from medsegr.bench.profiling import write_profile
+        from medsegr.bench.workloads import PATHS, BenchContext, SAMPLE
+        from medsegr.io.images import load_image
+        from medsegr.samples import resolve
+
+        ctx = BenchContext(pipeline, load_image(resolve("sample:" + SAMPLE)), result.plan)
+        progress(f"wrote {write_profile(ctx, args.profile, PATHS)}")
+    if not result.equality_passed:
+        failed = [w.title for w in result.workloads if w.skipped is None and not w.equality.passed]
+        print(f"medsegr bench: the two paths' answers differ in: {', '.join(failed)}",
+              file=sys.stderr)
+        return 1
+    return 0

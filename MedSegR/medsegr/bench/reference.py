@@ -1,0 +1,202 @@
+"""The reference path: the same model, run the straightforward (LISA) way.
+
+:class:`ReferenceSession` answers the same questions as
+:class:`medsegr.pipeline.ChatSession`, on the same loaded model object (same weights,
+same kernels), with the same prompts, pre-processing and mask post-processing, but
+without any of MedSegR's reuse:
+
+- **no KV cache**: the whole sequence (conversation so far, question, answer so far)
+  goes through the LLM again for every generated token
+  (:func:`medsegr.modeling.generation.generate` with ``use_cache=False``), and once
+  more after generation to read back the hidden states that produced the ``[SEG]``
+  tokens (LISA's second pass, :func:`~medsegr.modeling.generation.reference_forward`);
+- **no embedding cache**: every image the conversation has shown is encoded again at
+  every turn (once: as in MedSegR, the one encoder feeds both the LLM's visual tokens
+  and the mask decoder, where LISA runs two vision towers);
+- **volume mode is the whole model once per slice**: for every slice, that slice is
+  encoded, the LLM answers the question (as above: no cache, plus the read-back pass)
+  and the slice's mask is decoded from that answer's ``[SEG]`` states.
+
+So that both paths do equal work and can be checked for equal output, the
+per-slice LLM call in volume mode reads the same image as MedSegR's single LLM call
+(the volume's key slice, encoded once per turn, which also serves as that slice's
+own embedding): an LLM call that looked at slice
+*i*'s own pixels would cost exactly the same (same prompt length, same number of
+generated tokens) but answer differently on every slice. The same 3-D clean-up as
+MedSegR's (connected components touching the key slice's mask) is applied.
+Volume mode covers ``generation.volume_key_slices = 1`` (the default).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsegr.errors import InputError
+from medsegr.io.images import MedicalImage
+from medsegr.modeling.generation import ConversationState, generate, reference_forward
+from medsegr.pipeline import Answer, ChatSession, Hints, MedSegRPipeline, Segment
+from medsegr.postprocess import keep_connected
+from medsegr.preprocess import letterbox
+from medsegr.prompts import Turn, clean_answer, segment_names, validate_question
+from medsegr.slicing import resolve_axis
+
+
+class ReferenceSession(ChatSession):
+    """A conversation about one image, answered the LISA way (see the module notes).
+
+    It reuses :class:`ChatSession`'s geometry, prompt and mask helpers, so the two
+    paths differ only in what they recompute. ``slice_done_s`` holds, after each
+    :meth:`ask`, the time from the start of the answer at which each slice's mask
+    was done (volume mode: one entry per slice).
+    """
+
+    def __init__(self, pipeline: MedSegRPipeline, image: MedicalImage,
+                 window: str | None = None) -> None:
+        super().__init__(pipeline, image, window)
+        self.state = ConversationState()  # never used: no KV cache on this path
+        self.slice_done_s: list[float] = []
+
+    def reset(self) -> None:
+        with self.lock:
+            self.turns = []
+            self._shown_image = None
+
+    # -- what this path recomputes -----------------------------------------------
+    def _encode_now(self, axis: int, index: int) -> torch.Tensor:
+        """One slice's embedding, computed now (nothing is cached), stored in the same
+        type as the pipeline's embedding cache so both paths decode the same numbers."""
+        view = self.view(axis, index)
+        pixels = letterbox(view.extract(self.volume01)[None], self._letterbox(view))
+        self.encoder_calls += 1
+        return self.pipeline.encode(pixels, 1)[0].to(self._cache_dtype)
+
+    def _images_of(self, turns: list[Turn]) -> list[str]:
+        seen: list[str] = []
+        for turn in turns:
+            if turn.image_id and turn.image_id not in seen:
+                seen.append(turn.image_id)
+        return seen
+
+    def _answer_once(self, keys: list[Any], max_new_tokens: int
+                     ) -> tuple[list[int], torch.Tensor, dict[str, float]]:
+        """Generate without a cache, then read the ``[SEG]`` states back with one more
+        pass over the whole sequence. Returns tokens, states ``(K, H)``, timings."""
+        cfg = self.model.config.generation
+        with self.pipeline.lock:
+            gen = generate(self.model, keys, self._visual_bank, max_new_tokens, None,
+                           use_cache=False, temperature=cfg.temperature,
+                           min_new_tokens=cfg.min_new_tokens,
+                           adjust_logits=self.pipeline.adjust_logits)
+            t = time.perf_counter()
+            positions = [len(keys) - 1 + j for j, token in enumerate(gen.token_ids)
+                         if token == self.model.seg_token_id]
+            if positions:
+                hidden, _ = reference_forward(self.model, [*keys, *gen.token_ids],
+                                              self._visual_bank, with_logits=False)
+                states = hidden[positions]
+            else:
+                states = torch.zeros((0, int(self.model.llm.config.hidden_size)),
+                                     device=self.model.device)
+            reread_s = time.perf_counter() - t
+        return gen.token_ids, states, {"prefill": gen.prefill_s, "decode": gen.decode_s,
+                                       "reread": reread_s}
+
+    # -- asking -------------------------------------------------------------------
+    def ask(self, question: str, *, axis: str | int = "axial",  # type: ignore[override]
+            slice_index: int | None = None, volume: bool = False, hints: Hints | None = None,
+            max_new_tokens: int | None = None) -> Answer:
+        """Answer ``question`` like :meth:`ChatSession.ask` (same arguments, same
+        :class:`~medsegr.pipeline.Answer`), recomputing everything."""
+        cfg = self.model.config
+        question = validate_question(question, (cfg.model.seg_token, cfg.model.image_token))
+        hints = hints or Hints()
+        max_new = max_new_tokens or cfg.generation.max_new_tokens
+        with self.lock:
+            t0 = time.perf_counter()
+            ax = 0 if self.image.is_2d else resolve_axis(axis, self.image.direction)
+            n_slices = self.image.shape[ax]
+            if volume:
+                if self.image.is_2d:
+                    raise InputError("volume mode needs a 3-D image; this image is 2-D")
+                if cfg.generation.volume_key_slices != 1:
+                    raise InputError("the reference path covers volume mode with one key slice "
+                                     "(generation.volume_key_slices = 1)")
+                indices = list(range(n_slices))
+                center = self._key_slices(ax, 1)[0]
+            else:
+                center = n_slices // 2 if slice_index is None else int(slice_index)
+                if not 0 <= center < n_slices:
+                    raise InputError(f"slice index {center} is out of range (0..{n_slices - 1} "
+                                     f"along axis {ax})")
+                indices = [center]
+            prompt_hints = self._hint_tensors(hints, self.view(ax, center))
+            timings = dict.fromkeys(("encode", "prefill", "decode", "reread", "masks"), 0.0)
+            self.slice_done_s = []
+            encoded_before = self.encoder_calls
+
+            # every image the conversation has shown is encoded again, at every turn
+            image_id = f"{ax}:{center}"
+            turn = Turn(question=question,
+                        image_id=None if self._shown_image == image_id else image_id)
+            t = time.perf_counter()
+            self._embeddings.clear()
+            self._visual_bank.clear()
+            fresh: dict[str, torch.Tensor] = {}
+            for shown in self._images_of(self.turns + [turn]):
+                shown_axis, shown_index = (int(v) for v in shown.split(":"))
+                fresh[shown] = self._encode_now(shown_axis, shown_index)
+                self._visual(shown, fresh[shown])
+            timings["encode"] += time.perf_counter() - t
+            keys = self._keys(self.turns + [turn])
+
+            # the whole model once per slice (slice mode: the one slice)
+            tokens: list[int] = []
+            llm_generated = 0
+            masks: list[np.ndarray] = []
+            for i in indices:
+                t = time.perf_counter()
+                embedding = fresh[image_id] if i == center else self._encode_now(ax, i)
+                timings["encode"] += time.perf_counter() - t
+                slice_tokens, states, llm_timings = self._answer_once(keys, max_new)
+                for name, seconds in llm_timings.items():
+                    timings[name] += seconds
+                llm_generated += len(slice_tokens)
+                if i == center:
+                    tokens = slice_tokens
+                t = time.perf_counter()
+                for j in range(states.shape[0]):
+                    if j == len(masks):
+                        masks.append(np.zeros(self.image.shape, dtype=bool))
+                    masks[j] |= self._decode(ax, [i], [embedding], {i: states}, j, prompt_hints)
+                timings["masks"] += time.perf_counter() - t
+                self.slice_done_s.append(time.perf_counter() - t0)
+
+            raw = self.model.tokenizer.decode(tokens, skip_special_tokens=False)
+            turn.answer = raw
+            t = time.perf_counter()
+            segments = []
+            for j, name in enumerate(segment_names(raw, cfg.model.seg_token)):
+                mask = masks[j] if j < len(masks) else np.zeros(self.image.shape, dtype=bool)
+                if volume:
+                    seeds = np.zeros_like(mask)
+                    sl: list[Any] = [slice(None)] * 3
+                    sl[ax] = center
+                    seeds[tuple(sl)] = mask[tuple(sl)]
+                    mask = keep_connected(mask, seeds)
+                segments.append(Segment(name=name, mask=mask, index=j))
+            timings["masks"] += time.perf_counter() - t
+            self.turns.append(turn)
+            self._shown_image = image_id
+            timings["total"] = time.perf_counter() - t0
+            return Answer(
+                text=clean_answer(raw, cfg.model.seg_token), raw_text=raw, segments=segments,
+                mode="volume" if volume else "slice", axis=ax,
+                slice_index=None if volume else center, key_slices=[center],
+                fine_tuned=self.model.fine_tuned, timings=timings,
+                tokens={"prompt": len(keys), "reused": 0, "generated": len(tokens),
+                        "llm_runs": len(indices), "llm_generated": llm_generated},
+                encoded_slices=self.encoder_calls - encoded_before)

@@ -1,0 +1,223 @@
+"""Loading the model once and running the selected workloads on both paths.
+
+Both paths use the one loaded :class:`~medsegr.pipeline.MedSegRPipeline` (same
+weights, same kernels, same configuration), so the ratio compares equal work.
+
+Precision. On CPU the engine normally quantises the LLM's linear layers to int8 on
+the fly (dynamic quantisation: each call's activations get their own scale). That
+scale then depends on how many positions a call holds, and the reference re-runs
+the whole sequence (~150 positions, with the large activations of the first
+tokens) where MedSegR runs one position: the two paths no longer compute the same
+function, and on the bundled model the reference's answers come out different (and
+degenerate) from the first token. The comparison therefore runs the LLM in float32
+on CPU (``llm.cpu_int8 = false``) by default; ``cpu_int8=True`` runs both paths
+with the production int8 LLM instead, and the equality check then reports what
+differs. On CUDA both paths run in bfloat16.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from medsegr.bench.memory import rss_mib
+from medsegr.bench.workloads import (FULL, QUICK, SAMPLE, BenchContext, Plan, SegAtStep,
+                                     WorkloadResult, run_workload, warm_up, workload_names)
+from medsegr.config import MedSegRConfig
+from medsegr.errors import InputError
+from medsegr.pipeline import MedSegRPipeline
+
+#: mask-decoder batch in volume mode on CUDA (the engine's default, 4, suits CPU)
+CUDA_DECODER_BATCH = 64
+
+
+@dataclass
+class BenchOptions:
+    """What ``medsegr bench`` was asked to do."""
+
+    quick: bool = False
+    device: str = "auto"
+    workloads: tuple[str, ...] = ("slice", "conversation", "volume", "server")
+    #: "bundled" (the real pretrained parts) or "tiny" (a tiny random model of the same
+    #: classes: a smoke test of the benchmark itself, its numbers mean nothing)
+    model: str = "bundled"
+    config_file: Path | None = None
+    cpu_int8: bool = False
+    compile: bool = False
+    repeats: int | None = None
+
+    def plan(self) -> Plan:
+        plan = QUICK if self.quick else FULL
+        return plan.with_repeats(self.repeats) if self.repeats else plan
+
+
+@dataclass
+class BenchResult:
+    """Everything one ``medsegr bench`` run measured."""
+
+    options: BenchOptions
+    plan: Plan
+    machine: dict[str, Any]
+    model: dict[str, Any]
+    settings: dict[str, Any]
+    load_s: float
+    rss_after_load_mib: float | None
+    warm_up_s: float
+    compile_s: float | None
+    workloads: list[WorkloadResult] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def equality_passed(self) -> bool:
+        ran = [w for w in self.workloads if w.skipped is None]
+        return all(w.equality.passed for w in ran)
+
+
+def bench_config(options: BenchOptions, plan: Plan) -> MedSegRConfig:
+    """The model configuration both paths run with."""
+    if options.model == "tiny":
+        config = MedSegRConfig.tiny()
+    elif options.model == "bundled":
+        config = MedSegRConfig.from_file(options.config_file) if options.config_file \
+            else MedSegRConfig()
+    else:
+        raise InputError(f"unknown --model {options.model!r} (bundled or tiny)")
+    config.llm.cpu_int8 = options.cpu_int8
+    config.generation.max_new_tokens = plan.answer_tokens
+    config.generation.min_new_tokens = plan.answer_tokens
+    config.generation.temperature = 0.0
+    if config.generation.volume_key_slices != 1:
+        raise InputError("the benchmark's reference path covers one key slice per volume "
+                         "question (generation.volume_key_slices = 1)")
+    return config
+
+
+def compile_vision(pipeline: MedSegRPipeline) -> None:
+    """``torch.compile`` the image encoder and the mask decoder (static shapes: one
+    graph per batch size). On CUDA with CUDA graphs (``reduce-overhead``): the mask
+    decoder's many small kernels are launch-bound. The LLM's lean decoder is not
+    compiled: its KV cache grows every step, so each length would be a new graph."""
+    vision = pipeline.model.vision
+    mode = "reduce-overhead" if pipeline.model.device.type == "cuda" else "default"
+    vision.image_encoder = torch.compile(vision.image_encoder, mode=mode, dynamic=False)
+    vision.mask_decoder = torch.compile(vision.mask_decoder, mode=mode, dynamic=False)
+
+
+def machine_facts(device: torch.device) -> dict[str, Any]:
+    """The machine and software a result belongs to."""
+    import medsegr
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    facts: dict[str, Any] = {
+        "cpu": cpu,
+        "logical_cores": os.cpu_count(),
+        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "medsegr": medsegr.__version__,
+        "platform": platform.platform(),
+        "device": str(device),
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "git": _git_head(),
+    }
+    try:
+        facts["loadavg_before"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        pass
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory
+                                        / 2**30, 1)
+    return facts
+
+
+def _git_head() -> str:
+    root = Path(__file__).resolve().parents[3]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=False,
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, check=False, capture_output=True, text=True,
+                               timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + (" (modified)" if head and dirty else "")
+
+
+def load_pipeline(options: BenchOptions, plan: Plan) -> tuple[MedSegRPipeline, float]:
+    config = bench_config(options, plan)
+    t0 = time.perf_counter()
+    pipeline = MedSegRPipeline.load(None, config=config, device=options.device)
+    if pipeline.model.device.type == "cuda":
+        pipeline.model.config.generation.decoder_batch = CUDA_DECODER_BATCH
+    pipeline.adjust_logits = SegAtStep(pipeline.model.seg_token_id, plan.answer_tokens - 1)
+    return pipeline, time.perf_counter() - t0
+
+
+def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda m: None,
+              pipeline: MedSegRPipeline | None = None) -> BenchResult:
+    """Run the benchmark (``pipeline``: an already loaded one, set up by
+    :func:`load_pipeline`)."""
+    unknown = sorted(set(options.workloads) - set(workload_names()))
+    if unknown:
+        raise InputError(f"unknown workload(s): {', '.join(unknown)} "
+                         f"(known: {', '.join(workload_names())})")
+    plan = options.plan()
+    t_start = time.perf_counter()
+    load_s = 0.0
+    if pipeline is None:
+        progress(f"loading the {options.model} model on {options.device} ...")
+        pipeline, load_s = load_pipeline(options, plan)
+    from medsegr.io.images import load_image
+    from medsegr.samples import resolve
+
+    image = load_image(resolve("sample:" + SAMPLE))
+    ctx = BenchContext(pipeline, image, plan, progress)
+    rss_loaded = rss_mib()
+    compile_s = None
+    if options.compile:
+        compile_vision(pipeline)
+    progress("warming up (one short question per path, not timed)")
+    warm_s = warm_up(ctx)
+    if options.compile:
+        compile_s = warm_s
+    info = pipeline.info()
+    gen = pipeline.model.config.generation
+    settings = {
+        "llm_precision": ("int8 (dynamic)" if pipeline.model.llm_quantized else info["dtype"]),
+        "lean_decoder": pipeline.model.fast_llm is not None,
+        "answer_tokens": plan.answer_tokens,
+        "seg_forced_at_token": plan.answer_tokens,
+        "encoder_batch": pipeline.encoder_batch(),
+        "decoder_batch": gen.decoder_batch,
+        "embedding_cache_dtype": gen.embedding_cache_dtype,
+        "compiled_vision": options.compile,
+    }
+    result = BenchResult(options=options, plan=plan, machine=machine_facts(pipeline.model.device),
+                         model=info, settings=settings, load_s=load_s,
+                         rss_after_load_mib=rss_loaded, warm_up_s=warm_s, compile_s=compile_s)
+    for name in options.workloads:
+        progress(f"[{name}]")
+        outcome = run_workload(name, ctx)
+        if outcome.skipped:
+            progress(f"  skipped: {outcome.skipped}")
+        result.workloads.append(outcome)
+    result.wall_s = time.perf_counter() - t_start
+    return result
