@@ -1,14 +1,17 @@
 # MedSegR: two commands on a fresh machine
 #   make demo   create .venv, install, answer a question on a real sample MRI
 #   make test   create .venv, install, run the test suite
+#   make bench  MedSegR against a LISA-style reference on the same weights (BENCH_ARGS=--quick)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medsegr-installed
 DEMO_OUT ?= demo-output
 PYTEST_ARGS ?=
+BENCH_OUT ?= bench-output
+BENCH_ARGS ?=
 
-.PHONY: env demo test test-all bench clean
+.PHONY: env demo test test-all bench bench-engine clean
 
 env: $(STAMP)
 
@@ -34,7 +37,10 @@ test-all: env
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: env
+	$(VENV)/bin/medsegr bench --json $(BENCH_OUT)/bench.json --plots $(BENCH_OUT) $(BENCH_ARGS)
+
+bench-engine: env
 	$(PY) benchmarks/engine_bench.py
 
 clean:
-	rm -rf $(DEMO_OUT) .pytest_cache
+	rm -rf $(DEMO_OUT) $(BENCH_OUT) .pytest_cache
