@@ -1,0 +1,95 @@
+"""``medsegr ask IMAGE "question" --server URL``: the question goes to a running engine
+(``medsegr serve``) through :mod:`medsegr.client` instead of a model loaded here; the
+same result files are written (segmentation, label map, JSON record, overlay)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from medsegr.errors import InputError, MedSegRError
+from medsegr.io.images import MedicalImage
+
+
+class EngineRequestError(MedSegRError):
+    """The engine server could not answer (unreachable, refused, or failed)."""
+
+    code = "engine_error"
+
+
+class RemoteImageView:
+    """What result writing reads from a chat session (the image, its normalised copy,
+    slice views), for an image whose question a remote engine answered."""
+
+    def __init__(self, image: MedicalImage, window: str | None) -> None:
+        from medsegr.preprocess import normalise
+
+        self.image = image
+        self.volume01 = normalise(image.array, image.modality, window)
+
+    def view(self, axis: int, index: int) -> Any:
+        from medsegr.slicing import slice_view
+
+        return slice_view(self.image.shape, self.image.spacing, self.image.direction, axis, index)
+
+
+def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hints: Any) -> int:
+    """Ask the engine at ``args.server``, write the result files into ``args.out``."""
+    from medsegr.client import EngineClient, EngineError
+    from medsegr.server.commands import read_token
+
+    if args.base or args.config or args.checkpoint != "default":
+        raise InputError("--base, --config and --checkpoint choose a local model; with --server "
+                         "the engine's own model answers")
+    view = RemoteImageView(image, args.window)  # also checks --window before any upload
+    client = EngineClient(args.server, token=read_token(args))
+    session_id = None
+    try:
+        info = client.check_version()
+        session_id = client.create_session(image.array, image.spacing, image.origin,
+                                           image.direction, modality=image.modality,
+                                           window=args.window)
+        remote = client.ask(session_id, question, volume=args.volume, axis=args.axis,
+                            slice_index=args.slice, box=hints.box, points=hints.points or None,
+                            max_new_tokens=args.max_new_tokens)
+    except EngineError as exc:
+        raise EngineRequestError(f"the engine at {client.url}: {exc}") from None
+    finally:
+        if session_id is not None:
+            try:
+                client.delete_session(session_id)
+            except EngineError:
+                pass  # it expires on its own
+    from medsegr.outputs import write_results
+    from medsegr.pipeline import Answer, Segment
+
+    answer = Answer(text=remote.text, raw_text=remote.raw_text,
+                    segments=[Segment(name=s.name, mask=s.mask, index=s.index)
+                              for s in remote.segments],
+                    mode=remote.mode, axis=remote.axis, slice_index=remote.slice_index,
+                    key_slices=remote.key_slices, fine_tuned=remote.fine_tuned,
+                    timings=remote.timings, tokens=remote.tokens,
+                    encoded_slices=remote.encoded_slices)
+    model = {**info["model"], "server": client.url, "api_version": info["api_version"],
+             "engine_version": info["engine_version"]}
+    if not answer.fine_tuned:
+        print("note: the engine runs no fine-tuned MedSegR checkpoint; answers are not grounded "
+              "in the image and masks are not meaningful.", file=sys.stderr)
+    paths = write_results(args.out, view, question, answer, model)  # type: ignore[arg-type]
+    if args.json:
+        print(json.dumps({**answer.summary(), "files": {k: str(v) for k, v in paths.items()}},
+                         indent=2))
+        return 0
+    print(answer.text or "(no answer text)")
+    print()
+    for seg in answer.segments:
+        print(f"  segment {seg.index + 1}: {seg.name} ({seg.voxels} voxels)")
+    if not answer.segments:
+        print("  no segment in this answer")
+    print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, {paths['answer'].name}, "
+          f"{paths['overlay'].name}")
+    print(f"  time: {answer.timings.get('server_total', answer.timings['total']):.2f} s on the "
+          f"engine at {client.url}")
+    return 0
