@@ -5,6 +5,7 @@
     medsegr data check PATH [--split S ...] [--no-images]
     medsegr data build procedural --out DIR [--count N] [--seed S] ...
     medsegr data build offline    --out DIR [--sources a,b] [--augment K] [--seed S] ...
+    medsegr data build folder SRC --out DIR [--label-table FILE] [--seed S] ...
     medsegr data build default    --out DIR [--count N] [--seed S]   (offline + procedural)
 
 ``check`` prints every problem as ``file:line: message`` and exits 0 when the
@@ -63,6 +64,19 @@ def register(subparsers: Any) -> None:
     default.add_argument("--workers", type=int, default=0, help="processes for the phantoms (default: up to 2)")
     default.set_defaults(handler=cmd_build_default)
 
+    folder = builders.add_parser("folder", help="a folder of images + label maps + label names "
+                                 "(MSD, nnU-Net, TotalSegmentator or a CSV/JSON label table)")
+    folder.add_argument("source", help="the folder to read")
+    _common(folder)
+    folder.add_argument("--label-table", default=None, metavar="FILE",
+                        help="CSV (label,name[,snomed]) or JSON ({label: name}) naming the label values")
+    folder.add_argument("--axes", default="axial,coronal,sagittal", help="planes to sample (comma-separated)")
+    folder.add_argument("--slices", type=int, default=6, help="slices per plane and volume, default 6")
+    folder.add_argument("--max-cases", type=int, default=0, help="use at most this many cases (0: all)")
+    folder.add_argument("--val", type=float, default=0.1, help="fraction of subjects for val, default 0.1")
+    folder.add_argument("--test", type=float, default=0.1, help="fraction of subjects for test, default 0.1")
+    folder.add_argument("--channel", type=int, default=0, help="channel of multi-channel images, default 0")
+    folder.set_defaults(handler=cmd_build_folder)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -127,4 +141,19 @@ def cmd_build_default(args: argparse.Namespace) -> int:
     path = build_default(args.out, seed=args.seed, count=args.count, augment=args.augment,
                          conversations_per_slice=args.conversations, workers=args.workers,
                          overwrite=args.overwrite, progress=not args.quiet)
+    return _done(path, started, args.quiet)
+
+
+def cmd_build_folder(args: argparse.Namespace) -> int:
+    from medsegr.data.folder import FolderOptions, build_folder
+    from medsegr.errors import InputError
+
+    started = time.monotonic()
+    axes = tuple(a.strip() for a in args.axes.split(",") if a.strip())
+    if not axes:
+        raise InputError("--axes names no plane")
+    options = FolderOptions(seed=args.seed, label_table=args.label_table, axes=axes, slices=args.slices,
+                            max_cases=args.max_cases, val_fraction=args.val, test_fraction=args.test,
+                            channel=args.channel, conversations_per_slice=args.conversations)
+    path = build_folder(args.source, args.out, options, overwrite=args.overwrite, progress=not args.quiet)
     return _done(path, started, args.quiet)
