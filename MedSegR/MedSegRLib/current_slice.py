@@ -74,6 +74,16 @@ def slice_node_by_view(scene: Any, view_name: str) -> Any:
     raise InputError(f"there is no {view_name} slice view in this layout")
 
 
+def view_background_volume(scene: Any, view_name: str = "Red") -> Any | None:
+    """The volume shown as background in a slice view, or None."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        if composite.GetLayoutName() == view_name:
+            volume_id = composite.GetBackgroundVolumeID()
+            return scene.GetNodeByID(volume_id) if volume_id else None
+    return None
+
+
 def hovered_slice_node(scene: Any) -> Any | None:
     """The slice node of the view the mouse is (or last was) over, from the crosshair
     node; None when the cursor is in no slice view."""

@@ -41,7 +41,8 @@ def new_scene(with_views: bool = True) -> Any:
 
 
 def add_views(scene: Any, width: int = 400, height: int = 300) -> dict[str, Any]:
-    """Red (axial), Yellow (sagittal), Green (coronal) slice nodes and a crosshair."""
+    """Red (axial), Yellow (sagittal), Green (coronal) slice and slice-composite nodes,
+    and a crosshair."""
     slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(scene)
     views = {}
     for name, orientation in (("Red", "Axial"), ("Yellow", "Sagittal"), ("Green", "Coronal")):
@@ -55,6 +56,10 @@ def add_views(scene: Any, width: int = 400, height: int = 300) -> dict[str, Any]
         node.SetOrientation(orientation)
         node.UpdateMatrices()
         views[name] = node
+        composite = scene.CreateNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetLayoutName(name)
+        composite.SetSingletonTag(name)
+        scene.AddNode(composite)
     if scene.GetFirstNodeByClass("vtkMRMLCrosshairNode") is None:
         crosshair = slicer.vtkMRMLCrosshairNode()
         crosshair.SetSingletonTag("default")
@@ -112,3 +117,22 @@ def set_plane(slice_node: Any, normal: np.ndarray, transverse: np.ndarray, point
     t /= np.linalg.norm(t)
     slice_node.SetSliceToRASByNTP(*n, *t, *map(float, point), 0)
     slice_node.UpdateMatrices()
+
+
+def load_volume_file(scene: Any, path: str, name: str) -> Any:
+    """A volume read from a file by Slicer's own reader (NRRD, NIfTI, …)."""
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    if storage.ReadData(node) != 1:
+        raise RuntimeError(f"Slicer could not read {path}")
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def show_in_view(scene: Any, volume: Any, view: str = "Red") -> None:
+    """Make ``volume`` the background of a slice view (what loading a volume does in Slicer)."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+        composite = scene.GetNthNodeByClass(index, "vtkMRMLSliceCompositeNode")
+        if composite.GetLayoutName() == view:
+            composite.SetBackgroundVolumeID(volume.GetID())

