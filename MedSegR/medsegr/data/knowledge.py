@@ -498,10 +498,22 @@ def _display(label_name: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[_]+", " ", label_name)).strip().lower()
 
 
-def absent_candidates(regions: tuple[str, ...] | set[str], exclude: set[str] = frozenset()) -> list[Structure]:
-    """Known organs that cannot appear in a scan covering only ``regions`` (e.g. the
-    liver in a head scan): entries whose regions are all outside ``regions``."""
+#: body regions that a scan of a region may partly include (a head scan reaches the
+#: neck; chest slices show the liver dome; abdominal slices the lung bases)
+_NEIGHBOURS = {"head": ("neck",), "neck": ("head", "chest"), "chest": ("neck", "abdomen"),
+               "abdomen": ("chest", "pelvis"), "pelvis": ("abdomen", "limbs"), "limbs": ("pelvis",)}
+
+
+def absent_candidates(regions: tuple[str, ...] | set[str], exclude: frozenset[str] | set[str] = frozenset(),
+                      ) -> list[Structure]:
+    """Known organs that cannot appear in a scan of ``regions`` (e.g. the liver in a
+    head scan): entries lying neither in those regions nor in neighbouring ones. No
+    region known: no candidate."""
+    if not regions:
+        return []
     covered = set(regions)
+    for region in regions:
+        covered.update(_NEIGHBOURS.get(region, ()))
     out = []
     for entry in KNOWLEDGE_BASE.values():
         if not entry.regions or entry.kind == "lesion" or entry.key in exclude:
