@@ -323,3 +323,23 @@ def test_declined_install_starts_no_engine(shell, panel):
     assert len(prompts) == 1 and "torch==2.14.1" in prompts[0] and "CPU build" in prompts[0]
     assert widget.engine is None and widget.logic.client is None
     assert "installation declined" in widget.ui.engineStatusLabel.text()
+
+
+@pytest.mark.slow
+@pytest.mark.real
+def test_panel_answers_with_the_real_pretrained_parts(shell, panel, real_pipeline):
+    """The same round trip with the real SmolLM2 + LiteMedSAM parts (base model). With
+    MEDSEGR_SCREENSHOT_DIR set it saves the panel as the README's screenshot."""
+    widget, volume = panel
+    with LoopbackEngine(real_pipeline) as server:
+        connect_remote(shell, widget, server)
+        widget.confirmPrivacy = lambda text: (True, True)
+        red = shell.scene.GetFirstNodeByName("Red")
+        set_plane(red, S, R, voxel_ras(volume, (58, 75, 70)))
+        ask(shell, widget, "Which structure is in the middle of this slice? Segment it.", timeout=180)
+        assert widget.pending is None, widget.pending.message
+        turn = widget.logic.conversation(widget.currentConversation()).turns[0]
+        assert turn.answer.strip() and turn.where.startswith("axial slice 70")
+        assert " ".join(turn.answer.split())[:25] in " ".join(widget.ui.chatBrowser.toPlainText().split())
+        if os.environ.get("MEDSEGR_SCREENSHOT_DIR"):
+            widget.parent.grab().save(str(Path(os.environ["MEDSEGR_SCREENSHOT_DIR"]) / "screenshot.png"))
