@@ -8,8 +8,21 @@ from medsegr.errors import MedSegRError
 from MedSegRLib.engine_process import EngineStartError
 
 
+def _sentence(text: str) -> str:
+    text = text.strip()
+    return text[:1].upper() + text[1:] if text else text
+
+
+def _ended(text: str) -> str:
+    return text if text.endswith((".", "?", "!")) else text + "."
+
+
 def error_message(exc: BaseException) -> str:
     """A user-facing description of ``exc`` (the scene is unchanged in every case)."""
+    return _sentence(_describe(exc))
+
+
+def _describe(exc: BaseException) -> str:
     if isinstance(exc, RequestCancelled):
         return "Cancelled; nothing was added to the scene."
     if isinstance(exc, VersionMismatch):
@@ -22,7 +35,7 @@ def error_message(exc: BaseException) -> str:
             return f"{exc}. The engine may be overloaded, or the volume is large: try the current slice."
         if exc.code == "no_engine":
             return f"{exc}."
-        return f"{exc}. Check the Engine section: is the engine running and the URL right?"
+        return f"{_ended(str(exc))} Check the Engine section: is the engine running, is the URL right?"
     if isinstance(exc, EngineError):
         if exc.code in ("out_of_memory", "session_memory"):
             return (f"The engine ran out of memory: {exc}. Ask about the current slice instead of the "
@@ -35,5 +48,5 @@ def error_message(exc: BaseException) -> str:
     if isinstance(exc, EngineStartError):
         return f"The bundled engine did not start: {exc}"
     if isinstance(exc, MedSegRError):
-        return str(exc)[:1].upper() + str(exc)[1:] + ("" if str(exc).endswith(".") else ".")
+        return str(exc) + ("" if str(exc).endswith(".") else ".")
     return f"Unexpected error ({type(exc).__name__}): {exc}"
