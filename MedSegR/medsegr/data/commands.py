@@ -53,7 +53,7 @@ def register(subparsers: Any) -> None:
     _common(off)
     off.add_argument("--sources", default="", help="comma-separated sources (default: all enabled; see docs)")
     off.add_argument("--augment", type=int, default=1,
-                     help="augmented copies per training slice (x4 for single-slice images), default 1")
+                     help="augmented copies per training slice (x8 for single-slice images), default 1")
     off.add_argument("--slice-scale", type=float, default=1.0, help="scale the number of slices per plane")
     off.set_defaults(handler=cmd_build_offline)
 

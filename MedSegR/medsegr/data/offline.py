@@ -47,7 +47,7 @@ class OfflineOptions:
     seed: int = 0
     sources: tuple[str, ...] = ()  # () = the default sources
     conversations_per_slice: int = 3
-    augment: int = 1  # augmented copies per training slice (x4 for single-slice images)
+    augment: int = 1  # augmented copies per training slice (x8 for single-slice images)
     slice_scale: float = 1.0  # multiplies the number of slices sampled per plane
 
     def __post_init__(self) -> None:
@@ -142,7 +142,7 @@ def volume_records(volume: RealVolume, writer: DatasetWriter, options: OfflineOp
         out.extend((split, r) for r in records)
         copies = 0
         if split == "train" and options.augment:
-            copies = options.augment * 4 if image.is_2d else (options.augment if number % 2 == 0 else 0)
+            copies = options.augment * 8 if image.is_2d else (options.augment if number % 2 == 0 else 0)
         for _ in range(copies):
             augment_count += 1
             out.extend(_augmented(volume, view.extract(image.array), shown, view.pixel_spacing, plane, writer,

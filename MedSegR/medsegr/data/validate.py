@@ -132,8 +132,6 @@ def check_dataset(root: str | os.PathLike[str], splits: Sequence[str] | None = N
         count = 0
         for line, record, problems in iter_records(path):
             count += 1
-            if problems:
-                report.broken_records += 1
             report.problems.extend(Problem(path.name, line, message) for message in problems)
             if record is not None:
                 record.root = folder
@@ -145,12 +143,11 @@ def check_dataset(root: str | os.PathLike[str], splits: Sequence[str] | None = N
     checker = _Files(folder)
     for number, (file, line, record) in enumerate(parsed, start=1):
         found = _check_record_files(record, checker, images)
-        if found:
-            report.broken_records += 1
         report.problems.extend(Problem(file, line, message) for message in found)
         if on_record is not None:
             on_record(number)
     report.problems.sort(key=lambda p: (p.file, p.line or 0))
+    report.broken_records = len({(p.file, p.line) for p in report.problems if p.line is not None})
     return report
 
 
