@@ -321,8 +321,7 @@ class ModelWorker:
             return 0  # session.ask reports the error
         axis = resolve_axis(job.params.axis, session.image.direction)
         total = session.image.shape[axis]
-        step = max(1, self.pipeline.encoder_batch() if hasattr(self.pipeline, "encoder_batch")
-                   else 1)
+        step = max(1, self.pipeline.encoder_batch())
         encoded = 0
         checked_room = False
         with session.lock:
