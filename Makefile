@@ -2,6 +2,8 @@
 #   make demo   create .venv, install, answer a question on a real sample MRI
 #   make test   create .venv, install, run the test suite
 #   make bench  MedSegR against a LISA-style reference on the same weights (BENCH_ARGS=--quick)
+#   make checkpoint  rebuild the default dataset and retrain the bundled checkpoint
+#   make evaluate    evaluate the bundled checkpoint on the default dataset's test split
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -10,8 +12,10 @@ DEMO_OUT ?= demo-output
 PYTEST_ARGS ?=
 BENCH_OUT ?= bench-output
 BENCH_ARGS ?=
+DATASET ?= datasets/default
+EVAL_OUT ?= eval-output
 
-.PHONY: env demo test test-all bench bench-engine clean
+.PHONY: env demo test test-all bench bench-engine dataset checkpoint evaluate clean
 
 env: $(STAMP)
 
@@ -41,6 +45,19 @@ bench: env
 
 bench-engine: env
 	$(PY) benchmarks/engine_bench.py
+
+dataset: env
+	$(VENV)/bin/medsegr data build default --out $(DATASET) --overwrite
+
+# configs/train-default.toml reads datasets/default and writes runs/default
+checkpoint: dataset
+	$(VENV)/bin/medsegr train configs/train-default.toml
+	rm -rf Resources/checkpoint.new && cp -r runs/default/final Resources/checkpoint.new
+	rm -rf Resources/checkpoint && mv Resources/checkpoint.new Resources/checkpoint
+
+evaluate: env
+	test -d $(DATASET) || $(MAKE) dataset
+	$(VENV)/bin/medsegr eval default $(DATASET) --split test --out $(EVAL_OUT)
 
 clean:
 	rm -rf $(DEMO_OUT) $(BENCH_OUT) .pytest_cache
