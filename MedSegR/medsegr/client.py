@@ -282,6 +282,8 @@ class EngineClient:
         raises :class:`RequestCancelled`. ``stream=False`` asks for one JSON reply
         instead of server-sent events (``on_text`` is then not called).
         """
+        if cancel_event is not None and cancel_event.is_set():
+            raise RequestCancelled("the request was cancelled before it was sent", code="cancelled")
         request_id = request_id or uuid.uuid4().hex
         payload: dict[str, Any] = {"question": question, "volume": bool(volume), "axis": axis,
                                    "slice_index": slice_index, "request_id": request_id}
@@ -471,10 +473,16 @@ class _CancelWatcher:
         if self._done.is_set():
             return
         self.sent, self.sent_at = True, time.monotonic()
-        try:
-            self.client.cancel(self.request_id)
-        except EngineError:
-            pass  # the request's own reply reports what happened
+        path = f"/requests/{_quote(self.request_id)}/cancel"
+        while not self._done.is_set() and not self.expired():
+            try:
+                self.client._json("POST", path)
+                return
+            except EngineError as exc:
+                if exc.status != 404:
+                    return  # the request's own reply reports what happened
+            # 404: the request has not reached the engine's queue yet (or just finished)
+            self._done.wait(0.1)
 
     def stop(self) -> None:
         self._done.set()

@@ -64,7 +64,8 @@ class SessionEntry:
     masks: dict[str, StoredMask] = field(default_factory=dict)
 
     def memory_bytes(self) -> int:
-        return int(self.session.memory_bytes()) + sum(m.packed.nbytes for m in self.masks.values())
+        masks = list(self.masks.values())  # the model thread may be adding some
+        return int(self.session.memory_bytes()) + sum(m.packed.nbytes for m in masks)
 
     def describe(self, now: float) -> dict[str, Any]:
         image = self.session.image
