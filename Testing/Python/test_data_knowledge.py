@@ -115,6 +115,18 @@ def test_scene_facts(scene):
     assert "liver_lesions" in scene.contains["liver"] and "liver" in scene.contains["body"]
 
 
+def test_an_organ_with_a_tiny_lesion_is_not_called_lesion_free():
+    shape = (80, 80)
+    masks = {"liver": _disc(shape, (40, 40), 25), "liver_lesions": _disc(shape, (40, 40), 1)}
+    specs = {"liver": MaskSpec("liver", kb.get("liver"), "liver", "l.nii.gz", 1),
+             "liver_lesions": MaskSpec("liver_lesions", kb.get("lesion"), "liver lesion", "l.nii.gz", 2,
+                                       {"host": "liver"})}
+    scene = scene_from_masks(masks, specs, (1.0, 1.0), modality="CT", plane="axial", regions=("abdomen",),
+                             description="CT", lesion_hosts=("liver",))
+    assert "liver_lesions" not in scene.items  # too small to ask about ...
+    assert scene.lesion_free == []  # ... but the liver is not said to be free of lesions
+
+
 def _many(scene, n=400):
     rng = random.Random(0)
     return [make_conversation(scene, rng) for _ in range(n)]

@@ -150,10 +150,11 @@ _IMPLICIT_Q = (
     "Show the {noun} in this image that {clue}.", "Find the {noun} that {clue}.",
     "Which {noun} {clue}? Outline it.", "Highlight the {noun} which {clue}.",
 )
+#: "a"/"one": other, unlabelled parts of the system may be on the slice too
 _SYSTEM_Q = (
-    "Which part of the {system} is visible here? Segment it.",
-    "Segment the {noun} of the {system} on this slice.",
-    "Show me the {noun} belonging to the {system}.",
+    "Segment {a_noun} of the {system} visible in this image.",
+    "Show me one {noun} belonging to the {system}.",
+    "Find a part of the {system} on this slice and segment it.",
 )
 _ABSENT_Q = (
     "Segment the {n}.", "Where {be} the {n}? Segment {it}.", "Show me the {n}.",
@@ -232,15 +233,16 @@ def _implicit(scene: Scene, rng: random.Random) -> Generated | None:
 def _system(scene: Scene, rng: random.Random) -> Generated | None:
     by_system: dict[str, list[Item]] = {}
     for item in scene.items.values():
-        if item.entry.system and not item.is_lesion:
+        if item.entry.system and not item.is_lesion and not item.entry.plural:
             by_system.setdefault(item.entry.system, []).append(item)
     unique = [v[0] for v in by_system.values() if len(v) == 1]
     if not unique:
         return None
     item = rng.choice(unique)
     entry = item.entry
-    question = rng.choice(_SYSTEM_Q).format(system=entry.system, noun=entry.noun)
-    answer = f"The {seg(item.name)} {entry.be} the only part of the {entry.system} on this slice."
+    article = "an" if entry.noun[0] in "aeiou" else "a"
+    question = rng.choice(_SYSTEM_Q).format(system=entry.system, noun=entry.noun, a_noun=f"{article} {entry.noun}")
+    answer = f"The {seg(item.name)} belongs to the {entry.system}."
     return Turn(question, "implicit", answer, (item.key,), "system"), [item.key]
 
 
@@ -371,8 +373,8 @@ def _count(scene: Scene, rng: random.Random) -> Generated | None:
     if host is None:
         return None
     count = int(lesion.attrs["count"])
-    question = rng.choice((f"How many lesions does the {host.name} have? Segment them.",
-                           f"Count the lesions in the {host.name} and segment them."))
+    question = rng.choice((f"How many lesions does the {host.name} show on this slice? Segment them.",
+                           f"Count the lesions in the {host.name} on this slice and segment them."))
     noun = "lesion" if count == 1 else "lesions"
     name = lesion.name if count == 1 else _plural(lesion.name)
     answer = f"{_NUMBER_WORDS.get(count, str(count)).capitalize()} {noun}: {seg(name)}."
@@ -409,7 +411,8 @@ def _absent(scene: Scene, rng: random.Random) -> Generated | None:
         impossible = absent_candidates(set(scene.regions), exclude=present)
         if impossible:
             entry = rng.choice(impossible)
-            choices = [(entry, f"this {scene.description} does not cover the {', '.join(entry.regions)}")]
+            places = " or the ".join(entry.regions)
+            choices = [(entry, f"this {scene.description} does not cover the {places}")]
     if not choices:
         return None
     entry, reason = rng.choice(choices)
@@ -479,7 +482,7 @@ def _follow_contained(scene: Scene, focus: list[str], rng: random.Random) -> Gen
 
 
 def _follow_lesion_free(scene: Scene, focus: list[str], rng: random.Random) -> Generated | None:
-    if not focus or focus[0] not in scene.lesion_free:
+    if len(focus) != 1 or focus[0] not in scene.lesion_free:
         return None
     organ = scene.items[focus[0]]
     question = rng.choice(("Is there a lesion in it?", "Does it contain any lesion? Segment it.",

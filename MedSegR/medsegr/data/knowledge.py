@@ -115,7 +115,7 @@ def _entries() -> list[Structure]:
                   "above the neck",
                   {"CT": "bone ring of the skull with soft tissue inside and outside it",
                    "T1": "bright scalp fat around a dark skull and the brain",
-                   "T2": "bright fluid around the brain inside the skull"},
+                   "T2": "scalp, a dark skull and bright fluid around the brain"},
                   _code("69536005", "Head"), ("head outline", "whole head", "head contour"), head),
         # ---- brain
         Structure("brain", "brain", "organ", "organ", "central nervous system",
@@ -366,7 +366,7 @@ def _sided_entries() -> list[Structure]:
          "in the {side} hemithorax", {"CT": "air-filled, about -850 HU"}, ("chest",)),
         ("cerebral_hemisphere", "cerebral hemisphere", "structure", "central nervous system",
          "372073000", "Cerebral hemisphere", None,
-         ("controls the {other} side of the body",), "on the patient's {side} of the midline",
+         ("controls the {other} side of the body",), "to the patient's {side} of the midline",
          {}, ("head",)),
         ("adrenal_gland", "adrenal gland", "gland", "endocrine system", "23451007", "Adrenal gland",
          "adrenal_gland", ("makes cortisol on the patient's {side} side",), "above the {side} kidney",

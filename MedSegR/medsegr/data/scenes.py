@@ -77,10 +77,13 @@ def scene_from_masks(masks: Mapping[str, np.ndarray], specs: Mapping[str, MaskSp
     items: dict[str, Item] = {}
     present_masks: dict[str, np.ndarray] = {}
     found_absences = list(absences)
+    hosts_with_lesions: set[str] = set()  # any lesion, even one too small to ask about
     for key, spec in specs.items():
         mask = masks.get(key)
         pixels = int(np.count_nonzero(mask)) if mask is not None else 0
         area, centroid, diameter = geometry.get(key, (0.0, (0.0, 0.0), 0.0))
+        if pixels and spec.entry.kind == "lesion" and spec.attrs.get("host"):
+            hosts_with_lesions.add(spec.attrs["host"])
         if pixels == 0:
             if missing_is_absent and spec.entry.kind != "lesion":
                 found_absences.append(Absence(spec.entry, "it is not in this slice"))
@@ -94,9 +97,7 @@ def scene_from_masks(masks: Mapping[str, np.ndarray], specs: Mapping[str, MaskSp
         items[key] = Item(key=key, entry=spec.entry, name=spec.name, area_mm2=area, centroid=centroid,
                           diameter_mm=diameter, attrs=attrs)
         present_masks[key] = mask
-    lesion_free = [h for h in lesion_hosts if h in items
-                   and not any(i.entry.kind == "lesion" and i.attrs.get("host") == h for i in items.values())]
-    # a structure with a lesion on this slice must not also be called lesion-free
+    lesion_free = [h for h in lesion_hosts if h in items and h not in hosts_with_lesions]
     return Scene(modality=modality, plane=plane, regions=tuple(regions), items=items, sequence=sequence,
                  contains=containment(present_masks), absences=found_absences, lesion_free=lesion_free,
                  description=description)
