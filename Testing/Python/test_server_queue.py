@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from medsegr.client import EngineBusy, EngineClient, EngineError, RequestCancelled
+from medsegr.server.errors import ApiError
 from medsegr.server.sessions import SessionStore
 from server_harness import TOKEN, decoding_hook, live_server, oblique_volume
 
@@ -221,6 +222,8 @@ def test_session_store_rules_with_a_fake_clock():
     now[0] = 5
     c = store.add(FakeSession(40))  # 120 > 100: b (idle, least recent) goes
     assert {e.id for e in store._entries.values()} == {a.id, c.id}
+    with pytest.raises(ApiError, match="evicted to free memory"):
+        store.get(b.id)
     store.release(a)  # its request finished: a was just used
     d = store.add(FakeSession(10))
     e = store.add(FakeSession(10))  # 4 > max_sessions: c (least recently used) goes
