@@ -285,6 +285,7 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- timer: main-thread callbacks and deferred updates ------------------------------------
     def _tick(self) -> None:
         self.mainQueue.drain()
+        self._checkEngineAlive()
         if self._conversationsNeedRefresh:
             self._conversationsNeedRefresh = False
             self.refreshConversationList()
@@ -656,7 +657,7 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     slicer.util.pip_install(args + ["-c", constraints.name])
             if plan.no_deps:
                 if packaging is not None:
-                    packaging.pip_install([], no_deps_requirements=list(plan.no_deps), requester="MedSegR")
+                    packaging.pip_install(["--no-deps", *plan.no_deps], requester="MedSegR")
                 else:
                     slicer.util.pip_install(["--no-deps", *plan.no_deps])
         finally:
@@ -701,6 +702,17 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.engineTask = BackgroundTask(lambda cancel: engine.wait_until_ready(cancel=cancel), done,
                                          self._engineFailed, self.mainQueue.post, name="medsegr-engine-start").start()
         self.updateButtons()
+
+    def _checkEngineAlive(self) -> None:
+        """Notice a bundled engine that stopped on its own (crash, killed)."""
+        engine = self.engine
+        if engine is None or engine.process is None or engine.running or engine.url is None:
+            return
+        if self.logic.client is not None and self.logic.client.url == engine.url:
+            self.logic.set_client(None)
+            self.setEngineStatus(_("The engine stopped unexpectedly (exit code {code}); see the engine log. "
+                                   "The next question starts it again.").format(code=engine.process.returncode))
+            self.updateButtons()
 
     def onStopEngine(self) -> None:
         if self.engineTask is not None and not self.engineTask.finished.is_set():

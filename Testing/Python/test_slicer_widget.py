@@ -213,7 +213,7 @@ def test_engine_down_is_reported_in_the_panel_and_nothing_changes(shell, panel):
     before = node_ids(shell.scene)
     widget.ui.questionLineEdit.setText("Segment the brain.")
     shell.qt.QTest.keyClick(widget.ui.questionLineEdit, shell.qt.Qt.Key_Return)
-    assert shell.wait_for(lambda: "cannot connect" in widget.ui.engineStatusLabel.text(), timeout=30)
+    assert shell.wait_for(lambda: "Cannot connect" in widget.ui.engineStatusLabel.text(), timeout=30)
     shell.process_events(0.1)
     assert "is it running?" in widget.ui.statusLabel.text()
     assert widget.logic.client is None and node_ids(shell.scene) == before
@@ -343,3 +343,80 @@ def test_panel_answers_with_the_real_pretrained_parts(shell, panel, real_pipelin
         assert " ".join(turn.answer.split())[:25] in " ".join(widget.ui.chatBrowser.toPlainText().split())
         if os.environ.get("MEDSEGR_SCREENSHOT_DIR"):
             widget.parent.grab().save(str(Path(os.environ["MEDSEGR_SCREENSHOT_DIR"]) / "screenshot.png"))
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_model, tmp_path_factory):
+    """A checkpoint folder of the tiny model, as a user would pick in the panel."""
+    from medsegr.checkpoint import save_pretrained
+
+    return save_pretrained(tiny_model, tmp_path_factory.mktemp("checkpoints") / "tiny")
+
+
+def test_bundled_engine_started_from_the_panel_answers_and_stops(shell, panel, tiny_checkpoint):
+    """A real ``medsegr serve`` child process started with the panel's Start button."""
+    widget, _volume = panel
+    QTest, Qt = shell.qt.QTest, shell.qt.Qt
+    widget.ui.bundledRadioButton.setChecked(True)
+    widget.ui.deviceComboBox.setCurrentIndex(widget.ui.deviceComboBox.findText("cpu"))
+    widget.ui.checkpointPathLineEdit.setCurrentPath(str(tiny_checkpoint))
+    asked = []
+    widget.confirmPrivacy = lambda text: asked.append(text) or (True, True)
+    QTest.mouseClick(widget.ui.startEngineButton, Qt.LeftButton)
+    try:
+        assert widget.ui.progressBar.isVisible() and widget.ui.cancelButton.isEnabled()
+        assert shell.wait_for(lambda: widget.logic.client is not None, timeout=240), widget.ui.engineStatusLabel.text()
+        status = widget.ui.engineStatusLabel.text()
+        assert status.startswith("Connected: medsegr 0.1.0") and "device cpu" in status
+        log = widget.ui.engineLogTextEdit.toPlainText()
+        assert "medsegr.cli serve" in log and "--checkpoint " + str(tiny_checkpoint) in log
+        assert widget.engine.token not in log
+        assert widget.ui.stopEngineButton.isEnabled() and not widget.ui.startEngineButton.isEnabled()
+        ask(shell, widget, "What is shown here?", timeout=120)
+        assert widget.pending is None, widget.pending.message
+        assert widget.currentConversation() is not None and not asked  # no privacy note for a local engine
+        process = widget.engine.process
+    finally:
+        QTest.mouseClick(widget.ui.stopEngineButton, Qt.LeftButton)
+    assert process.poll() is not None and widget.logic.client is None
+    assert widget.ui.engineStatusLabel.text() == "Engine stopped."
+    assert widget.ui.startEngineButton.isEnabled()
+
+
+def test_closing_the_scene_resets_the_panel(shell, panel, engine, tiny_pipeline):
+    widget, _volume = panel
+    connect_remote(shell, widget, engine)
+    widget.confirmPrivacy = lambda text: (True, True)
+    ask(shell, widget, "What is shown?")
+    assert widget.currentConversation() is not None
+    shell.scene.Clear(0)
+    shell.process_events(0.1)
+    assert widget.currentConversation() is None and widget._parameterNode.inputVolume is None
+    assert "Ask a question" in widget.ui.chatBrowser.toPlainText()
+    assert not widget.ui.sendButton.isEnabled()
+    volume = load_volume_file(shell.scene, sample_path("head-mri"), "head MRI again")
+    widget._parameterNode.inputVolume = volume
+    shell.process_events(0.1)
+    assert widget.ui.sendButton.isEnabled()
+    ask(shell, widget, "And in the new scene?")
+    assert widget.pending is None, widget.pending.message
+    assert len(widget.logic.conversation(widget.currentConversation()).turns) == 1
+
+
+def test_an_engine_that_dies_is_noticed(shell, panel, tmp_path):
+    """A bundled engine process that exits on its own (here: an interpreter that fails
+    at once) is reported, and the panel no longer uses it."""
+    widget, _volume = panel
+    from medsegr.client import EngineClient
+    from MedSegRLib.engine_process import BundledEngine
+
+    failing = tmp_path / "python-that-crashes"
+    failing.write_text("#!/bin/sh\nexit 3\n")
+    failing.chmod(0o755)
+    engine = BundledEngine(python=str(failing))
+    engine.start()
+    widget.engine = engine
+    widget.logic.set_client(EngineClient(engine.url, token=engine.token), {"api_version": "1"})
+    assert shell.wait_for(lambda: "stopped unexpectedly (exit code 3)" in widget.ui.engineStatusLabel.text(), 30)
+    assert widget.logic.client is None and widget.ui.startEngineButton.isEnabled()
+    engine.stop()
