@@ -234,12 +234,16 @@ class EngineClient:
     def create_session(self, array: np.ndarray, spacing: Any, origin: Any, direction: Any,
                        modality: str | None = None, window: str | None = None) -> str:
         """Upload an image (numpy ``(z, y, x)``; a 2-D ``(y, x)`` array is one slice) with
-        its ITK/LPS geometry; returns the new session's id."""
+        its ITK/LPS geometry (``direction``: 9 values row-major, or a 3x3 array); returns
+        the new session's id."""
         if self._checked is None:
             self.check_version()
         data = np.asarray(array)
         if data.ndim == 2:
             data = data[np.newaxis]
+        spacing = _vector(spacing, 3, "spacing")
+        origin = _vector(origin, 3, "origin")
+        direction = _vector(direction, 9, "direction")
         try:
             body = encode_nrrd(data, spacing, origin, direction, encoding="gzip", compresslevel=1)
         except NrrdError as exc:
@@ -249,8 +253,7 @@ class EngineClient:
         reply = self._json("POST", path, body, NRRD_MEDIA_TYPE)
         sid = str(reply["session_id"])
         self._grids[sid] = _Grid(tuple(int(n) for n in data.shape),  # type: ignore[arg-type]
-                                 tuple(float(v) for v in spacing), tuple(float(v) for v in origin),
-                                 tuple(float(v) for v in direction))
+                                 spacing, origin, direction)
         return sid
 
     def session_info(self, session_id: str) -> dict:
@@ -382,8 +385,9 @@ class EngineClient:
         except NrrdError as exc:
             raise EngineError(f"the engine sent an unreadable mask: {exc}",
                               code="bad_response") from None
-        if grid is not None and (array.shape != grid.shape or spacing != grid.spacing
-                                 or origin != grid.origin or direction != grid.direction):
+        if grid is not None and (array.shape != grid.shape or not _close(spacing, grid.spacing)
+                                 or not _close(origin, grid.origin)
+                                 or not _close(direction, grid.direction)):
             raise EngineError(f"the engine sent a mask on another grid (shape {array.shape}, "
                               f"spacing {spacing}) than the uploaded image (shape {grid.shape}, "
                               f"spacing {grid.spacing})", code="bad_response")
@@ -565,6 +569,22 @@ def _reason(exc: Any) -> str:
         return "connection refused"
     text = str(exc) or type(exc).__name__
     return text
+
+
+def _close(a: Any, b: Any) -> bool:
+    """Geometry values equal to 1e-6 (mm, or direction cosines)."""
+    return len(a) == len(b) and bool(np.allclose(a, b, rtol=0.0, atol=1e-6))
+
+
+def _vector(values: Any, count: int, what: str) -> tuple[float, ...]:
+    """``values`` (a sequence or numpy array, e.g. a 3x3 matrix) as ``count`` floats."""
+    try:
+        flat = tuple(float(v) for v in np.asarray(values, dtype=float).ravel())
+    except (TypeError, ValueError):
+        raise EngineError(f"{what} must be {count} numbers", code="bad_input") from None
+    if len(flat) != count:
+        raise EngineError(f"{what} must be {count} numbers, got {len(flat)}", code="bad_input")
+    return flat
 
 
 def _quote(part: str) -> str:

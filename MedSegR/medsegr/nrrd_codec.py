@@ -16,9 +16,10 @@ Conventions (the same as :mod:`medsegr.io.images`):
 ``space directions`` holds ``direction[:, c] * spacing[c]``; recovering spacing and
 direction from those products is not bit-exact in floating point, so
 :func:`encode_nrrd` also writes the exact values as ``medsegr_spacing:=`` and
-``medsegr_direction:=`` key/value pairs. :func:`decode_nrrd` uses them only when they
-agree with ``space directions`` (so any other writer's file decodes by the standard
-rules), which makes an encode/decode round trip exact.
+``medsegr_direction:=`` key/value pairs. :func:`decode_nrrd` uses them only when their
+products are exactly the ``space directions`` vectors (so a file another tool edited
+decodes by the standard rules), which makes an encode/decode round trip exact, also for
+direction matrices that are orthonormal only to float precision.
 
 Decoding is strict: a malformed header, an unsupported field value, data whose size
 does not match the header, or declared sizes above ``max_voxels`` raise
@@ -366,7 +367,8 @@ def _geometry(fields: dict[str, str], keyvalues: dict[str, str], dimension: int,
             for c in range(3):
                 direction[c] = -direction[c] if direction[c] else 0.0
                 direction[3 + c] = -direction[3 + c] if direction[3 + c] else 0.0
-        spacing, direction = _exact_geometry(keyvalues, spacing, direction)
+        else:
+            spacing, direction = _exact_geometry(keyvalues, vectors, spacing, direction)
     else:
         spacing = (1.0, 1.0, 1.0)
         if "spacings" in fields:
@@ -390,10 +392,12 @@ def _geometry(fields: dict[str, str], keyvalues: dict[str, str], dimension: int,
     return spacing, origin, tuple(direction)  # type: ignore[return-value]
 
 
-def _exact_geometry(keyvalues: dict[str, str], spacing: tuple[float, ...], direction: list[float],
+def _exact_geometry(keyvalues: dict[str, str], vectors: list[list[float]],
+                    spacing: tuple[float, ...], direction: list[float],
                     ) -> tuple[tuple[float, ...], list[float]]:
-    """The exact ``medsegr_spacing``/``medsegr_direction`` values, when present and in
-    agreement (1e-9 relative) with the ones derived from ``space directions``."""
+    """The exact ``medsegr_spacing``/``medsegr_direction`` values, when present and when
+    their products are exactly the ``space directions`` vectors (as :func:`encode_nrrd`
+    writes them); otherwise the values derived from the vectors."""
     try:
         exact_spacing = [float(v) for v in keyvalues["medsegr_spacing"].split()]
         exact_direction = [float(v) for v in keyvalues["medsegr_direction"].split()]
@@ -401,9 +405,10 @@ def _exact_geometry(keyvalues: dict[str, str], spacing: tuple[float, ...], direc
         return spacing, direction
     if len(exact_spacing) != 3 or len(exact_direction) != 9:
         return spacing, direction
-    if not all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
-               for a, b in zip(exact_spacing + exact_direction, list(spacing) + direction)):
-        return spacing, direction
+    for c in range(3):
+        for r in range(3):
+            if exact_direction[r * 3 + c] * exact_spacing[c] != vectors[c][r]:
+                return spacing, direction  # edited by another tool: trust the vectors
     return tuple(exact_spacing), exact_direction
 
 

@@ -32,6 +32,21 @@ def test_round_trip_is_exact(dtype, encoding):
     assert out.flags.writeable
 
 
+def test_round_trip_is_exact_for_a_direction_orthonormal_only_to_float32():
+    arr, spacing, origin, direction = oblique_volume((2, 3, 4))
+    rough = tuple(float(v) for v in np.asarray(direction, np.float32))  # as from a float32 matrix
+    spacing = (0.7000000000000001, 1.1, 2.9999999)
+    _, sp, org, dirs = decode_nrrd(encode_nrrd(arr, spacing, origin, rough))
+    assert sp == spacing and dirs == rough and org == origin
+
+
+def test_a_file_edited_by_another_tool_decodes_by_its_space_directions():
+    data = encode_nrrd(np.zeros((1, 2, 2), np.uint8), (1.0, 1.0, 1.0), encoding="raw")
+    edited = data.replace(b"space directions: (1.0,0.0,0.0)", b"space directions: (2.0,0.0,0.0)")
+    _, sp, _, _ = decode_nrrd(edited)
+    assert sp == (2.0, 1.0, 1.0)  # the stale exact values are ignored
+
+
 def test_itk_reads_what_we_write_and_we_read_what_itk_writes(tmp_path):
     arr, spacing, origin, direction = oblique_volume((4, 6, 8), seed=3)
     ours = tmp_path / "ours.nrrd"

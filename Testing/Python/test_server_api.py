@@ -139,6 +139,16 @@ def test_slice_round_trip_geometry_voxel_for_voxel(server, client, tiny_pipeline
     client.delete_session(sid)
 
 
+def test_geometry_from_float32_matrices_comes_back_exactly(server, client):
+    arr, spacing, origin, direction = oblique_volume((2, 12, 14))
+    matrix = np.asarray(direction, np.float32).reshape(3, 3)  # as Slicer's float32 matrices
+    sid = client.create_session(arr, np.float32([0.7, 0.7, 2.5]), origin, matrix)
+    info = client.session_info(sid)
+    assert info["direction"] == [float(v) for v in matrix.ravel()]
+    assert info["spacing"] == [float(v) for v in np.float32([0.7, 0.7, 2.5])]
+    client.delete_session(sid)
+
+
 def test_volume_round_trip_and_follow_ups_do_not_re_encode(server, client, tiny_pipeline):
     arr, spacing, origin, direction = oblique_volume((5, 24, 28), seed=1, origin=(3.5, -7.25, 11.0))
     sid = client.create_session(arr, spacing, origin, direction)
