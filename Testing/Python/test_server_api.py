@@ -142,7 +142,10 @@ def test_slice_round_trip_geometry_voxel_for_voxel(server, client, tiny_pipeline
 def test_geometry_from_float32_matrices_comes_back_exactly(server, client):
     arr, spacing, origin, direction = oblique_volume((2, 12, 14))
     matrix = np.asarray(direction, np.float32).reshape(3, 3)  # as Slicer's float32 matrices
-    sid = client.create_session(arr, np.float32([0.7, 0.7, 2.5]), origin, matrix)
+    gzip_client = EngineClient(server.url, token=TOKEN, compress=True)  # as for a remote engine
+    assert client.compress is False and gzip_client.compress is True  # loopback: raw upload
+    sid = gzip_client.create_session(arr, np.float32([0.7, 0.7, 2.5]), origin, matrix)
+    assert np.array_equal(server.engine.store.get(sid).session.image.array, arr)
     info = client.session_info(sid)
     assert info["direction"] == [float(v) for v in matrix.ravel()]
     assert info["spacing"] == [float(v) for v in np.float32([0.7, 0.7, 2.5])]
