@@ -76,6 +76,7 @@ def test_examples_bind_seg_tokens_to_masks(dataset, tiny_model):
 
 def test_train_lowers_the_loss_caches_the_encoder_and_resumes(dataset, tmp_path):
     from medsegr.checkpoint import from_pretrained
+    from medsegr.errors import InputError
     from medsegr.training.config import TrainConfig
     from medsegr.training.trainer import train
 
@@ -85,6 +86,8 @@ def test_train_lowers_the_loss_caches_the_encoder_and_resumes(dataset, tmp_path)
     assert first.steps == 3 and first.encoded_slices == 8  # 4 train + 4 val slices, once
     assert (out / "checkpoint-000003" / "training_state.pt").is_file()
 
+    with pytest.raises(InputError, match="--resume auto"):  # never mixes two runs silently
+        train(config, progress=False)
     second = train(config, resume="auto", progress=False)
     assert second.steps == 6
     assert second.encoded_slices == 0  # every embedding came from the disk cache

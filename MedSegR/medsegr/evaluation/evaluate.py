@@ -157,8 +157,10 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                 seconds=seconds)
             if references and turn.masks:
                 assert oracle is not None
+                embedding = session.embeddings(axis, [index])[0][0]  # cached: not re-encoded
                 result.references["oracle_box"] = [
-                    MaskScore.of(oracle.predict(shown01, truths[m], view.pixel_spacing), truths[m])
+                    MaskScore.of(oracle.predict(shown01, truths[m], view.pixel_spacing, embedding),
+                                 truths[m])
                     for m in turn.masks]
                 floor = otsu_floor(shown01)
                 result.references["otsu"] = [MaskScore.of(floor, truths[m]) for m in turn.masks]

@@ -39,13 +39,20 @@ class OracleBox:
 
     @torch.no_grad()
     def predict(self, slice01: np.ndarray, truth: np.ndarray,
-                pixel_spacing: tuple[float, float]) -> np.ndarray:
-        """Mask of the displayed slice ``slice01`` from the box around ``truth``."""
+                pixel_spacing: tuple[float, float],
+                embedding: torch.Tensor | None = None) -> np.ndarray:
+        """Mask of the displayed slice ``slice01`` from the box around ``truth``.
+
+        ``embedding`` ``(C, h, w)``: the slice's image embedding when the caller has it
+        (the encoder is frozen, so MedSegR's own embedding of the slice is the same).
+        """
         if not truth.any():
             return np.zeros(truth.shape, dtype=bool)
         box = letterbox_geometry(slice01.shape, pixel_spacing, self.vision.image_size)
-        pixels = letterbox(slice01[None], box)
-        emb = self.vision.encode(pixels)
+        if embedding is None:
+            emb = self.vision.encode(letterbox(slice01[None], box))
+        else:
+            emb = embedding[None].float()
         rows, cols = np.nonzero(truth)
         x0, y0 = box.to_input_xy(float(cols.min()) - 0.5, float(rows.min()) - 0.5)
         x1, y1 = box.to_input_xy(float(cols.max()) + 0.5, float(rows.max()) + 0.5)

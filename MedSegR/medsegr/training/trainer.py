@@ -32,6 +32,7 @@ import torch
 
 from medsegr.errors import CheckpointError, InputError
 from medsegr.training.config import TrainConfig
+from medsegr.training.curves import read_metrics
 from medsegr.training.encoder_cache import EncoderCache, encoder_digest
 from medsegr.training.examples import IGNORE, Example, ImageStore, make_example, slice_input
 
@@ -221,6 +222,9 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     resume_dir = _resolve_resume(resume, out)
+    if resume_dir is None and (latest_checkpoint(out) or (out / "final").exists()):
+        raise InputError(f"{out} holds an earlier run: continue it with --resume auto, or set "
+                         f"another [run] output_dir")
     set_seed(config.run.seed + accelerator.process_index)
 
     model = build_training_model(config, resume_dir / "model" if resume_dir else None)
@@ -265,6 +269,9 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
 
     stop_at = min(config.optim.steps, max_steps if max_steps is not None else config.optim.steps)
     metrics_file = out / "metrics.jsonl"
+    if accelerator.is_main_process:  # keep what led to the resumed step, drop the rest
+        kept = [r for r in read_metrics(metrics_file) if r.get("step", 0) <= step]
+        metrics_file.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     bar = tqdm(total=stop_at, initial=step, desc="training", unit="step",
                disable=not (progress and accelerator.is_local_main_process))
     first_loss: float | None = None
