@@ -119,8 +119,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     progress(f"loading the {options.model} model on {options.device} ...")
     pipeline, load_s = load_pipeline(options, options.plan())
-    result = run_bench(options, progress, pipeline=pipeline)
-    result.load_s = load_s
+    result = run_bench(options, progress, pipeline=pipeline, load_s=load_s)
     sys.stdout.write(render_markdown(result))
     sys.stdout.flush()
     if args.json is not None:

@@ -170,7 +170,7 @@ def render_markdown(result: Any) -> str:
         "decode masks. Repetitions alternate which path goes first; one untimed warm-up "
         f"question per path ({_f(result.warm_up_s)} s) came first. Peak memory is the process's "
         "resident-set high-water mark during each measured block (reset before it), model "
-        "included" + (f"; CUDA: peak allocated memory" if m.get("gpu") else "") + ".",
+        "included" + ("; CUDA: peak allocated memory" if m.get("gpu") else "") + ".",
         "",
         "### Results",
         "",
@@ -298,6 +298,7 @@ def write_plots(result: Any, folder: str | os.PathLike[str]) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -319,6 +320,7 @@ def write_plots(result: Any, folder: str | os.PathLike[str]) -> list[Path]:
                 ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker,
                         color=colour, label=PATH_LABELS[path])
         ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         device = result.machine.get("gpu") or f"{result.machine.get('usable_cores')} CPU cores"
         ax.set_title(f"{title} ({device})", fontsize=10)

@@ -102,13 +102,20 @@ def bench_config(options: BenchOptions, plan: Plan) -> MedSegRConfig:
 
 def compile_vision(pipeline: MedSegRPipeline) -> None:
     """``torch.compile`` the image encoder and the mask decoder (static shapes: one
-    graph per batch size). On CUDA with CUDA graphs (``reduce-overhead``): the mask
-    decoder's many small kernels are launch-bound. The LLM's lean decoder is not
-    compiled: its KV cache grows every step, so each length would be a new graph."""
+    graph per batch size, so a batch size first seen in a timed run compiles there).
+
+    On CUDA the mask decoder also runs as CUDA graphs (``reduce-overhead``): its many
+    small kernels are launch-bound, and its output is interpolated (copied) before
+    the next call can overwrite the graph's output buffer. The encoder is compiled
+    without CUDA graphs: it is compute-bound at the batch sizes volumes use, and a
+    batch split after an out-of-memory error keeps several outputs alive at once.
+    The LLM's lean decoder is not compiled: its KV cache grows every step, so every
+    length would be a new graph."""
     vision = pipeline.model.vision
-    mode = "reduce-overhead" if pipeline.model.device.type == "cuda" else "default"
-    vision.image_encoder = torch.compile(vision.image_encoder, mode=mode, dynamic=False)
-    vision.mask_decoder = torch.compile(vision.mask_decoder, mode=mode, dynamic=False)
+    cuda = pipeline.model.device.type == "cuda"
+    vision.image_encoder = torch.compile(vision.image_encoder, dynamic=False)
+    vision.mask_decoder = torch.compile(vision.mask_decoder, dynamic=False,
+                                        mode="reduce-overhead" if cuda else "default")
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:
@@ -172,16 +179,15 @@ def load_pipeline(options: BenchOptions, plan: Plan) -> tuple[MedSegRPipeline, f
 
 
 def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda m: None,
-              pipeline: MedSegRPipeline | None = None) -> BenchResult:
-    """Run the benchmark (``pipeline``: an already loaded one, set up by
-    :func:`load_pipeline`)."""
+              pipeline: MedSegRPipeline | None = None, load_s: float = 0.0) -> BenchResult:
+    """Run the benchmark. ``pipeline``: one already set up by :func:`load_pipeline`
+    (which took ``load_s`` seconds); by default it is loaded here."""
     unknown = sorted(set(options.workloads) - set(workload_names()))
     if unknown:
         raise InputError(f"unknown workload(s): {', '.join(unknown)} "
                          f"(known: {', '.join(workload_names())})")
     plan = options.plan()
     t_start = time.perf_counter()
-    load_s = 0.0
     if pipeline is None:
         progress(f"loading the {options.model} model on {options.device} ...")
         pipeline, load_s = load_pipeline(options, plan)
@@ -195,7 +201,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda m:
     if options.compile:
         compile_vision(pipeline)
     progress("warming up (one short question per path, not timed)")
-    warm_s = warm_up(ctx)
+    warm_s = warm_up(ctx, volume="volume" in options.workloads)
     if options.compile:
         compile_s = warm_s
     info = pipeline.info()

@@ -19,6 +19,7 @@ latencies are kept as well.
 
 from __future__ import annotations
 
+import importlib.util
 import secrets
 import socket
 import threading
@@ -29,6 +30,7 @@ import numpy as np
 
 from medsegr.bench.equality import AnswerDigest
 from medsegr.bench.timing import Measured, PathRun, add_phases
+from medsegr.client import EngineClient
 from medsegr.bench.workloads import (FOLLOW_UPS, MEDSEGR, QUESTION, REFERENCE, BenchContext,
                                      WorkloadResult, interleave)
 from medsegr.io.images import MedicalImage
@@ -103,14 +105,11 @@ def concurrent_sessions(ctx: BenchContext) -> WorkloadResult:
     count, turns = plan.server_sessions, plan.server_turns
     result = WorkloadResult("server", f"{count} concurrent sessions through the server"
                             f" ({turns} question{'s' if turns > 1 else ''} each)")
-    try:
-        import uvicorn  # noqa: F401
-
-        from medsegr.client import EngineClient
-        from medsegr.server import app as _app  # noqa: F401
-    except ModuleNotFoundError as exc:
-        result.skipped = (f"the engine server cannot run here ({exc.name} is not installed; "
-                          "pip install 'medsegr[serve]')")
+    missing = [name for name in ("medsegr.server", "fastapi", "uvicorn")
+               if importlib.util.find_spec(name) is None]
+    if missing:
+        result.skipped = (f"the engine server cannot run here ({', '.join(missing)} not "
+                          "installed; pip install 'medsegr[serve]')")
         return result
     volume = ctx.sub_volume(SERVER_VOLUME_SLICES)
     axis = resolve_axis("axial", volume.direction)

@@ -272,14 +272,25 @@ def volume_question(ctx: BenchContext) -> WorkloadResult:
     return result
 
 
-def warm_up(ctx: BenchContext) -> float:
-    """One short untimed question on each path (first-call costs, compilation)."""
+def warm_up(ctx: BenchContext, volume: bool) -> float:
+    """Untimed first calls (kernel set-up, compilation): a two-token answer ending in
+    ``[SEG]`` on each path, so encoder, LLM and mask decoder all run; with ``volume``,
+    also a MedSegR volume question on a few slices (the mask decoder's batch shape)."""
+    pipeline = ctx.pipeline
+    forced = pipeline.adjust_logits
+    pipeline.adjust_logits = SegAtStep(pipeline.model.seg_token_id, 1)
     t0 = time.perf_counter()
-    for path in PATHS:
-        session = ctx.open_session(path)
-        session.ask("Describe this slice.", axis="axial", slice_index=SLICE_INDEX,
-                    max_new_tokens=2)
-    synchronize(ctx.device)
+    try:
+        for path in PATHS:
+            ctx.open_session(path).ask("Describe this slice.", axis="axial",
+                                       slice_index=SLICE_INDEX, max_new_tokens=2)
+        if volume:
+            batch = pipeline.model.config.generation.decoder_batch
+            ctx.open_session(MEDSEGR, ctx.sub_volume(min(batch, ctx.plan.volume_slices))).ask(
+                "Describe this scan.", axis="axial", volume=True, max_new_tokens=2)
+        synchronize(ctx.device)
+    finally:
+        pipeline.adjust_logits = forced
     return time.perf_counter() - t0
 
 
