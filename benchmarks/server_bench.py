@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         sid_plain = client.create_session(*geometry, modality=image.modality)
         for sid in (sid_stream, sid_plain):
             client.ask(sid, QUESTION, slice_index=SLICE)
-        local_f, stream_f, plain_f = [], [], []
+        local_f, stream_f, plain_f, transport = [], [], [], []
         with OtherCpu(pids) as other:
             for i in range(repeats * 2):
                 q = FOLLOW_UPS[i % len(FOLLOW_UPS)]
@@ -214,13 +214,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stream_f.append(t)
                 t, p = timed(lambda: client.ask(sid_plain, q, slice_index=SLICE, stream=False))
                 plain_f.append(t)
+                # what HTTP adds around the engine's own time (queue to answer)
+                transport += [stream_f[-1] - s.timings["server_total"],
+                              plain_f[-1] - p.timings["server_total"]]
                 assert a.encoded_slices == s.encoded_slices == p.encoded_slices == 0
                 assert a.raw_text == s.raw_text == p.raw_text  # same work on both paths
         for sid in (sid_stream, sid_plain):
             client.delete_session(sid)
         results["follow_up"] = {"in_process": median_spread(local_f),
                                 "http_stream": median_spread(stream_f),
-                                "http_json": median_spread(plain_f), "other_cpu_cores": other.cores}
+                                "http_json": median_spread(plain_f),
+                                "transport_s": median_spread(transport),
+                                "other_cpu_cores": other.cores}
 
         print(f"3. throughput: {args.clients} clients x {questions} questions", file=sys.stderr)
 
@@ -294,7 +299,13 @@ def report(r: dict[str, Any]) -> str:
         row("follow-up question, one JSON reply", fu["in_process"], fu["http_json"],
             fu["other_cpu_cores"], ""),
         row("new session + question", ns["in_process"], ns["http"], ns["other_cpu_cores"],
-            "includes the volume upload (gzip NRRD)"),
+            "includes the volume upload (raw NRRD on loopback)"),
+        "",
+        f"Transport alone (client wall time minus the engine's own queue-to-answer time, "
+        f"follow-ups): median {1000 * fu['transport_s']['median']:.1f} ms "
+        f"({1000 * fu['transport_s']['min']:.1f}–{1000 * fu['transport_s']['max']:.1f} ms), "
+        f"{fu['transport_s']['median'] / fu['in_process']['median']:.1%} of an in-process "
+        "follow-up.",
         "",
         f"Throughput, {tp['clients']} clients x {tp['questions_per_client']} questions "
         "(each client its own session; the first question encodes the slice):",
