@@ -194,9 +194,8 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
         self.timer.stop()
+        self._unobserveParameterNode()
         self.removeObservers()
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
         if self.task is not None:
             self.task.cancel()
         self.stopEngine()
@@ -207,11 +206,15 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self._unobserveParameterNode()
+
+    def _unobserveParameterNode(self) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent,
-                                self._onParameterNodeModified)
+            node = self._parameterNode.parameterNode
+            if self.hasObserver(node, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified):
+                self.removeObserver(node, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def _observeCrosshair(self) -> None:
         crosshair = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
@@ -253,10 +256,7 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._parameterNode.inputVolume = volume
 
     def setParameterNode(self, inputParameterNode: MedSegRParameterNode | None) -> None:
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode.parameterNode, vtk.vtkCommand.ModifiedEvent,
-                                self._onParameterNodeModified)
+        self._unobserveParameterNode()
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)

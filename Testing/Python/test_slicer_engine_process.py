@@ -53,7 +53,7 @@ def test_launch_uses_a_private_token_file_and_never_puts_the_token_on_the_comman
                               "--port", str(launch.port), "--token-file", str(launch.token_file),
                               "--device", "cuda", "--checkpoint", "/data/ckpt"]
     assert launch.token not in " ".join(launch.command) and len(launch.token) >= 32
-    assert launch.token_file.read_text().strip() == launch.token
+    assert launch.token_file.read_text(encoding="utf-8").strip() == launch.token
     assert stat.S_IMODE(launch.token_file.stat().st_mode) == 0o600
     assert launch.url == f"http://127.0.0.1:{launch.port}"
     assert launch.env["PYTHONPATH"].split(os.pathsep) == [str(module_dir()), "/elsewhere"]
@@ -69,8 +69,8 @@ def test_command_options_and_the_python_that_runs_it(tmp_path):
     assert "--checkpoint" not in engine_command("py", 1234, Path("t"))
     bin_dir = tmp_path / "Slicer" / "bin"
     bin_dir.mkdir(parents=True)
-    (bin_dir / "SlicerApp-real").write_text("")
-    (bin_dir / "PythonSlicer").write_text("")
+    (bin_dir / "SlicerApp-real").write_text("", encoding="utf-8")
+    (bin_dir / "PythonSlicer").write_text("", encoding="utf-8")
     assert slicer_python(str(bin_dir / "SlicerApp-real")) == str(bin_dir / "PythonSlicer")
     assert slicer_python(str(tmp_path / "python3")) == str(tmp_path / "python3")
     env = engine_environment({"PYTHONPATH": os.pathsep.join([str(module_dir()), "/x"])})
@@ -95,7 +95,7 @@ def test_an_engine_that_cannot_start_reports_its_log(tmp_path):
 def test_bundled_engine_starts_answers_and_stops(tmp_path, mrml_scene):
     """A real ``medsegr serve`` child process (tiny random model), asked through the logic."""
     config = tmp_path / "tiny.toml"
-    config.write_text(TINY_CONFIG)
+    config.write_text(TINY_CONFIG, encoding="utf-8")
     lines: list[str] = []
     engine = BundledEngine(python=sys.executable, device="cpu", base=True, config=str(config), on_log=lines.append)
     launch = engine.start()
@@ -205,10 +205,10 @@ def test_plan_keeps_what_is_there_and_says_what_changes():
 def test_engine_requirements_for_slicer_follow_pyproject():
     """The requirements installed into Slicer's Python are the engine and serve extras
     (torch/torchvision chosen per GPU, numpy and SimpleITK left to Slicer)."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = project["optional-dependencies"]["engine"] + project["optional-dependencies"]["serve"]
     expected = [r for r in extras if not r.lower().startswith(("torch==", "torchvision=="))]
     assert dependencies.read_requirements() == expected
     assert list(dependencies.TORCH_REQUIREMENTS) == [r for r in extras if r.lower().startswith(("torch==", "torchvision=="))]
-    makefile = (ROOT / "Makefile").read_text()
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     assert all(pin in makefile for pin in dependencies.TORCH_REQUIREMENTS + dependencies.NO_DEPS_REQUIREMENTS)

@@ -269,7 +269,7 @@ def test_saved_scene_brings_back_the_chat_next_to_its_segments(engine, tiny_pipe
     assert volume2.GetName() == "head MRI" and segmentation2 is not None
     assert np.array_equal(segment_mask(segmentation2, result.segment_ids[0], volume2), mask)
     assert segmentation_results.is_accepted(segmentation2, result.segment_ids[0])
-    assert reopened_logic.export_transcript(node, tmp_path / "chat.md").read_text().startswith(
+    assert reopened_logic.export_transcript(node, tmp_path / "chat.md").read_text(encoding="utf-8").startswith(
         "# MedSegR conversation: Where is the brain?")
 
     # the reopened conversation continues; the engine says it starts afresh

@@ -41,7 +41,7 @@ def module_files(suffix: str | None = None, under: Path = MODULE) -> set[str]:
 
 
 def test_every_module_script_and_resource_is_listed_and_every_listed_file_exists():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     scripts = cmake_list(text, "MODULE_PYTHON_SCRIPTS")
     resources = cmake_list(text, "MODULE_PYTHON_RESOURCES")
     globbed: set[str] = set()
@@ -53,7 +53,7 @@ def test_every_module_script_and_resource_is_listed_and_every_listed_file_exists
     for listed in scripts + resources:
         assert (MODULE / listed).is_file(), f"{listed} is listed in MedSegR/CMakeLists.txt but does not exist"
     tests = {f"Testing/Python/{name}" for name in
-             re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", (MODULE / "Testing/Python/CMakeLists.txt").read_text())}
+             re.findall(r"slicer_add_python_unittest\(SCRIPT (\S+)\)", (MODULE / "Testing/Python/CMakeLists.txt").read_text(encoding="utf-8"))}
     for test in tests:
         assert (MODULE / test).is_file()
     unlisted = module_files(".py") - set(scripts) - globbed - tests
@@ -69,7 +69,7 @@ def test_every_module_script_and_resource_is_listed_and_every_listed_file_exists
 
 
 def extension_metadata() -> dict[str, str]:
-    text = (ROOT / "CMakeLists.txt").read_text()
+    text = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     values = dict(re.findall(r'set\((EXTENSION_\w+)\s+"([^"]*)"\)', text))
     assert re.search(r"^add_subdirectory\(MedSegR\)$", text, re.M), "the module is not added"
     assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text
@@ -80,7 +80,7 @@ def extension_metadata() -> dict[str, str]:
 
 def s4ext() -> dict[str, str]:
     fields = {}
-    for line in (ROOT / "MedSegR.s4ext").read_text().splitlines():
+    for line in (ROOT / "MedSegR.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.startswith("#"):
             key, _, value = line.partition(" ")
             fields[key] = value.strip()
@@ -109,7 +109,7 @@ def test_extension_metadata_agrees_everywhere():
     assert old["depends"] == meta["EXTENSION_DEPENDS"]
     assert (ROOT / "LICENSE").is_file()
 
-    entry = json.loads((ROOT / "MedSegR.json").read_text())
+    entry = json.loads((ROOT / "MedSegR.json").read_text(encoding="utf-8"))
     assert set(entry) <= INDEX_ALLOWED, f"fields the catalog schema does not allow: {set(entry) - INDEX_ALLOWED}"
     assert INDEX_REQUIRED <= set(entry)
     assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
@@ -156,6 +156,7 @@ else:
 heavy = ("torch", "transformers", "SimpleITK", "peft", "timm", "fastapi", "uvicorn", "medsegr.pipeline")
 print("heavy:" + ",".join(sorted(m for m in heavy if m in sys.modules)))
 """
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace",
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "heavy:"

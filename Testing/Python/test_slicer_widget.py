@@ -111,6 +111,12 @@ def test_panel_opens_on_the_red_views_volume_with_the_documented_controls(shell,
     assert widget.ui.bundledRadioButton.isChecked() and widget.ui.bundledWidget.isVisible()
     assert not widget.ui.remoteWidget.isVisible()
     assert "Ask a question" in widget.ui.chatBrowser.toPlainText()
+    # leaving the module and coming back keeps the GUI bound to the parameter node
+    widget.exit()
+    widget.enter()
+    widget.ui.scopeComboBox.setCurrentIndex(1)
+    assert parameters.scope == MedSegR.SCOPE_VOLUME
+    parameters.scope = MedSegR.SCOPE_SLICE
 
     class ModuleParent:
         pass
@@ -262,7 +268,7 @@ def test_answer_actions_transcript_and_bad_input(shell, panel, engine, tiny_pipe
     target = tmp_path / "chat.md"
     widget.askSavePath = lambda default: str(target)
     shell.qt.QTest.mouseClick(widget.ui.exportTranscriptButton, shell.qt.Qt.LeftButton)
-    assert target.read_text() == copied
+    assert target.read_text(encoding="utf-8") == copied
 
     click(shell.qt.QUrl("medsegr:remove/0"))
     shell.process_events(0.1)
@@ -411,7 +417,7 @@ def test_an_engine_that_dies_is_noticed(shell, panel, tmp_path):
     from MedSegRLib.engine_process import BundledEngine
 
     failing = tmp_path / "python-that-crashes"
-    failing.write_text("#!/bin/sh\nexit 3\n")
+    failing.write_text("#!/bin/sh\nexit 3\n", encoding="utf-8")
     failing.chmod(0o755)
     engine = BundledEngine(python=str(failing))
     engine.start()
@@ -420,3 +426,39 @@ def test_an_engine_that_dies_is_noticed(shell, panel, tmp_path):
     assert shell.wait_for(lambda: "stopped unexpectedly (exit code 3)" in widget.ui.engineStatusLabel.text(), 30)
     assert widget.logic.client is None and widget.ui.startEngineButton.isEnabled()
     engine.stop()
+
+
+def test_engine_of_another_api_version_is_refused_with_a_clear_message(shell, panel):
+    """A real HTTP server on loopback that answers like an engine of a later API."""
+    import http.server
+    import json
+    import threading
+
+    class NewerEngine(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            body = {"status": "ok", "api_version": "2", "engine_version": "9.0.0"}
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NewerEngine)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        widget, _volume = panel
+        widget.ui.remoteRadioButton.setChecked(True)
+        widget.ui.remoteUrlLineEdit.setText(f"http://127.0.0.1:{server.server_address[1]}")
+        shell.qt.QTest.mouseClick(widget.ui.testConnectionButton, shell.qt.Qt.LeftButton)
+        assert shell.wait_for(lambda: "API v2" in widget.ui.engineStatusLabel.text(), timeout=30)
+        status = widget.ui.engineStatusLabel.text()
+        assert "medsegr 9.0.0" in status and "this client speaks API v1" in status
+        assert widget.logic.client is None
+    finally:
+        server.shutdown()
+        server.server_close()
