@@ -265,7 +265,7 @@ class ShellApplication(QtCore.QObject):
 # --------------------------------------------------------------------------- ScriptedLoadableModule
 
 
-def _scripted_loadable_module(qt: types.ModuleType) -> types.ModuleType:
+def _scripted_loadable_module() -> types.ModuleType:
     module = types.ModuleType("slicer.ScriptedLoadableModule")
 
     def resource_path(obj: Any, filename: str) -> str:
@@ -357,8 +357,7 @@ class _Parameter:
         self.default = None if self.is_node else (default if default is not None else base())
 
     def present(self, node: Any) -> bool:
-        return node.GetParameterNames().count(self.name) > 0 if hasattr(node.GetParameterNames(), "count") \
-            else self.name in list(node.GetParameterNames())
+        return bool(node.HasParameter(self.name))
 
     def read(self, node: Any) -> Any:
         if self.is_node:
@@ -545,7 +544,7 @@ class Shell:
         i18n = types.ModuleType("slicer.i18n")
         i18n.tr = lambda text: text
         i18n.translate = lambda _context, text: text
-        scripted = _scripted_loadable_module(qt)
+        scripted = _scripted_loadable_module()
         wrapper = _parameter_node_wrapper_module()
         sys.modules.update({"qt": qt, "ctk": ctk, "slicer.ScriptedLoadableModule": scripted,
                             "slicer.parameterNodeWrapper": wrapper, "slicer.i18n": i18n})
