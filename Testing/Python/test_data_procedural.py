@@ -15,6 +15,7 @@ from medsegr.data.phantoms import KINDS, draw_phantom
 from medsegr.data.procedural import ProceduralOptions, build_procedural, split_plan
 from medsegr.data.records import VolumeCache, check_answer_markers, load_dataset
 from medsegr.data.validate import check_dataset
+from medsegr.prompts import segment_names
 
 COUNT = 16
 
@@ -111,8 +112,11 @@ def test_conversations(records):
     for record in records:
         assert record.conversation[0].type != "multi-turn"
         segmented: list[str] = []
+        names = {m.key: m.name for m in record.masks}
         for turn in record.conversation:
             assert check_answer_markers(turn.answer, len(turn.masks)) == []
+            # the pipeline names each segment from its <p>...</p>: it is the mask's name
+            assert segment_names(turn.answer, "[SEG]") == [names[k] for k in turn.masks]
             assert len(turn.answer.split()) <= 32, turn.answer
             assert not set(turn.masks) & set(segmented), "a follow-up repeats a mask"
             segmented.extend(turn.masks)

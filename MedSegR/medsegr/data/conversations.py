@@ -339,7 +339,7 @@ def _abnormal(scene: Scene, rng: random.Random) -> Generated | None:
     count = int(lesion.attrs.get("count", 1))
     size = lesion.attrs.get("size_mm")
     if count > 1:
-        answer = f"Yes: {_NUMBER_WORDS.get(count, str(count))} {seg(_plural(lesion.name))} in the {organ.name}."
+        answer = f"Yes: {_NUMBER_WORDS.get(count, str(count))} {seg(lesion.name)} in the {organ.name}."
     else:
         detail = f" of about {size:.0f} mm" if size else ""
         answer = f"Yes, a {seg(lesion.name)}{detail}."
@@ -358,7 +358,7 @@ def _lesion_explicit(scene: Scene, rng: random.Random) -> Generated | None:
                            f"Show me the {words}{where}."))
     count = int(lesion.attrs.get("count", 1))
     if count > 1:
-        answer = f"There are {_NUMBER_WORDS.get(count, str(count))}: {seg(_plural(lesion.name))}."
+        answer = f"There are {_NUMBER_WORDS.get(count, str(count))}: {seg(lesion.name)}."
     else:
         answer = f"Here is the {seg(lesion.name)}."
     return Turn(question, "explicit", answer, (lesion.key,)), [lesion.key]
@@ -376,8 +376,7 @@ def _count(scene: Scene, rng: random.Random) -> Generated | None:
     question = rng.choice((f"How many lesions does the {host.name} show on this slice? Segment them.",
                            f"Count the lesions in the {host.name} on this slice and segment them."))
     noun = "lesion" if count == 1 else "lesions"
-    name = lesion.name if count == 1 else _plural(lesion.name)
-    answer = f"{_NUMBER_WORDS.get(count, str(count)).capitalize()} {noun}: {seg(name)}."
+    answer = f"{_NUMBER_WORDS.get(count, str(count)).capitalize()} {noun}: {seg(lesion.name)}."
     return Turn(question, "implicit", answer, (lesion.key,), "count"), [lesion.key, host.key]
 
 
@@ -509,10 +508,6 @@ _FOLLOW: tuple[tuple[Callable[[Scene, list[str], random.Random], Generated | Non
     (_follow_other_side, 2.0), (_follow_only_lesion, 2.5), (_follow_container, 1.5),
     (_follow_contained, 1.5), (_follow_lesion_free, 1.0), (_follow_next, 0.7),
 )
-
-
-def _plural(name: str) -> str:
-    return name if name.endswith("s") else name + "s"
 
 
 def _pick(options: list[tuple[Any, float]], rng: random.Random) -> Any:

@@ -91,10 +91,13 @@ def scene_from_masks(masks: Mapping[str, np.ndarray], specs: Mapping[str, MaskSp
         if area < min_area_mm2 or pixels < MIN_PIXELS:
             continue
         attrs = dict(spec.attrs)
+        name = spec.name
         if spec.entry.kind == "lesion":
             count, size = lesion_components(mask, pixel_spacing)
             attrs.update(count=count, size_mm=size)
-        items[key] = Item(key=key, entry=spec.entry, name=spec.name, area_mm2=area, centroid=centroid,
+            if count > 1 and not name.endswith("s"):
+                name += "s"  # "liver lesions" when the slice shows several
+        items[key] = Item(key=key, entry=spec.entry, name=name, area_mm2=area, centroid=centroid,
                           diameter_mm=diameter, attrs=attrs)
         present_masks[key] = mask
     lesion_free = [h for h in lesion_hosts if h in items and h not in hosts_with_lesions]
@@ -108,8 +111,10 @@ def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceR
                       windows: Sequence[str | None] = (None,), attributes: Mapping[str, Any] | None = None,
                       max_turns: int = 3) -> list[Record]:
     """Up to ``count`` records on one slice, each with its own conversation (distinct
-    first questions). The record's masks are the structures present on the slice."""
-    refs = [specs[key].ref() for key in scene.items]
+    first questions). The record's masks are the structures present on the slice, named
+    as the answers name them."""
+    refs = [MaskRef(key=key, file=specs[key].file, label=specs[key].label, name=item.name,
+                    snomed=specs[key].entry.snomed) for key, item in scene.items.items()]
     records: list[Record] = []
     seen: set[str] = set()
     attempts = 0
