@@ -78,7 +78,9 @@ def save_pretrained(model: MedSegRModel, path: str | Path, extra: dict[str, Any]
         }
         (tmp / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if _is_peft(model.llm):
-            model.llm.save_pretrained(str(tmp / ADAPTER_DIR))
+            # the added tokens' rows are in the heads file and the trainable-token rows in
+            # the adapter: never the whole (resized) embedding matrices
+            model.llm.save_pretrained(str(tmp / ADAPTER_DIR), save_embedding_layers=False)
         save_file(head_state(model), str(tmp / HEADS_NAME),
                   metadata={"format": "pt", "medsegr_version": __version__})
         if path.exists():
