@@ -155,6 +155,8 @@ def test_info_command(capsys):
 
     assert main(["info", "--device", "cpu"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["fine_tuned"] is False and info["device"] == "cpu"
+    assert info["device"] == "cpu"
+    assert info["fine_tuned"] is True  # the bundled checkpoint in Resources/checkpoint
+    assert Path(info["checkpoint"]).name == "checkpoint"
     assert info["llm_quantization"] == "int8-dynamic"
     assert info["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
