@@ -47,8 +47,17 @@ def test_dataset_is_valid_and_split_by_subject(built, records):
 
 
 def test_same_seed_same_dataset(built, tmp_path):
+    """Another process (other hash seed), one worker instead of two: the same dataset."""
+    import os
+    import subprocess
+    import sys
+
     again = tmp_path / "again"
-    build_procedural(again, ProceduralOptions(count=COUNT, seed=3, workers=1))
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    proc = subprocess.run([sys.executable, "-m", "medsegr.cli", "data", "build", "procedural", "--out", str(again),
+                           "--count", str(COUNT), "--seed", "3", "--workers", "1", "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
     for split in ("train", "val", "test"):
         first, second = built / f"{split}.jsonl", again / f"{split}.jsonl"
         assert first.exists() == second.exists()

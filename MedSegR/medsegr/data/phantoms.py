@@ -537,7 +537,7 @@ def draw_phantom(kind: str, rng: np.random.Generator, *, slices: int = 1, size: 
     canvas = Canvas(size, spacing, shift, rotation)
     mode = phase if modality == "CT" else sequence
     assert mode is not None
-    names = set(table)
+    names = list(table)  # a fixed order: the random draws must not depend on hash seeds
     values = {n: _value(table, n, mode, rng) for n in names}
     if modality == "MR":
         # per-tissue jitter small enough to keep the contrasts the knowledge base states

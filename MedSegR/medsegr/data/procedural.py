@@ -17,6 +17,7 @@ does not depend on the number of worker processes).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import random
 from concurrent.futures import ProcessPoolExecutor
@@ -265,7 +266,10 @@ def _run(jobs: list[tuple[int, str, str, ProceduralOptions, str]], workers: int,
     if workers <= 1 or len(jobs) < 4:
         iterator = map(_subject_job, jobs)
         return list(_progress(iterator, len(jobs), progress))
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # a fresh server process forks the workers: forking this process could copy locks held
+    # by SimpleITK's or torch's thread pools into the children and hang them
+    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method)) as pool:
         return list(_progress(pool.map(_subject_job, jobs, chunksize=4), len(jobs), progress))
 
 

@@ -759,7 +759,7 @@ def load_dataset(root: str | os.PathLike[str], split: str, *, check_files: bool 
             continue
         seen[record.id] = line
         if check_files:
-            for rel in [record.image, *{ref.file for ref in record.masks}]:
+            for rel in [record.image, *dict.fromkeys(ref.file for ref in record.masks)]:
                 if rel not in checked:
                     checked[rel] = resolve_inside(folder, rel)[1]
                 if checked[rel]:
