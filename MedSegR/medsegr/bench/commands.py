@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "production CPU setting; the reference's answers then differ, see "
                         "docs/benchmarks.md). Default: float32 on both paths")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the image encoder and mask decoder (CUDA graphs "
-                        "on CUDA); compilation happens in the untimed warm-up")
+                        help="torch.compile the image encoder and the mask decoder (the "
+                        "decoder as CUDA graphs on CUDA); compilation happens in the untimed "
+                        "warm-up")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help="repeat every workload N times on both paths")
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
