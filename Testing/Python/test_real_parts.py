@@ -158,5 +158,5 @@ def test_info_command(capsys):
     assert info["device"] == "cpu"
     assert info["fine_tuned"] is True  # the bundled checkpoint in Resources/checkpoint
     assert Path(info["checkpoint"]).name == "checkpoint"
-    assert info["llm_quantization"] == "int8-dynamic"
+    assert info["llm_quantization"] is None  # the bundled checkpoint sets cpu_int8 = false
     assert info["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
