@@ -116,7 +116,8 @@ def start_server(config: Path, device: str, token_file: Path) -> tuple[subproces
         [sys.executable, "-m", "medsegr.cli", "serve", "--base", "--config", str(config),
          "--device", device, "--port", "0", "--token-file", str(token_file),
          "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+        errors="replace")
     assert proc.stdout is not None
     lines = []
     for line in proc.stdout:

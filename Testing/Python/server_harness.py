@@ -87,7 +87,7 @@ class ServeProcess:
     def start(self, timeout: float = 120.0) -> "ServeProcess":
         self.proc = subprocess.Popen([sys.executable, "-m", "medsegr.cli", "serve", *self.args],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env=self.env, cwd=REPO)
+                                     encoding="utf-8", errors="replace", env=self.env, cwd=REPO)
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         while time.monotonic() < deadline:

@@ -118,7 +118,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.checkpoint not in (None, "default") and not Path(args.checkpoint).is_dir():
         raise InputError(f"checkpoint folder not found: {args.checkpoint}")
     sock = _bind(args.host, args.port)  # fail fast on a busy port, before loading the model
-    print("medsegr serve: loading the model…", file=sys.stderr, flush=True)
+    print("medsegr serve: loading the model...", file=sys.stderr, flush=True)
 
     import uvicorn
 
