@@ -65,7 +65,9 @@ def test_bench_smoke_on_the_tiny_model(tmp_path: Path):
     (["--workloads", "server", "--no-server"], "leaves no workload"),
     (["--repeats", "0"], "--repeats"),
     (["--model", "tiny", "--config", "x.toml"], "--config applies to --model bundled"),
-    (["--config", "missing.toml"], "config file not found"),
+    (["--base", "--config", "missing.toml"], "config file not found"),
+    (["--config", "other.toml"], "--config applies to --base"),
+    (["--checkpoint", "."], "not a MedSegR checkpoint folder"),
 ])
 def test_bench_bad_input(args, message, capsys):
     assert main(["bench", *args]) == 2

@@ -4,7 +4,8 @@
 
     medsegr bench [--quick] [--json FILE] [--plots DIR] [--device auto|cpu|cuda[:N]]
                   [--workloads slice,conversation,volume,server] [--no-server]
-                  [--model bundled|tiny] [--config FILE] [--cpu-int8] [--compile]
+                  [--checkpoint DIR | --base [--config FILE]] [--model bundled|tiny]
+                  [--cpu-int8] [--compile]
                   [--repeats N] [--profile FILE]
 
 Prints the report (Markdown) on stdout and progress on stderr. Exit status 0 when
@@ -43,11 +44,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True,
                         help="run the concurrent-sessions workload through a real engine "
                         "server on loopback (default: on; --no-server leaves it out)")
+    weights = parser.add_mutually_exclusive_group()
+    weights.add_argument("--checkpoint", default="default", metavar="DIR",
+                         help="fine-tuned checkpoint folder (default: the bundled one, as the "
+                         "engine loads it; the base parts when there is none)")
+    weights.add_argument("--base", action="store_true",
+                         help="the untrained base parts (no fine-tuned checkpoint)")
+    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
+                        help="model configuration (TOML/JSON) for --base: other base parts")
     parser.add_argument("--model", choices=["bundled", "tiny"], default="bundled",
                         help="bundled: the real pretrained parts (default); tiny: a tiny "
                         "random model of the same classes, to smoke-test the benchmark")
-    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="model configuration (TOML/JSON) for other base parts")
     parser.add_argument("--cpu-int8", action="store_true",
                         help="run the LLM as dynamic int8 on CPU on both paths (the engine's "
                         "production CPU setting; the reference's answers then differ, see "
@@ -100,6 +107,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("--repeats must be between 1 and 100")
     if args.config is not None and args.model == "tiny":
         raise InputError("--config applies to --model bundled")
+    if args.config is not None and not args.base:
+        raise InputError("--config applies to --base (a checkpoint brings its own configuration)")
     if args.config is not None and not args.config.is_file():
         raise InputError(f"config file not found: {args.config}")
     _check_output(args.json, "--json")
@@ -112,8 +121,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a clear error for an unusable device, before loading
     options = BenchOptions(quick=args.quick, device=args.device, workloads=workloads,
-                           model=args.model, config_file=args.config, cpu_int8=args.cpu_int8,
+                           model=args.model, checkpoint=None if args.base else args.checkpoint,
+                           config_file=args.config, cpu_int8=args.cpu_int8,
                            compile=args.compile, repeats=args.repeats)
+    from medsegr.bench.runner import checkpoint_path
+
+    checkpoint_path(options)  # a clear error for a folder that is not a checkpoint
 
     def progress(message: str) -> None:
         print(message, file=sys.stderr, flush=True)

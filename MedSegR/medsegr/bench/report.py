@@ -137,6 +137,14 @@ def _seconds(value: Any) -> str:
     return f"{value:.3f}" if value < 1 else f"{value:.2f}"
 
 
+def _weights(result: Any) -> str:
+    if result.options.model == "tiny":
+        return "tiny random model"
+    if result.model.get("checkpoint"):
+        return f"fine-tuned checkpoint `{Path(result.model['checkpoint']).name}` on the base parts"
+    return "untrained base parts"
+
+
 def render_markdown(result: Any) -> str:
     m, plan, opts = result.machine, result.plan, result.options
     tiny = opts.model == "tiny"
@@ -158,7 +166,7 @@ def render_markdown(result: Any) -> str:
         f"- **Software**: Python {m.get('python')}, torch {m.get('torch')}, medsegr "
         f"{m.get('medsegr')} (git {m.get('git')}); {m.get('date')}; load average before: "
         f"{m.get('loadavg_before', '–')}",
-        f"- **Model**: {'tiny random model' if tiny else 'bundled base parts'} ({parts or '–'}) "
+        f"- **Model**: {_weights(result)} ({parts or '–'}) "
         f"on {m.get('device')}; LLM {s['llm_precision']} on both paths; lean decoder "
         f"{'on' if s['lean_decoder'] else 'off'} (MedSegR path); encoder batch "
         f"{s['encoder_batch']}, mask-decoder batch {s['decoder_batch']}, embeddings cached "

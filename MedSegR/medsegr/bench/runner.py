@@ -49,6 +49,10 @@ class BenchOptions:
     #: "bundled" (the real pretrained parts) or "tiny" (a tiny random model of the same
     #: classes: a smoke test of the benchmark itself, its numbers mean nothing)
     model: str = "bundled"
+    #: a fine-tuned checkpoint folder, "default" (the engine's default: the bundled
+    #: checkpoint when there is one) or None (the untrained base parts)
+    checkpoint: str | Path | None = "default"
+    #: model configuration for the base parts
     config_file: Path | None = None
     cpu_int8: bool = False
     compile: bool = False
@@ -82,7 +86,7 @@ class BenchResult:
 
 
 def bench_config(options: BenchOptions, plan: Plan) -> MedSegRConfig:
-    """The model configuration both paths run with."""
+    """The configuration of the base parts both paths run with."""
     if options.model == "tiny":
         config = MedSegRConfig.tiny()
     elif options.model == "bundled":
@@ -90,6 +94,12 @@ def bench_config(options: BenchOptions, plan: Plan) -> MedSegRConfig:
             else MedSegRConfig()
     else:
         raise InputError(f"unknown --model {options.model!r} (bundled or tiny)")
+    return apply_bench_settings(config, options, plan)
+
+
+def apply_bench_settings(config: MedSegRConfig, options: BenchOptions,
+                         plan: Plan) -> MedSegRConfig:
+    """Fixed-length greedy answers and the LLM precision of the comparison."""
     config.llm.cpu_int8 = options.cpu_int8
     config.generation.max_new_tokens = plan.answer_tokens
     config.generation.min_new_tokens = plan.answer_tokens
@@ -168,10 +178,36 @@ def _git_head() -> str:
     return (head or "unknown") + (" (modified)" if head and dirty else "")
 
 
+def checkpoint_path(options: BenchOptions) -> Path | None:
+    """The fine-tuned checkpoint the benchmark loads, or None for the base parts."""
+    from medsegr.pipeline import default_checkpoint
+
+    if options.model == "tiny" or options.config_file is not None or options.checkpoint is None:
+        return None
+    if options.checkpoint == "default":
+        return default_checkpoint()
+    path = Path(options.checkpoint)
+    if not (path / "medsegr_config.json").is_file():
+        raise InputError(f"not a MedSegR checkpoint folder (no medsegr_config.json): {path}")
+    return path
+
+
 def load_pipeline(options: BenchOptions, plan: Plan) -> tuple[MedSegRPipeline, float]:
-    config = bench_config(options, plan)
+    """Load the model both paths share. A fine-tuned checkpoint is loaded as the engine
+    loads it, except that the LLM precision is the benchmark's (``options.cpu_int8``)
+    and the int8 cache is not used."""
     t0 = time.perf_counter()
-    pipeline = MedSegRPipeline.load(None, config=config, device=options.device)
+    path = checkpoint_path(options)
+    if path is None:
+        pipeline = MedSegRPipeline.load(None, config=bench_config(options, plan),
+                                        device=options.device)
+    else:
+        from medsegr.checkpoint import from_pretrained
+        from medsegr.modeling.inference_opt import optimise_for_inference
+
+        model = from_pretrained(path, device=options.device)
+        apply_bench_settings(model.config, options, plan)
+        pipeline = MedSegRPipeline(optimise_for_inference(model), checkpoint=path)
     if pipeline.model.device.type == "cuda":
         pipeline.model.config.generation.decoder_batch = CUDA_DECODER_BATCH
     pipeline.adjust_logits = SegAtStep(pipeline.model.seg_token_id, plan.answer_tokens - 1)
