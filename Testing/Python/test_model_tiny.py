@@ -148,8 +148,8 @@ def test_save_load_round_trip(tmp_path, bank):
     from safetensors import safe_open
 
     with safe_open(str(path / "adapter" / "adapter_model.safetensors"), "pt") as f:
-        keys = list(f.keys())
-    assert keys and all("lora_" in k or "trainable_tokens_delta" in k for k in keys), keys
+        stored = list(f.keys())
+    assert stored and all("lora_" in k or "trainable_tokens_delta" in k for k in stored), stored
     loaded = from_pretrained(path, device="cpu")
     assert loaded.fine_tuned
     gen_b, masks_b = run(loaded)
