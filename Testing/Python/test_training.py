@@ -50,7 +50,7 @@ def test_examples_bind_seg_tokens_to_masks(dataset, tiny_model):
     from medsegr.training.examples import IGNORE, ImageStore, make_example, slice_input
 
     record = load_dataset(dataset, "train")[0]
-    store = ImageStore(dataset)
+    store = ImageStore()
     item = slice_input(record, store, tiny_model.vision.image_size)
     assert item.pixels.shape == (256, 256) and 0 <= item.pixels.min() <= item.pixels.max() <= 1
     assert item.masks["kidney"].sum() > item.masks["lesion"].sum() > 0

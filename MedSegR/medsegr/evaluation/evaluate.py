@@ -117,22 +117,19 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
     records = load_dataset(root, split)
     if limit is not None:
         records = records[:limit]
-    store = ImageStore(root)
+    store = ImageStore()
     oracle = OracleBox(pipeline.model.config.vision) if references else None
     seg_token = pipeline.model.config.model.seg_token
     results: list[TurnResult] = []
     t_start = time.perf_counter()
     for record in tqdm(records, desc=f"evaluating {split}", unit="record", disable=not progress):
-        image = store.image(record.image)
+        image = record.load_image(store.cache)
         if record.modality and record.modality != image.modality:
             image = dataclasses.replace(image, modality=record.modality)
         session = pipeline.new_session(image, window=record.window)
-        axis = 0 if image.is_2d else session_axis(record, image)
-        index = 0 if image.is_2d else (image.shape[axis] // 2 if record.slice is None
-                                       else int(record.slice))
-        view = session.view(axis, index)
-        truths = {spec.key: view.extract(store.image(spec.file).array == spec.label)
-                  for spec in record.masks}
+        view = record.slice_view(store.cache)
+        axis, index = view.axis, view.index
+        truths = {key: view.extract(mask) for key, mask in record.mask_arrays(store.cache).items()}
         names = {spec.key: spec.name for spec in record.masks}
         shown01 = view.extract(session.volume01)
         for k, turn in enumerate(record.conversation):
@@ -169,8 +166,3 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                       split=split, fine_tuned=pipeline.model.fine_tuned, turns=results,
                       seconds=time.perf_counter() - t_start)
 
-
-def session_axis(record: Any, image: Any) -> int:
-    from medsegr.slicing import resolve_axis
-
-    return resolve_axis(record.axis or "axial", image.direction)

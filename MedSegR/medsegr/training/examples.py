@@ -14,11 +14,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medsegr.data.records import VolumeCache
 from medsegr.errors import InputError
-from medsegr.io.images import MedicalImage, load_image
 from medsegr.preprocess import Letterbox, letterbox, letterbox_geometry, normalise
 from medsegr.prompts import Turn, render
-from medsegr.slicing import SliceView, resolve_axis, slice_view
+from medsegr.slicing import SliceView
 
 IGNORE = -100
 
@@ -52,52 +52,34 @@ class Example:
 
 
 class ImageStore:
-    """Loads each image/label file once (records share volumes)."""
+    """Images and label maps (through the data package's :class:`VolumeCache`) and the
+    normalised intensities of each image, computed once (records share volumes)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._images: dict[str, MedicalImage] = {}
-        self._normalised: dict[tuple[str, str, str | None], np.ndarray] = {}
+    def __init__(self, cache: VolumeCache | None = None) -> None:
+        self.cache = cache or VolumeCache(max_items=64)
+        self._normalised: dict[tuple[Path, str, str | None], np.ndarray] = {}
 
-    def image(self, rel: str) -> MedicalImage:
-        if rel not in self._images:
-            self._images[rel] = load_image(self.root / rel)
-        return self._images[rel]
-
-    def normalised(self, rel: str, modality: str, window: str | None) -> np.ndarray:
-        key = (rel, modality, window)
+    def normalised(self, record: Any, modality: str) -> np.ndarray:
+        key = (record.image_path, modality, record.window)
         if key not in self._normalised:
-            self._normalised[key] = normalise(self.image(rel).array, modality, window)
+            self._normalised[key] = normalise(record.load_image(self.cache).array, modality,
+                                              record.window)
         return self._normalised[key]
-
-    def file_stamp(self, rel: str) -> str:
-        stat = (self.root / rel).stat()
-        return f"{rel}:{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def slice_input(record: Any, store: ImageStore, size: int) -> SliceInput:
     """The encoder input and ground-truth masks of ``record`` (a dataset record)."""
-    image = store.image(record.image)
+    image = record.load_image(store.cache)
     modality = record.modality or image.modality
-    if image.is_2d:
-        axis, index = 0, 0
-    else:
-        axis = resolve_axis(record.axis or "axial", image.direction)
-        index = image.shape[axis] // 2 if record.slice is None else int(record.slice)
-    view = slice_view(image.shape, image.spacing, image.direction, axis, index)
-    shown = view.extract(store.normalised(record.image, modality, record.window))
+    view = record.slice_view(store.cache)
+    shown = view.extract(store.normalised(record, modality))
     box = letterbox_geometry(shown.shape, view.pixel_spacing, size)
     pixels = letterbox(shown[None], box)[0, 0].numpy()
-    masks: dict[str, np.ndarray] = {}
-    for spec in record.masks:
-        labels = store.image(spec.file)
-        if labels.shape != image.shape:
-            raise InputError(f"record {record.id}: mask {spec.file} has shape {labels.shape}, "
-                             f"the image {image.shape}")
-        region = view.extract(labels.array == spec.label).astype(np.float32)
-        masks[spec.key] = letterbox(region[None], box)[0, 0].numpy() > 0.5
-    cache_key = "|".join([store.file_stamp(record.image), modality, str(record.window),
-                          str(axis), str(index), str(size)])
+    masks = {key: letterbox(view.extract(mask).astype(np.float32)[None], box)[0, 0].numpy() > 0.5
+             for key, mask in record.mask_arrays(store.cache).items()}
+    stat = record.image_path.stat()
+    cache_key = "|".join([f"{record.image}:{stat.st_size}:{stat.st_mtime_ns}", modality,
+                          str(record.window), str(view.axis), str(view.index), str(size)])
     return SliceInput(record_id=record.id, cache_key=cache_key, pixels=pixels, masks=masks,
                       view=view, box=box)
 

@@ -60,7 +60,7 @@ def load_examples(config: TrainConfig, model: Any, split: str) -> tuple[list[Exa
     records = load_dataset(config.data_root, split)
     if not records:
         raise InputError(f"split {split!r} of {config.data_root} has no records")
-    store = ImageStore(config.data_root)
+    store = ImageStore()
     examples, inputs = [], []
     problems = []
     for record in records:
