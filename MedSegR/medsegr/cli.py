@@ -168,20 +168,28 @@ def cmd_ask(args: argparse.Namespace) -> int:
                          hints=hints, max_new_tokens=args.max_new_tokens)
     answer.timings["load_model"] = load_s
     paths = write_results(args.out, session, question, answer, pipe.info())
-    if args.json:
+    print_answer(answer, paths, args.json,
+                 f"{answer.timings['total']:.2f} s answer, {load_s:.2f} s model load")
+    return EXIT_OK
+
+
+def print_answer(answer, paths: dict[str, Path], as_json: bool, time_text: str) -> None:
+    """Print an answer (``medsegr.pipeline.Answer``) and the result files written for it:
+    the JSON record with ``as_json``, else the text, its segments, the files and
+    ``time_text``."""
+    if as_json:
         print(json.dumps({**answer.summary(), "files": {k: str(v) for k, v in paths.items()}},
                          indent=2))
-    else:
-        print(answer.text or "(no answer text)")
-        print()
-        for seg in answer.segments:
-            print(f"  segment {seg.index + 1}: {seg.name} ({seg.voxels} voxels)")
-        if not answer.segments:
-            print("  no segment in this answer")
-        print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, "
-              f"{paths['answer'].name}, {paths['overlay'].name}")
-        print(f"  time: {answer.timings['total']:.2f} s answer, {load_s:.2f} s model load")
-    return EXIT_OK
+        return
+    print(answer.text or "(no answer text)")
+    print()
+    for seg in answer.segments:
+        print(f"  segment {seg.index + 1}: {seg.name} ({seg.voxels} voxels)")
+    if not answer.segments:
+        print("  no segment in this answer")
+    print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, "
+          f"{paths['answer'].name}, {paths['overlay'].name}")
+    print(f"  time: {time_text}")
 
 
 def _check_output_folder(out: Path) -> None:

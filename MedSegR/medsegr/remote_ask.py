@@ -5,7 +5,6 @@ same result files are written (segmentation, label map, JSON record, overlay).""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -78,18 +77,9 @@ def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hin
         print("note: the engine runs no fine-tuned MedSegR checkpoint; answers are not grounded "
               "in the image and masks are not meaningful.", file=sys.stderr)
     paths = write_results(args.out, view, question, answer, model)  # type: ignore[arg-type]
-    if args.json:
-        print(json.dumps({**answer.summary(), "files": {k: str(v) for k, v in paths.items()}},
-                         indent=2))
-        return 0
-    print(answer.text or "(no answer text)")
-    print()
-    for seg in answer.segments:
-        print(f"  segment {seg.index + 1}: {seg.name} ({seg.voxels} voxels)")
-    if not answer.segments:
-        print("  no segment in this answer")
-    print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, {paths['answer'].name}, "
-          f"{paths['overlay'].name}")
-    print(f"  time: {answer.timings.get('server_total', answer.timings['total']):.2f} s on the "
-          f"engine at {client.url}")
+    from medsegr.cli import print_answer
+
+    print_answer(answer, paths, args.json,
+                 f"{answer.timings.get('server_total', answer.timings['total']):.2f} s on the "
+                 f"engine at {client.url}")
     return 0
