@@ -15,9 +15,6 @@ never leaves a half-written checkpoint.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ import torch
 from medsegr import __version__
 from medsegr.config import MedSegRConfig
 from medsegr.errors import CheckpointError
+from medsegr.io.atomic import atomic_folder
 from medsegr.modeling.builder import build_model
 from medsegr.modeling.medsegr_model import MedSegRModel
 
@@ -63,9 +61,7 @@ def save_pretrained(model: MedSegRModel, path: str | Path, extra: dict[str, Any]
         raise CheckpointError("this model was optimised for inference (fused, quantised) and "
                               "cannot be saved; save the training model instead")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
-    try:
+    with atomic_folder(path) as tmp:
         meta = {
             "format": FORMAT_VERSION,
             "medsegr_version": __version__,
@@ -83,16 +79,6 @@ def save_pretrained(model: MedSegRModel, path: str | Path, extra: dict[str, Any]
             model.llm.save_pretrained(str(tmp / ADAPTER_DIR), save_embedding_layers=False)
         save_file(head_state(model), str(tmp / HEADS_NAME),
                   metadata={"format": "pt", "medsegr_version": __version__})
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

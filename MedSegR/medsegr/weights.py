@@ -18,8 +18,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,9 +171,9 @@ def converted_gguf_dir(weight: WeightFile = SMOLLM2_GGUF) -> Path:
 
     import torch
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
-    try:
+    from medsegr.io.atomic import atomic_folder
+
+    with atomic_folder(target) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
@@ -191,10 +189,4 @@ def converted_gguf_dir(weight: WeightFile = SMOLLM2_GGUF) -> Path:
         (tmp / "medsegr_source.json").write_text(json.dumps({
             "distribution": weight.distribution, "file": weight.filename,
             "sha256": weight.sha256}, indent=2), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target

@@ -22,7 +22,7 @@ def test_the_bundled_checkpoint_is_small_safetensors_on_the_pinned_base():
     assert not [f for f in files if f.endswith((".bin", ".pt", ".pth", ".pkl"))]
     size = sum(p.stat().st_size for p in CHECKPOINT.rglob("*") if p.is_file())
     assert size <= 25 * 1024 * 1024, f"{size / 2**20:.1f} MiB"
-    meta = json.loads((CHECKPOINT / "medsegr_config.json").read_text())
+    meta = json.loads((CHECKPOINT / "medsegr_config.json").read_text(encoding="utf-8"))
     assert meta["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
     assert meta["base"]["llm"]["sha256"] == SMOLLM2_GGUF.sha256
     assert meta["training"]["steps"] > 0

@@ -46,7 +46,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     gz.write_bytes(gz.read_bytes()[:4000])
     files["truncated_gz"] = (gz, "could not read")
     text = tmp_path / "notes.txt"
-    text.write_text("hello")
+    text.write_text("hello", encoding="utf-8")
     files["unsupported"] = (text, "unsupported")
     four_d = tmp_path / "four_d.nii.gz"
     series = [sitk.GetImageFromArray(np.ones((4, 8, 8), np.float32) * i) for i in range(3)]
@@ -139,7 +139,7 @@ def test_missing_weight_package(volume, tmp_path):
 
 def test_output_path_that_is_a_file(volume, tmp_path, capsys):
     target = tmp_path / "results"
-    target.write_text("not a folder")
+    target.write_text("not a folder", encoding="utf-8")
     code, err = _run(capsys, ["ask", str(volume), "Where?", "--out", str(target)])
     assert code == 2 and "not a folder" in err[0]
-    assert target.read_text() == "not a folder"
+    assert target.read_text(encoding="utf-8") == "not a folder"

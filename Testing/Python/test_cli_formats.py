@@ -29,7 +29,7 @@ max_new_tokens = 8
 @pytest.fixture
 def tiny_config(tmp_path):
     path = tmp_path / "tiny.toml"
-    path.write_text(TINY_CONFIG)
+    path.write_text(TINY_CONFIG, encoding="utf-8")
     return path
 
 
@@ -80,7 +80,7 @@ def test_formats(kind, tmp_path, capsys, tiny_config):
     assert "not grounded" in err
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert files == ["answer.json", "labels.nrrd", "overlay.png", "segmentation.seg.nrrd"]
-    saved = json.loads((tmp_path / "out" / "answer.json").read_text())
+    saved = json.loads((tmp_path / "out" / "answer.json").read_text(encoding="utf-8"))
     assert saved["answer"] == record["answer"] and saved["mode"] == "slice"
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(tmp_path / "out" / "labels.nrrd"))
@@ -107,10 +107,10 @@ def test_volume_mode_and_hints(tmp_path, capsys, tiny_config):
 def test_existing_output_folder_keeps_other_files(tmp_path, capsys, tiny_config):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "notes.txt").write_text("mine")
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
     image = sample_path("mr-slice")
     _ask(capsys, image, out, tiny_config)
-    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "mine"
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 

@@ -33,7 +33,7 @@ def image_file(tmp_path):
 def test_ask_server_writes_the_same_files_as_a_local_run(server, tiny_pipeline, image_file,
                                                          tmp_path, capsys):
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN)
+    token_file.write_text(TOKEN, encoding="utf-8")
     out = tmp_path / "out"
     question = "Segment the organ."
     with force_seg(tiny_pipeline.model, {1}):
@@ -45,7 +45,7 @@ def test_ask_server_writes_the_same_files_as_a_local_run(server, tiny_pipeline, 
     assert "segment 1" in printed and f"on the engine at {server.url}" in printed
     assert sorted(p.name for p in out.iterdir()) == ["answer.json", "labels.nrrd", "overlay.png",
                                                      "segmentation.seg.nrrd"]
-    record = json.loads((out / "answer.json").read_text())
+    record = json.loads((out / "answer.json").read_text(encoding="utf-8"))
     assert record["model"]["server"] == server.url and record["model"]["api_version"] == "1"
     assert record["slice_index"] == 2 and record["question"] == question
     assert len(server.engine.store) == 0  # the CLI deleted its session

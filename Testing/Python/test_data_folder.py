@@ -57,7 +57,7 @@ def test_msd_layout(tmp_path):
     assert main(["data", "build", "folder", str(source), "--out", str(out), "--slices", "2", "--quiet"]) == 0
     report = check_dataset(out)
     assert report.ok, report.problems[:5]
-    info = json.loads((out / "dataset_info.json").read_text())
+    info = json.loads((out / "dataset_info.json").read_text(encoding="utf-8"))
     assert info["layout"] == "msd" and info["modality"] == "CT"
     assert sorted(len(v) for v in info["subjects"].values()) == [1, 1, 1]
     records = [r for s in ("train", "val", "test") for r in load_dataset(out, s)]
@@ -156,7 +156,7 @@ def test_label_table_layout_csv_and_colour_table(tmp_path):
     out = build_folder(root, tmp_path / "out", FolderOptions(slices=1, axes=("axial", "coronal")))
     assert check_dataset(out).ok
     table = tmp_path / "colours.ctbl"
-    table.write_text("# Slicer colour table\n0 Background 0 0 0 0\n1 liver 255 0 0 255\n2 spleen 0 255 0 255\n")
+    table.write_text("# Slicer colour table\n0 Background 0 0 0 0\n1 liver 255 0 0 255\n2 spleen 0 255 0 255\n", encoding="utf-8")
     entries = read_label_table(table)
     assert [(e.name, e.values) for e in entries] == [("liver", (1,)), ("spleen", (2,))]
 

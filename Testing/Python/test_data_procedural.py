@@ -37,7 +37,7 @@ def records(built):
 def test_dataset_is_valid_and_split_by_subject(built, records):
     report = check_dataset(built)
     assert report.ok, report.problems[:10]
-    info = json.loads((built / "dataset_info.json").read_text())
+    info = json.loads((built / "dataset_info.json").read_text(encoding="utf-8"))
     subjects = info["subjects"]
     assert sum(len(v) for v in subjects.values()) == COUNT
     owners = Counter(s for names in subjects.values() for s in names)
@@ -62,14 +62,14 @@ def test_same_seed_same_dataset(built, tmp_path):
         first, second = built / f"{split}.jsonl", again / f"{split}.jsonl"
         assert first.exists() == second.exists()
         if first.exists():
-            assert first.read_text() == second.read_text()
+            assert first.read_text(encoding="utf-8") == second.read_text(encoding="utf-8")
     cache = VolumeCache()
     one = load_dataset(built, "train")[0]
     two = load_dataset(again, "train")[0]
     assert np.array_equal(one.load_image(cache).array, two.load_image(cache).array)
     other = tmp_path / "other"
     build_procedural(other, ProceduralOptions(count=4, seed=4, workers=1))
-    assert (other / "train.jsonl").read_text() != (built / "train.jsonl").read_text()
+    assert (other / "train.jsonl").read_text(encoding="utf-8") != (built / "train.jsonl").read_text(encoding="utf-8")
 
 
 def _physical_x(record, mask: np.ndarray, cache: VolumeCache) -> float:
@@ -178,6 +178,6 @@ def test_bad_options(tmp_path, capsys):
     assert main(["data", "build", "procedural", "--out", str(tmp_path / "x"), "--count", "0"]) == 2
     assert "--count must be at least 1" in capsys.readouterr().err
     (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "file").write_text("x")
+    (tmp_path / "full" / "file").write_text("x", encoding="utf-8")
     assert main(["data", "build", "procedural", "--out", str(tmp_path / "full"), "--count", "1"]) == 2
     assert "not empty" in capsys.readouterr().err

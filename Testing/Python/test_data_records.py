@@ -176,7 +176,7 @@ def test_load_dataset_and_masks(small_dataset):
     assert pixels.shape == (20, 24) and shown["body"].shape == (20, 24)
     pixels, shown = second.load_slice(cache)  # coronal: rows = superior -> inferior
     assert pixels.shape == (4, 24) and shown["bone"].any()
-    info = json.loads((small_dataset / "dataset_info.json").read_text())
+    info = json.loads((small_dataset / "dataset_info.json").read_text(encoding="utf-8"))
     assert info["records"] == {"train": 2} and info["subjects"] == {"train": ["s1"]}
 
 
@@ -187,7 +187,7 @@ def test_load_dataset_errors(small_dataset, tmp_path):
         load_dataset(small_dataset, "../train")
     broken = tmp_path / "broken"
     broken.mkdir()
-    good = (small_dataset / "train.jsonl").read_text().splitlines()[0]
+    good = (small_dataset / "train.jsonl").read_text(encoding="utf-8").splitlines()[0]
     missing = json.loads(good)
     missing["id"] = "r9"
     missing["image"] = "images/none.nii.gz"
@@ -207,13 +207,13 @@ def test_write_split_is_atomic(tmp_path):
                     conversation=[Turn("Segment m.", "explicit", "<p>m</p> [SEG]", ("m",))])
     write_split(tmp_path, "train", [record])
     assert [p.name for p in tmp_path.iterdir()] == ["train.jsonl"]
-    assert json.loads((tmp_path / "train.jsonl").read_text())["id"] == "x"
+    assert json.loads((tmp_path / "train.jsonl").read_text(encoding="utf-8"))["id"] == "x"
 
 
 def test_writer_refuses_and_cleans_up(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    (out / "keep.txt").write_text("mine", encoding="utf-8")
     with pytest.raises(InputError, match="exists and is not empty"):
         DatasetWriter(out)
     with pytest.raises(RuntimeError):

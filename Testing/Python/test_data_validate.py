@@ -140,8 +140,8 @@ def test_symlink_out_of_the_root(dataset, tmp_path):
 
 
 def test_subject_in_two_splits_and_duplicate_ids(dataset):
-    text = (dataset / "train.jsonl").read_text()
-    (dataset / "val.jsonl").write_text(text.splitlines()[1] + "\n")
+    text = (dataset / "train.jsonl").read_text(encoding="utf-8")
+    (dataset / "val.jsonl").write_text(text.splitlines()[1] + "\n", encoding="utf-8")
     problems = problems_of(dataset)
     assert any(p.startswith("val.jsonl:1:") and "subject 'vol' is also in train.jsonl (line 1)" in p for p in problems)
     assert any(p.startswith("val.jsonl:1:") and "duplicate id 'vol-ax-3'" in p for p in problems)

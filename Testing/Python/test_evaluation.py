@@ -95,8 +95,8 @@ def test_evaluate_a_split_and_write_the_report(dataset, tiny_pipeline, tmp_path)
     # the floor: Otsu finds the bright kidney (the lesion is dark inside it)
     assert data["by_structure"]["otsu"]["kidney"]["dice"] > 0.7
     paths = write_report(report, tmp_path / "out")
-    assert json.loads(paths["json"].read_text())["split"] == "val"
-    md = paths["markdown"].read_text()
+    assert json.loads(paths["json"].read_text(encoding="utf-8"))["split"] == "val"
+    md = paths["markdown"].read_text(encoding="utf-8")
     assert "By question type" in md and "Otsu" in md and "absent" in md
 
 

@@ -217,7 +217,7 @@ def test_missing_path(tmp_path: Path) -> None:
 
 def test_unsupported_extension_lists_supported(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
-    path.write_text("hello")
+    path.write_text("hello", encoding="utf-8")
     expect_input_error(r"unsupported image format '\.txt'.*supported are .*\.nrrd.*\.nii\.gz", path)
 
 
@@ -279,7 +279,7 @@ def test_nan_and_inf_voxels(tmp_path: Path) -> None:
 
 
 def test_folder_without_dicom(tmp_path: Path) -> None:
-    (tmp_path / "readme.txt").write_text("not dicom")
+    (tmp_path / "readme.txt").write_text("not dicom", encoding="utf-8")
     expect_input_error("folder contains no DICOM series", tmp_path)
 
 

@@ -178,9 +178,9 @@ def test_checkpoint_of_another_base_is_refused(tmp_path, tiny_model):
     from medsegr.errors import CheckpointError
 
     path = save_pretrained(tiny_model, tmp_path / "ckpt")
-    meta = json.loads((path / "medsegr_config.json").read_text())
+    meta = json.loads((path / "medsegr_config.json").read_text(encoding="utf-8"))
     meta["base"]["vision"] = {"name": "litemedsam", "sha256": "0" * 64}
-    (path / "medsegr_config.json").write_text(json.dumps(meta))
+    (path / "medsegr_config.json").write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(CheckpointError, match="another base vision"):
         from_pretrained(path, device="cpu")
     with pytest.raises(CheckpointError, match="not a MedSegR checkpoint"):

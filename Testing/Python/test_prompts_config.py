@@ -35,23 +35,23 @@ def test_config_files(tmp_path):
     cfg = MedSegRConfig()
     assert cfg.model.visual_grid == 8 and cfg.llm.source == "smollm2-135m-instruct"
     good = tmp_path / "model.toml"
-    good.write_text('[model]\nvisual_grid = 16\n[llm]\nsource = "/models/llm"\n')
+    good.write_text('[model]\nvisual_grid = 16\n[llm]\nsource = "/models/llm"\n', encoding="utf-8")
     loaded = MedSegRConfig.from_file(good)
     assert loaded.model.visual_grid == 16 and loaded.llm.source == "/models/llm"
     json_path = tmp_path / "model.json"
     loaded.save(json_path)
     assert MedSegRConfig.from_file(json_path) == loaded
     bad = tmp_path / "bad.toml"
-    bad.write_text("[model]\nvisual_gird = 16\n")
+    bad.write_text("[model]\nvisual_gird = 16\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown key.*visual_gird"):
         MedSegRConfig.from_file(bad)
-    bad.write_text("[modle]\n")
+    bad.write_text("[modle]\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="unknown config section"):
         MedSegRConfig.from_file(bad)
-    bad.write_text('[model]\nvisual_grid = "big"\n')
+    bad.write_text('[model]\nvisual_grid = "big"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="must be int"):
         MedSegRConfig.from_file(bad)
-    bad.write_text("[model\n")
+    bad.write_text("[model\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot parse"):
         MedSegRConfig.from_file(bad)
     with pytest.raises(ConfigError, match="not found"):

@@ -50,7 +50,7 @@ def test_cli_end_to_end_on_a_real_mri(tmp_path):
     assert printed["answer"].strip()
     names = sorted(p.name for p in out.iterdir())
     assert names == ["answer.json", "labels.nrrd", "overlay.png", "segmentation.seg.nrrd"]
-    record = json.loads((out / "answer.json").read_text())
+    record = json.loads((out / "answer.json").read_text(encoding="utf-8"))
     assert record["fine_tuned"] is False
     assert record["model"]["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
     assert record["model"]["base"]["llm"]["sha256"] == SMOLLM2_GGUF.sha256

@@ -31,7 +31,7 @@ def test_unsafe_or_bad_serve_options_are_refused_before_loading(args, message, c
 
 def test_empty_token_file_and_busy_port(tmp_path, capsys):
     empty = tmp_path / "token"
-    empty.write_text("\n")
+    empty.write_text("\n", encoding="utf-8")
     assert main(["serve", "--token-file", str(empty)]) == 2
     assert "is empty" in capsys.readouterr().err
     import socket
@@ -55,7 +55,7 @@ def test_client_retries_refused_connections_then_reports_them():
 
 def test_killing_the_server_mid_request_then_restarting(tmp_path):
     token_file = tmp_path / "token"
-    token_file.write_text(TOKEN + "\n")
+    token_file.write_text(TOKEN + "\n", encoding="utf-8")
     token_file.chmod(0o600)
     port = free_port()
     args = ["--base", "--config", str(tiny_config_file(tmp_path)), "--device", "cpu",

@@ -91,7 +91,7 @@ def test_train_lowers_the_loss_caches_the_encoder_and_resumes(dataset, tmp_path)
     second = train(config, resume="auto", progress=False)
     assert second.steps == 6
     assert second.encoded_slices == 0  # every embedding came from the disk cache
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     train_rows = [r for r in rows if r["kind"] == "train"]
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
     assert np.mean([r["loss"] for r in train_rows[-2:]]) < train_rows[0]["loss"]
@@ -100,7 +100,7 @@ def test_train_lowers_the_loss_caches_the_encoder_and_resumes(dataset, tmp_path)
     assert (out / "curves.png").stat().st_size > 1000
     model = from_pretrained(out / "final", device="cpu")
     assert model.fine_tuned
-    meta = json.loads((out / "final" / "medsegr_config.json").read_text())
+    meta = json.loads((out / "final" / "medsegr_config.json").read_text(encoding="utf-8"))
     assert meta["training"]["steps"] == 6
 
 
@@ -110,10 +110,10 @@ def test_bad_training_configs_and_checkpoints_are_refused(dataset, tmp_path):
     from medsegr.training.trainer import train
 
     bad = tmp_path / "bad.toml"
-    bad.write_text('[optim]\nstepz = 3\n')
+    bad.write_text('[optim]\nstepz = 3\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="stepz"):
         TrainConfig.from_file(bad)
-    bad.write_text('[data]\nroot = "x"\n[optim]\nlr = -1.0\n')
+    bad.write_text('[data]\nroot = "x"\n[optim]\nlr = -1.0\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="lr"):
         TrainConfig.from_file(bad)
 
@@ -123,9 +123,9 @@ def test_bad_training_configs_and_checkpoints_are_refused(dataset, tmp_path):
     train(config, progress=False)
     ckpt = next(out.glob("checkpoint-*"))
     meta_file = ckpt / "model" / "medsegr_config.json"
-    meta = json.loads(meta_file.read_text())
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
     meta["base"]["vision"]["sha256"] = "0" * 64
-    meta_file.write_text(json.dumps(meta))
+    meta_file.write_text(json.dumps(meta), encoding="utf-8")
     with pytest.raises(CheckpointError, match="another base"):
         train(config, resume=str(ckpt), progress=False)
     with pytest.raises(CheckpointError, match="not a resumable"):
@@ -134,11 +134,11 @@ def test_bad_training_configs_and_checkpoints_are_refused(dataset, tmp_path):
     # a record whose answer has a [SEG] without a mask
     broken = tmp_path / "broken"
     shutil.copytree(dataset, broken)
-    lines = (broken / "train.jsonl").read_text().splitlines()
+    lines = (broken / "train.jsonl").read_text(encoding="utf-8").splitlines()
     rec = json.loads(lines[0])
     rec["conversation"][0]["masks"] = []
     lines[0] = json.dumps(rec)
-    (broken / "train.jsonl").write_text("\n".join(lines) + "\n")
+    (broken / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     config = TrainConfig.from_file(write_config(tmp_path / "b.toml", broken, tmp_path / "r2"))
     with pytest.raises(InputError):
         train(config, progress=False)
@@ -158,5 +158,5 @@ def test_train_command_under_accelerate_launch_with_two_cpu_processes(dataset, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "trained 2 steps" in proc.stdout
     assert (out / "final" / "heads.safetensors").is_file()
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]  # logged once, not twice

@@ -15,7 +15,7 @@ def test_hashes_are_remembered_until_the_file_changes(tmp_path, monkeypatch):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"weights" * 1000)
-    (folder / "notes.txt").write_text("not a weight file")
+    (folder / "notes.txt").write_text("not a weight file", encoding="utf-8")
     calls = []
     real = weights.sha256_file
     monkeypatch.setattr(weights, "sha256_file", lambda p: calls.append(p) or real(p))

@@ -18,10 +18,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ import numpy as np
 import torch
 
 from medsegr.errors import CheckpointError, InputError
+from medsegr.io.atomic import atomic_folder
 from medsegr.training.config import TrainConfig
 from medsegr.training.curves import read_metrics
 from medsegr.training.encoder_cache import EncoderCache, encoder_digest
@@ -171,20 +170,13 @@ def _save_resumable(output_dir: Path, step: int, model: Any, optimizer: Any, sch
     from medsegr.checkpoint import save_pretrained
 
     target = output_dir / f"checkpoint-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=output_dir))
-    try:
+    with atomic_folder(target) as tmp:
         save_pretrained(model, tmp / "model", extra={"training": {"step": step}})
         torch.save({"step": step, "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "config": config.to_dict(),
                     "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                             "torch": torch.get_rng_state()}},
                    tmp / STATE_NAME)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     for old in _checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
