@@ -47,6 +47,10 @@ class LLMConfig:
     gguf_file: str | None = None
     #: quantise the LLM's linear layers to int8 for CPU inference (not for training)
     cpu_int8: bool = True
+    #: linear layers that stay in float under ``cpu_int8``, by name suffix (e.g.
+    #: ``["down_proj"]``: the MLP down-projections, whose inputs carry the outlier
+    #: activations that per-tensor int8 flattens; ``"lm_head"``: the output head)
+    cpu_int8_keep_float: list[str] = field(default_factory=list)
     system_prompt: str = (
         "You are MedSegR, an assistant for medical image analysis. Answer the question "
         "about the image briefly and explain your reasoning. When you name a structure "

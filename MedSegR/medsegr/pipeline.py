@@ -294,7 +294,8 @@ def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> 
 
         digest = checkpoint_digest(checkpoint)
     return int8_cache_file(int8_cache_key(llm, digest, [config.model.seg_token,
-                                                        config.model.image_token]))
+                                                        config.model.image_token],
+                                          config.llm.cpu_int8_keep_float))
 
 
 class ChatSession:

@@ -5,8 +5,8 @@
   channels-last memory layout, which the CPU convolution kernels prefer.
 - LLM: a lean Llama forward with a static KV cache (:mod:`medsegr.modeling.fast_llama`)
   for architectures it covers.
-- LLM on CPU: dynamic int8 quantisation of every ``nn.Linear`` (int8 weights,
-  activations quantised on the fly). Token-by-token decoding on CPU is
+- LLM on CPU: dynamic int8 quantisation of the ``nn.Linear`` layers (int8 weights,
+  activations quantised on the fly), except those named in ``llm.cpu_int8_keep_float``. Token-by-token decoding on CPU is
   bound by reading the weights from memory; int8 weights are 4x smaller than
   float32, so each generated token costs roughly half the time, and the model's
   resident memory shrinks accordingly. Switch it off with ``llm.cpu_int8 = false``.
@@ -26,6 +26,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from medsegr.errors import WeightError
 from medsegr.modeling.medsegr_model import MedSegRModel
 
-INT8_FORMAT = 1
+INT8_FORMAT = 2  # 2: tied float tensors stored once
 _QLinear = torch.ao.nn.quantized.dynamic.Linear
 
 log = logging.getLogger(__name__)
@@ -55,20 +56,28 @@ def fuse_conv_bn(module: nn.Module) -> int:
     return fused
 
 
-def quantize_llm_int8(llm: nn.Module) -> nn.Module:
-    """Dynamic int8 quantisation of the LLM's linear layers (CPU only).
+def quantize_llm_int8(llm: nn.Module, keep_float: Sequence[str] = ()) -> nn.Module:
+    """Dynamic int8 quantisation of the LLM's linear layers (CPU only), except those
+    whose name ends with one of ``keep_float`` (``llm.cpu_int8_keep_float``).
 
     Per-tensor weight scales: on the bundled model they gave the same greedy answers
     as per-channel scales at a third of the start-up cost (1.3 s instead of 3.6 s).
+    Activations are quantised per tensor on the fly, which flattens the outliers in
+    the MLP down-projections' inputs: with every layer in int8 the bundled fine-tuned
+    checkpoint never emits [SEG]; with ``keep_float=["down_proj"]`` it does, but its
+    answers still drift from the float model's (see docs/model-card.md).
     The float weights that remain (embeddings, norms) are copied out of the
     memory-mapped checkpoint so that the mapping, and the pages of the float linear
     weights it still holds, are released.
     """
+    spec: dict[Any, Any] = {nn.Linear: torch.ao.quantization.default_dynamic_qconfig}
+    for name, module in llm.named_modules():
+        if isinstance(module, nn.Linear) and name.endswith(tuple(keep_float)):
+            spec[name] = None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's migration notice
         quantized = torch.ao.quantization.quantize_dynamic(
-            llm, {nn.Linear: torch.ao.quantization.default_dynamic_qconfig},
-            dtype=torch.qint8, inplace=True)
+            llm, spec, dtype=torch.qint8, inplace=True)
     for module in quantized.modules():
         for param in module.parameters(recurse=False):
             param.data = param.data.clone()
@@ -84,9 +93,10 @@ def int8_cache_file(key: dict[str, Any]) -> Path:
 
 
 def int8_cache_key(llm_provenance: dict[str, Any], checkpoint_digest: str | None,
-                   special_tokens: list[str]) -> dict[str, Any]:
+                   special_tokens: list[str], keep_float: Sequence[str] = ()) -> dict[str, Any]:
     return {"format": INT8_FORMAT, "torch": torch.__version__, "llm": llm_provenance,
-            "checkpoint": checkpoint_digest, "special_tokens": special_tokens}
+            "checkpoint": checkpoint_digest, "special_tokens": special_tokens,
+            "keep_float": sorted(keep_float)}
 
 
 def save_int8_llm(llm: nn.Module, path: Path) -> None:
@@ -105,14 +115,23 @@ def save_int8_llm(llm: nn.Module, path: Path) -> None:
             if bias is not None:
                 tensors[f"{name}.qbias"] = bias.detach().contiguous()
             quantized.append(name)
+    # tied weights (a float output head sharing the embedding matrix) are stored once
+    stored: dict[tuple[int, tuple[int, ...]], str] = {}
+    tied: dict[str, str] = {}
     for name, tensor in llm.state_dict().items():
         if isinstance(tensor, torch.Tensor) and not tensor.is_quantized and \
                 not any(name.startswith(q + ".") for q in quantized):
+            identity = (tensor.data_ptr(), tuple(tensor.shape))
+            if identity in stored:
+                tied[name] = stored[identity]
+                continue
+            stored[identity] = name
             tensors[f"float.{name}"] = tensor.detach().contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        save_file(tensors, str(tmp), metadata={"quantized": json.dumps(quantized)})
+        save_file(tensors, str(tmp), metadata={"quantized": json.dumps(quantized),
+                                                "tied": json.dumps(tied)})
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -155,6 +174,7 @@ def load_int8_llm(llm: nn.Module, path: Path) -> nn.Module:
     try:
         with safe_open(str(path), framework="pt") as handle:
             quantized = json.loads(handle.metadata()["quantized"])
+            tied = json.loads(handle.metadata().get("tied", "{}"))
             keys = set(handle.keys())
         for group in _module_groups(quantized):
             with safe_open(str(path), framework="pt") as handle, warnings.catch_warnings():
@@ -164,6 +184,8 @@ def load_int8_llm(llm: nn.Module, path: Path) -> nn.Module:
         with safe_open(str(path), framework="pt") as handle:
             state = {k[len("float."):]: handle.get_tensor(k).clone()
                      for k in keys if k.startswith("float.")}
+        for name, source in tied.items():
+            state[name] = state[source]
     except (OSError, KeyError, ValueError, RuntimeError, AttributeError) as exc:
         path.unlink(missing_ok=True)
         raise WeightError(f"the int8 model cache {path} was unusable ({exc}); it was removed, "
@@ -181,11 +203,14 @@ def load_int8_llm(llm: nn.Module, path: Path) -> nn.Module:
         diff = sorted(expected ^ set(state))
         raise WeightError(f"the int8 model cache {path} does not fit the model (e.g. {diff[0]}); "
                           "it was removed, run again")
+    parameters: dict[int, nn.Parameter] = {}  # tied names get the same Parameter
     for name, tensor in state.items():
         owner_name, _, attr = name.rpartition(".")
         owner = llm.get_submodule(owner_name) if owner_name else llm
         if attr in owner._parameters:
-            owner._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
+            if id(tensor) not in parameters:
+                parameters[id(tensor)] = nn.Parameter(tensor, requires_grad=False)
+            owner._parameters[attr] = parameters[id(tensor)]
         else:
             owner._buffers[attr] = tensor
     return llm
@@ -208,7 +233,7 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None) 
         if int8_cache is not None and int8_cache.is_file():
             model.llm = load_int8_llm(model.llm, int8_cache)
         else:
-            model.llm = quantize_llm_int8(model.llm)
+            model.llm = quantize_llm_int8(model.llm, model.config.llm.cpu_int8_keep_float)
             if int8_cache is not None:
                 try:
                     save_int8_llm(model.llm, int8_cache)
