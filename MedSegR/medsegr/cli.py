@@ -20,6 +20,7 @@ from typing import Sequence
 
 from medsegr import __version__
 from medsegr.errors import InputError, MedSegRError
+from medsegr.model_options import add_model_options, chosen_checkpoint
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -71,12 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--modality", choices=["CT", "MR", "OT"], default=None,
                      help="override the detected modality")
     ask.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    model = ask.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", default="default",
-                       help="fine-tuned checkpoint folder (default: the bundled one)")
-    model.add_argument("--base", action="store_true",
-                       help="run the untrained base parts (no fine-tuned checkpoint)")
-    ask.add_argument("--config", default=None, help="model config file (TOML/JSON) for --base")
+    add_model_options(ask, "run the untrained base parts (no fine-tuned checkpoint)")
     ask.add_argument("--max-new-tokens", type=int, default=None)
     ask.add_argument("--json", action="store_true", help="print the JSON record instead of text")
     ask.add_argument("--server", default=None, metavar="URL",
@@ -138,20 +134,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if args.slice is not None and not 0 <= args.slice < image.shape[axis]:
             raise InputError(f"slice index {args.slice} is out of range "
                              f"(0..{image.shape[axis] - 1} along {args.axis})")
-    config = MedSegRConfig.from_file(args.config) if args.config else None
     _check_output_folder(Path(args.out))
     if args.server:
         from medsegr.remote_ask import ask_remote
 
         return ask_remote(args, image, question, hints)
+    checkpoint = chosen_checkpoint(args)
+    config = MedSegRConfig.from_file(args.config) if args.config else None
 
     from medsegr.outputs import write_results
     from medsegr.pipeline import MedSegRPipeline
 
     t0 = time.perf_counter()
-    checkpoint = None if args.base else args.checkpoint
-    if checkpoint not in (None, "default") and not Path(checkpoint).is_dir():
-        raise InputError(f"checkpoint folder not found: {checkpoint}")
     if args.window is not None:
         from medsegr.preprocess import normalise
 

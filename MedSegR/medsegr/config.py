@@ -145,18 +145,7 @@ class MedSegRConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "MedSegRConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(text)
-            else:
-                data = tomllib.loads(text)
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot parse config {path}: {exc}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(read_config_file(path, "config"))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -170,6 +159,21 @@ class MedSegRConfig:
         cfg.model.visual_grid = 4
         cfg.generation.max_new_tokens = 12
         return cfg
+
+
+def read_config_file(path: str | Path, what: str) -> dict[str, Any]:
+    """The table in a TOML file (or a ``.json`` file); ``what`` names it in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot parse {what} {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a table of sections, not {type(data).__name__}")
+    return data
 
 
 def _section_from_dict(name: str, section_cls: Any, values: Any) -> Any:

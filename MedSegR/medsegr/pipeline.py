@@ -387,6 +387,22 @@ class ChatSession:
         return keys
 
     # -- asking -------------------------------------------------------------------
+    def _target_slices(self, axis: str | int, slice_index: int | None, volume: bool,
+                       key_slices: int) -> tuple[int, list[int], list[int]]:
+        """The array axis, the slices a question covers and the key slice(s) the LLM
+        sees: one slice (default the middle one), or every slice with ``volume``."""
+        ax = 0 if self.image.is_2d else resolve_axis(axis, self.image.direction)
+        n_slices = self.image.shape[ax]
+        if volume:
+            if self.image.is_2d:
+                raise InputError("volume mode needs a 3-D image; this image is 2-D")
+            return ax, list(range(n_slices)), self._key_slices(ax, key_slices)
+        index = n_slices // 2 if slice_index is None else int(slice_index)
+        if not 0 <= index < n_slices:
+            raise InputError(f"slice index {index} is out of range (0..{n_slices - 1} "
+                             f"along axis {ax})")
+        return ax, [index], [index]
+
     def ask(self, question: str, *, axis: str | int = "axial", slice_index: int | None = None,
             volume: bool = False, hints: Hints | None = None,
             on_token: Callable[[str], bool | None] | None = None,
@@ -402,20 +418,8 @@ class ChatSession:
         hints = hints or Hints()
         with self.lock:
             t0 = time.perf_counter()
-            ax = 0 if self.image.is_2d else resolve_axis(axis, self.image.direction)
-            n_slices = self.image.shape[ax]
-            if volume:
-                if self.image.is_2d:
-                    raise InputError("volume mode needs a 3-D image; this image is 2-D")
-                indices = list(range(n_slices))
-                keys_idx = self._key_slices(ax, cfg.generation.volume_key_slices)
-            else:
-                index = n_slices // 2 if slice_index is None else int(slice_index)
-                if not 0 <= index < n_slices:
-                    raise InputError(f"slice index {index} is out of range (0..{n_slices - 1} "
-                                     f"along axis {ax})")
-                indices = [index]
-                keys_idx = [index]
+            ax, indices, keys_idx = self._target_slices(axis, slice_index, volume,
+                                                        cfg.generation.volume_key_slices)
             prompt_hints = self._hint_tensors(hints, self.view(ax, keys_idx[0]))
             t_enc = time.perf_counter()
             embeddings, encoded = self.embeddings(ax, indices)

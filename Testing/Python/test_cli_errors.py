@@ -99,6 +99,9 @@ def test_bad_questions(question, words, volume, tmp_path, capsys):
                                         (["--point", "a,b"], "--point"),
                                         (["--max-new-tokens", "0"], "--max-new-tokens"),
                                         (["--checkpoint", "/no/such/ckpt"], "checkpoint folder"),
+                                        (["--config", "model.toml"], "--config applies to --base"),
+                                        (["--base", "--config", "/no/such.toml"],
+                                         "config file not found"),
                                         (["--device", "cuda:7"], "")])
 def test_bad_options(args, words, volume, tmp_path, capsys):
     code, err = _run(capsys, ["ask", str(volume), "Where?", "--out", str(tmp_path / "out"), *args])

@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 from medsegr.errors import InputError
+from medsegr.model_options import add_model_options, chosen_checkpoint
 
 WORKLOADS = ("slice", "conversation", "volume", "server")
 
@@ -44,14 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True,
                         help="run the concurrent-sessions workload through a real engine "
                         "server on loopback (default: on; --no-server leaves it out)")
-    weights = parser.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", default="default", metavar="DIR",
-                         help="fine-tuned checkpoint folder (default: the bundled one, as the "
-                         "engine loads it; the base parts when there is none)")
-    weights.add_argument("--base", action="store_true",
-                         help="the untrained base parts (no fine-tuned checkpoint)")
-    parser.add_argument("--config", type=Path, default=None, metavar="FILE",
-                        help="model configuration (TOML/JSON) for --base: other base parts")
+    add_model_options(parser, "the untrained base parts (no fine-tuned checkpoint)")
     parser.add_argument("--model", choices=["bundled", "tiny"], default="bundled",
                         help="bundled: the real pretrained parts (default); tiny: a tiny "
                         "random model of the same classes, to smoke-test the benchmark")
@@ -107,10 +101,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("--repeats must be between 1 and 100")
     if args.config is not None and args.model == "tiny":
         raise InputError("--config applies to --model bundled")
-    if args.config is not None and not args.base:
-        raise InputError("--config applies to --base (a checkpoint brings its own configuration)")
-    if args.config is not None and not args.config.is_file():
-        raise InputError(f"config file not found: {args.config}")
+    checkpoint = chosen_checkpoint(args)
     _check_output(args.json, "--json")
     _check_output(args.profile, "--profile")
     _check_output(args.plots, "--plots", folder=True)
@@ -121,7 +112,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     resolve_device(args.device)  # a clear error for an unusable device, before loading
     options = BenchOptions(quick=args.quick, device=args.device, workloads=workloads,
-                           model=args.model, checkpoint=None if args.base else args.checkpoint,
+                           model=args.model, checkpoint=checkpoint,
                            config_file=args.config, cpu_int8=args.cpu_int8,
                            compile=args.compile, repeats=args.repeats)
     from medsegr.bench.runner import checkpoint_path

@@ -42,7 +42,6 @@ from medsegr.pipeline import Answer, ChatSession, Hints, MedSegRPipeline, Segmen
 from medsegr.postprocess import keep_connected
 from medsegr.preprocess import letterbox
 from medsegr.prompts import Turn, clean_answer, segment_names, validate_question
-from medsegr.slicing import resolve_axis
 
 
 class ReferenceSession(ChatSession):
@@ -117,22 +116,10 @@ class ReferenceSession(ChatSession):
         max_new = max_new_tokens or cfg.generation.max_new_tokens
         with self.lock:
             t0 = time.perf_counter()
-            ax = 0 if self.image.is_2d else resolve_axis(axis, self.image.direction)
-            n_slices = self.image.shape[ax]
-            if volume:
-                if self.image.is_2d:
-                    raise InputError("volume mode needs a 3-D image; this image is 2-D")
-                if cfg.generation.volume_key_slices != 1:
-                    raise InputError("the reference path covers volume mode with one key slice "
-                                     "(generation.volume_key_slices = 1)")
-                indices = list(range(n_slices))
-                center = self._key_slices(ax, 1)[0]
-            else:
-                center = n_slices // 2 if slice_index is None else int(slice_index)
-                if not 0 <= center < n_slices:
-                    raise InputError(f"slice index {center} is out of range (0..{n_slices - 1} "
-                                     f"along axis {ax})")
-                indices = [center]
+            if volume and cfg.generation.volume_key_slices != 1:
+                raise InputError("the reference path covers volume mode with one key slice "
+                                 "(generation.volume_key_slices = 1)")
+            ax, indices, (center,) = self._target_slices(axis, slice_index, volume, 1)
             prompt_hints = self._hint_tensors(hints, self.view(ax, center))
             timings = dict.fromkeys(("encode", "prefill", "decode", "reread", "masks"), 0.0)
             self.slice_done_s = []

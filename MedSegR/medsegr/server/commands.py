@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from medsegr.errors import InputError
+from medsegr.model_options import add_model_options, chosen_checkpoint
 from medsegr.server.settings import DEFAULT_PORT, MIB
 
 log = logging.getLogger("medsegr.server")
@@ -37,13 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     token.add_argument("--token-file", default=None, metavar="FILE",
                        help="file holding the bearer token (first line)")
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    model = serve.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", default="default",
-                       help="fine-tuned checkpoint folder (default: the bundled one)")
-    model.add_argument("--base", action="store_true",
-                       help="serve the untrained base parts (no fine-tuned checkpoint)")
-    serve.add_argument("--config", default=None,
-                       help="model config file (TOML/JSON), with --base")
+    add_model_options(serve, "serve the untrained base parts (no fine-tuned checkpoint)")
     serve.add_argument("--max-queue", type=int, default=16,
                        help="requests that may wait for the model; more get 503 (default 16)")
     serve.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
@@ -108,15 +103,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     check_bind_address(args.host, token)
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be between 0 and 65535, got {args.port}")
-    if args.config and not args.base:
-        raise InputError("--config applies to --base (a checkpoint brings its own configuration)")
+    checkpoint = chosen_checkpoint(args)
     settings = ServerSettings(
         token=token, max_queue=args.max_queue, request_timeout_s=args.request_timeout,
         session_idle_s=args.session_idle, max_session_bytes=int(args.max_session_memory * MIB),
         max_sessions=args.max_sessions, max_upload_bytes=int(args.max_upload * MIB),
         max_voxels=args.max_voxels)
-    if args.checkpoint not in (None, "default") and not Path(args.checkpoint).is_dir():
-        raise InputError(f"checkpoint folder not found: {args.checkpoint}")
     sock = _bind(args.host, args.port)  # fail fast on a busy port, before loading the model
     print("medsegr serve: loading the model...", file=sys.stderr, flush=True)
 
@@ -131,8 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     config = MedSegRConfig.from_file(args.config) if args.config else None
-    pipe = MedSegRPipeline.load(None if args.base else args.checkpoint, config=config,
-                                device=args.device)
+    pipe = MedSegRPipeline.load(checkpoint, config=config, device=args.device)
     if not pipe.fine_tuned:
         log.warning("no fine-tuned MedSegR checkpoint is loaded: answers are not grounded in "
                     "the image and masks are not meaningful")

@@ -41,13 +41,11 @@ Sections and their defaults (every key optional; unknown keys are refused)::
 from __future__ import annotations
 
 import dataclasses
-import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medsegr.config import _section_from_dict
+from medsegr.config import _section_from_dict, read_config_file
 from medsegr.errors import ConfigError
 
 
@@ -125,15 +123,7 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"training config not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        try:
-            data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"cannot parse training config {path}: {exc}") from None
-        return cls.from_dict(data, base_dir=path.parent)
+        return cls.from_dict(read_config_file(path, "training config"), base_dir=Path(path).parent)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
