@@ -39,8 +39,16 @@ from medsegr.slicing import SliceView, resolve_axis, slice_view
 
 log = logging.getLogger(__name__)
 
-#: where a bundled fine-tuned checkpoint lives in a source checkout
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parents[2] / "Resources" / "checkpoint"
+def bundled_checkpoint(package_dir: Path = Path(__file__).resolve().parent) -> Path | None:
+    """The bundled fine-tuned checkpoint beside the engine package ``package_dir``:
+    ``Resources/checkpoint`` at the top of a source checkout (``MedSegR/medsegr/``), or
+    in the module folder of an installed 3D Slicer extension, where ``medsegr/`` sits
+    next to the module's own ``Resources/``. None when neither holds one."""
+    for candidate in (package_dir.parents[1] / "Resources" / "checkpoint",
+                      package_dir.parent / "Resources" / "checkpoint"):
+        if (candidate / "medsegr_config.json").is_file():
+            return candidate
+    return None
 
 
 class Cancelled(MedSegRError):
@@ -54,7 +62,7 @@ def default_checkpoint() -> Path | None:
     env = os.environ.get("MEDSEGR_CHECKPOINT")
     if env:
         return Path(env)
-    return BUNDLED_CHECKPOINT if (BUNDLED_CHECKPOINT / "medsegr_config.json").is_file() else None
+    return bundled_checkpoint()
 
 
 @dataclass

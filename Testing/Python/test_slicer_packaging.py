@@ -160,3 +160,23 @@ print("heavy:" + ",".join(sorted(m for m in heavy if m in sys.modules)))
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "heavy:"
+
+
+def test_the_installed_extension_finds_the_bundled_checkpoint(tmp_path):
+    """CMake installs Resources/checkpoint into the module folder's Resources/, beside
+    the engine package; the engine looks there as well as at the top of a checkout."""
+    import shutil
+
+    from medsegr.pipeline import bundled_checkpoint
+
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert "${CMAKE_CURRENT_SOURCE_DIR}/../Resources/checkpoint" in text
+    assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/checkpoint/" in text
+    assert "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/Resources/checkpoint/" in text  # build tree
+
+    assert bundled_checkpoint(MODULE / "medsegr") == ROOT / "Resources" / "checkpoint"
+    modules = tmp_path / "lib" / "Slicer-5.10" / "qt-scripted-modules"
+    (modules / "medsegr").mkdir(parents=True)
+    assert bundled_checkpoint(modules / "medsegr") is None
+    shutil.copytree(ROOT / "Resources" / "checkpoint", modules / "Resources" / "checkpoint")
+    assert bundled_checkpoint(modules / "medsegr") == modules / "Resources" / "checkpoint"
