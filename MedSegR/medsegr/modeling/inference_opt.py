@@ -6,14 +6,14 @@
 - LLM: a lean Llama forward with a static KV cache (:mod:`medsegr.modeling.fast_llama`)
   for architectures it covers.
 - LLM on CPU: dynamic int8 quantisation of the ``nn.Linear`` layers (int8 weights,
-  activations quantised on the fly), except those named in ``llm.cpu_int8_keep_float``. Token-by-token decoding on CPU is
-  bound by reading the weights from memory; int8 weights are 4x smaller than
-  float32, so each generated token costs roughly half the time, and the model's
-  resident memory shrinks accordingly. Switch it off with ``llm.cpu_int8 = false``.
+  activations quantised on the fly), except those named in ``llm.cpu_int8_keep_float``.
+  Token-by-token decoding on CPU is bound by reading the weights from memory; int8
+  weights are 4x smaller than float32, so each generated token costs roughly half the
+  time, and the model's resident memory shrinks accordingly. Switch it off with ``llm.cpu_int8 = false``.
 
   Quantising takes ~1.3 s and needs the float weights in memory, so the int8
   model is cached (``<cache>/int8/<key>.safetensors``, key = base LLM hash,
-  fine-tuned checkpoint digest, special tokens, torch version). Later starts build
+  fine-tuned checkpoint digest, special tokens, layers kept in float, torch version). Later starts build
   the LLM as an unread skeleton and fill it from the cache: no float linear
   weights are ever read, which saves both start-up time and peak memory.
 """
@@ -25,8 +25,8 @@ import json
 import logging
 import os
 import warnings
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
