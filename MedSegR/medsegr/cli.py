@@ -16,11 +16,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from medsegr import __version__
 from medsegr.errors import InputError, MedSegRError
 from medsegr.model_options import add_model_options, chosen_checkpoint
+
+if TYPE_CHECKING:  # the CLI starts without torch; the pipeline is imported when used
+    from medsegr.pipeline import Answer
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -167,7 +170,8 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_answer(answer, paths: dict[str, Path], as_json: bool, time_text: str) -> None:
+def print_answer(answer: "Answer", paths: dict[str, Path], as_json: bool,
+                 time_text: str) -> None:
     """Print an answer (``medsegr.pipeline.Answer``) and the result files written for it:
     the JSON record with ``as_json``, else the text, its segments, the files and
     ``time_text``."""

@@ -39,6 +39,7 @@ from medsegr.slicing import SliceView, resolve_axis, slice_view
 
 log = logging.getLogger(__name__)
 
+
 def bundled_checkpoint(package_dir: Path = Path(__file__).resolve().parent) -> Path | None:
     """The bundled fine-tuned checkpoint beside the engine package ``package_dir``:
     ``Resources/checkpoint`` at the top of a source checkout (``MedSegR/medsegr/``), or

@@ -30,9 +30,9 @@ import numpy as np
 
 from medsegr.bench.equality import AnswerDigest
 from medsegr.bench.timing import Measured, PathRun, add_phases
-from medsegr.client import EngineClient
 from medsegr.bench.workloads import (FOLLOW_UPS, MEDSEGR, QUESTION, REFERENCE, BenchContext,
                                      WorkloadResult, interleave)
+from medsegr.client import EngineClient
 from medsegr.io.images import MedicalImage
 from medsegr.slicing import resolve_axis
 
