@@ -2,7 +2,9 @@
 
 - Vision encoder: batch-norms folded into the preceding convolutions
   (``torch.nn.utils.fusion.fuse_conv_bn_eval``, exact up to rounding) and
-  channels-last memory layout, which the CPU convolution kernels prefer.
+  channels-last memory layout, which the CPU convolution kernels prefer; on CPU,
+  GELUs and residual adds fused into the oneDNN convolutions and linear layers
+  (:mod:`medsegr.modeling.encoder_fusion`).
 - LLM: a lean Llama forward with a static KV cache (:mod:`medsegr.modeling.fast_llama`)
   for architectures it covers.
 - LLM on CPU: dynamic int8 quantisation of the ``nn.Linear`` layers (int8 weights,
@@ -229,6 +231,10 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None) 
     encoder.to(memory_format=torch.channels_last)
     model.vision.channels_last = True
     log.debug("fused %d conv+bn pairs in the image encoder", count)
+    if model.device.type == "cpu":
+        from medsegr.modeling.encoder_fusion import fuse_tinyvit
+
+        log.debug("fused GELU/add kernels in %d encoder modules", fuse_tinyvit(encoder))
     if model.device.type == "cpu" and model.config.llm.cpu_int8:
         if int8_cache is not None and int8_cache.is_file():
             model.llm = load_int8_llm(model.llm, int8_cache)
