@@ -160,3 +160,31 @@ def test_info_command(capsys):
     assert Path(info["checkpoint"]).name == "checkpoint"
     assert info["llm_quantization"] is None  # the bundled checkpoint sets cpu_int8 = false
     assert info["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
+
+
+def test_real_fast_decoder_hidden_states_are_bit_identical(real_pipeline):
+    """The lean decoder calls the int8 kernels directly, with q/k/v and gate/up each
+    packed into one per-channel kernel: each packed kernel equals its separate layers
+    bit for bit, and a prompt's final hidden state equals the Hugging Face forward's.
+    (Only the same rows in one call can match exactly: int8 activation scales are
+    computed per call.)"""
+    import torch
+
+    from medsegr.modeling.fast_llama import FastLlama
+
+    llm = real_pipeline.model.llm
+    gen = torch.Generator().manual_seed(1)
+    fast = FastLlama(llm)
+    layer, kernels = llm.model.layers[5], fast.layers[5]
+    assert kernels.qkv.__name__ == "int8_linear"  # one fused int8 kernel
+    with torch.no_grad():
+        for rows in (1, 3, 40):
+            h = torch.randn(1, rows, llm.config.hidden_size, generator=gen)
+            attn, mlp = layer.self_attn, layer.mlp
+            assert torch.equal(kernels.qkv(h), torch.cat([attn.q_proj(h), attn.k_proj(h),
+                                                          attn.v_proj(h)], dim=-1))
+            assert torch.equal(kernels.gate_up(h), torch.cat([mlp.gate_proj(h), mlp.up_proj(h)], dim=-1))
+        embeds = torch.randn(1, 12, llm.config.hidden_size, generator=gen) * 0.05
+        reference = llm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-1][0, -1]
+        hidden, _ = fast.forward(embeds, fast.new_cache(torch.float32, torch.device("cpu")))
+    assert torch.equal(hidden, reference)

@@ -10,7 +10,12 @@ own projections, norms and MLPs, float or int8) with:
 - rotary embeddings from the model's own ``inv_freq`` and scaling;
 - scaled-dot-product attention with grouped KV heads, no mask for single-token
   steps and an explicit causal mask only when several tokens follow a cached prefix;
-- logits for the last position only.
+- logits for the last position only;
+- the layers' kernels called directly (``F.linear`` or the int8 kernel on the
+  layer's own weights, ``F.rms_norm``, queries and keys rotated in one pass; int8
+  q/k/v and gate/up projections each packed into one kernel, bit-identical, see
+  :func:`_fused`), which cuts the operators per layer by more than half and skips ``nn.Module`` dispatch (forward
+  hooks on the layers' projections therefore do not run; those on the LM head do).
 
 It reproduces ``LlamaForCausalLM``'s outputs (the tests compare both on the same
 prompts); models it does not cover (other architectures, non-default rotary
@@ -19,11 +24,16 @@ types) use the Hugging Face forward.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+_QLinear = torch.ao.nn.quantized.dynamic.Linear
 
 
 def supports(llm: nn.Module) -> bool:
@@ -33,6 +43,10 @@ def supports(llm: nn.Module) -> bool:
         return False
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
+        return False
+    norms = [llm.model.norm] + [n for layer in llm.model.layers
+                                for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    if not all(hasattr(n, "variance_epsilon") and hasattr(n, "weight") for n in norms):
         return False
     return getattr(cfg, "hidden_act", "silu") == "silu" and getattr(cfg, "pretraining_tp", 1) == 1
 
@@ -84,6 +98,100 @@ class StaticKVCache:
             setattr(self, name, grown)
 
 
+Kernel = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _is_int8(linear: nn.Module) -> bool:
+    """A dynamically quantised int8 linear whose ``forward`` is ``linear_dynamic(reduce_range=True)``."""
+    return (isinstance(linear, _QLinear) and linear._packed_params.dtype == torch.qint8
+            and (getattr(linear, "version", None) or 0) >= 4)
+
+
+def _direct(linear: nn.Module) -> Kernel:
+    """The kernel behind a linear layer, called without ``nn.Module`` dispatch.
+
+    Plain ``nn.Linear`` -> ``F.linear`` on its weights; a dynamically quantised int8
+    linear -> ``quantized.linear_dynamic`` on its packed weights (what its own
+    ``forward`` calls); anything else (e.g. an unmerged adapter) -> the module.
+    """
+    if type(linear) is nn.Linear:
+        return partial(F.linear, weight=linear.weight, bias=linear.bias)
+    if _is_int8(linear):
+        return _int8_kernel(linear._packed_params._packed_params)
+    return linear
+
+
+def _int8_kernel(packed: Any) -> Kernel:
+    def int8_linear(x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)
+
+    return int8_linear
+
+
+def _fused(linears: list[nn.Module]) -> Kernel:
+    """One kernel computing ``cat([l(x) for l in linears], -1)`` for linears reading one input.
+
+    Int8 linears with per-tensor weights are packed into one per-channel int8
+    weight whose rows keep their own layer's scale and zero point: the same int8
+    values, the same activation quantisation, hence the same outputs bit for bit,
+    in one kernel call instead of several (on 2 CPU cores each int8 call costs
+    ~30-40 us whatever its size). Other layers are called one by one.
+    """
+    if all(_is_int8(linear) for linear in linears):
+        weights = [linear.weight() for linear in linears]
+        if all(w.qscheme() == torch.per_tensor_affine for w in weights):
+            scales = torch.cat([torch.full((w.shape[0],), w.q_scale(), dtype=torch.float64)
+                                for w in weights])
+            zero_points = torch.cat([torch.full((w.shape[0],), w.q_zero_point(), dtype=torch.long)
+                                     for w in weights])
+            weight = torch._make_per_channel_quantized_tensor(
+                torch.cat([w.int_repr() for w in weights]), scales, zero_points, 0)
+            biases = [linear.bias() for linear in linears]
+            bias = None
+            if any(b is not None for b in biases):
+                bias = torch.cat([b if b is not None else torch.zeros(w.shape[0])
+                                  for b, w in zip(biases, weights)])
+            return _int8_kernel(torch.ops.quantized.linear_prepack(weight, bias))
+    kernels = [_direct(linear) for linear in linears]
+
+    def each(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([kernel(x) for kernel in kernels], dim=-1)
+
+    return each
+
+
+def _rms_norm(norm: nn.Module) -> Kernel:
+    """``LlamaRMSNorm`` as one call (``F.rms_norm``) for float32, its own forward otherwise."""
+    weight, eps = norm.weight, float(norm.variance_epsilon)
+
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or weight.dtype != torch.float32:
+            return norm(x)
+        return F.rms_norm(x, weight.shape, weight, eps)
+
+    return apply
+
+
+@dataclass
+class _Layer:
+    """One decoder layer's kernels (see :func:`_direct`)."""
+
+    input_norm: Kernel
+    qkv: Kernel  # queries, keys, values concatenated
+    o: Kernel
+    post_norm: Kernel
+    gate_up: Kernel  # MLP gate and up projections concatenated
+    down: Kernel
+
+    @classmethod
+    def of(cls, layer: nn.Module) -> "_Layer":
+        attn, mlp = layer.self_attn, layer.mlp
+        return cls(_rms_norm(layer.input_layernorm),
+                   _fused([attn.q_proj, attn.k_proj, attn.v_proj]), _direct(attn.o_proj),
+                   _rms_norm(layer.post_attention_layernorm),
+                   _fused([mlp.gate_proj, mlp.up_proj]), _direct(mlp.down_proj))
+
+
 class FastLlama:
     """Inference forward over a ``LlamaForCausalLM``'s modules (see the module docstring)."""
 
@@ -92,31 +200,32 @@ class FastLlama:
             raise ValueError("FastLlama covers Llama models with default rotary embeddings")
         cfg = llm.config
         base = llm.model
-        self.layers = list(base.layers)
-        self.norm = base.norm
-        self.lm_head = llm.lm_head
+        self.layers = [_Layer.of(layer) for layer in base.layers]
+        self.norm = _rms_norm(base.norm)
+        self.lm_head = llm.lm_head  # a module call (once per step): its hooks run
         self.heads = int(cfg.num_attention_heads)
         self.kv_heads = int(cfg.num_key_value_heads)
         self.head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads)
         self.inv_freq = base.rotary_emb.inv_freq.float()
         self.rope_scaling = float(base.rotary_emb.attention_scaling)
         self.capacity = capacity
+        self._rope_table: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def new_cache(self, dtype: torch.dtype, device: torch.device) -> StaticKVCache:
         return StaticKVCache.empty(len(self.layers), self.kv_heads, self.head_dim, self.capacity,
                                    dtype, device)
 
     def _rope(self, start: int, count: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        pos = torch.arange(start, start + count, dtype=torch.float32, device=self.inv_freq.device)
-        freqs = pos[:, None] * self.inv_freq[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return (emb.cos() * self.rope_scaling).to(dtype), (emb.sin() * self.rope_scaling).to(dtype)
-
-    @staticmethod
-    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-        return x * cos + rotated * sin
+        """cos and sin ``(count, head_dim)`` of positions ``start ..``, from a table grown on demand."""
+        table = self._rope_table.get(dtype)
+        if table is None or table[0].shape[0] < start + count:
+            size = max(start + count, self.capacity, 2 * (table[0].shape[0] if table else 0))
+            pos = torch.arange(size, dtype=torch.float32, device=self.inv_freq.device)
+            freqs = pos[:, None] * self.inv_freq[None, :]
+            emb = torch.cat((freqs, freqs), dim=-1)
+            table = ((emb.cos() * self.rope_scaling).to(dtype), (emb.sin() * self.rope_scaling).to(dtype))
+            self._rope_table[dtype] = table
+        return table[0][start:start + count], table[1][start:start + count]
 
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, cache: StaticKVCache) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +239,9 @@ class FastLlama:
         cache.reserve(start + steps)
         end = start + steps
         cos, sin = self._rope(start, steps, embeds.dtype)
+        cos, sin = cos[:, None], sin[:, None]  # (T, 1, head_dim): broadcast over heads
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        half = head_dim // 2
         mask = None
         causal = steps > 1 and start == 0  # a fresh prompt: the fused causal kernel
         if steps > 1 and start > 0:  # tokens after a cached prefix: explicit mask
@@ -137,20 +249,20 @@ class FastLlama:
             mask = torch.arange(end, device=embeds.device)[None, :] <= q_pos
         x = embeds
         for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = attn.q_proj(h).view(1, steps, self.heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(1, steps, self.kv_heads, self.head_dim).transpose(1, 2)
-            q = self._rotate(q, cos, sin)
-            k = self._rotate(k, cos, sin)
-            cache.keys[i, :, start:end] = k[0]
-            cache.values[i, :, start:end] = v[0]
+            qkv = layer.qkv(layer.input_norm(x)).view(1, steps, heads + 2 * kv_heads, head_dim)
+            # queries and keys rotated together: (1, T, heads + kv_heads, head_dim)
+            qk = qkv[:, :, :heads + kv_heads]
+            rotated = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
+            qk = qk * cos + rotated * sin
+            q = qk[:, :, :heads].transpose(1, 2)
+            cache.keys[i, :, start:end] = qk[0, :, heads:].transpose(0, 1)
+            cache.values[i, :, start:end] = qkv[0, :, heads + kv_heads:].transpose(0, 1)
             out = F.scaled_dot_product_attention(
                 q, cache.keys[i, None, :, :end], cache.values[i, None, :, :end], attn_mask=mask,
-                is_causal=causal, enable_gqa=self.kv_heads != self.heads)
-            x = x + attn.o_proj(out.transpose(1, 2).reshape(1, steps, self.heads * self.head_dim))
-            x = x + layer.mlp(layer.post_attention_layernorm(x))
+                is_causal=causal, enable_gqa=kv_heads != heads)
+            x = x + layer.o(out.transpose(1, 2).reshape(1, steps, heads * head_dim))
+            gate, up = layer.gate_up(layer.post_norm(x)).chunk(2, dim=-1)
+            x = x + layer.down(F.silu(gate) * up)
         cache.length = end
         last = self.norm(x[:, -1])
         return last[0], self.lm_head(last)[0]
