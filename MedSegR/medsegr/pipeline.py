@@ -283,7 +283,7 @@ def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> 
     """The int8 LLM cache file for this model on CPU, or None where it does not apply."""
     from medsegr.config import BUNDLED_LLM
     from medsegr.device import resolve_device
-    from medsegr.modeling.inference_opt import int8_cache_file, int8_cache_key
+    from medsegr.modeling.int8 import int8_cache_file, int8_cache_key
     from medsegr.weights import SMOLLM2_GGUF
 
     if resolve_device(device)[0].type != "cpu" or not config.llm.cpu_int8:

@@ -1,5 +1,6 @@
-"""CPU int8 of the LLM on the tiny model: which layers are quantised, and that the cached
-int8 model loads back into a skeleton computing exactly the same logits."""
+"""CPU int8 of the LLM on the tiny model: which layers are quantised, that it equals
+``torch.ao.quantization.quantize_dynamic`` bit for bit, and that the cached int8 model
+loads back into a skeleton computing exactly the same logits."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from medsegr.modeling.inference_opt import (
-    _QLinear,
+from medsegr.modeling.int8 import (
+    QLinear,
+    SharedInt8Slice,
     int8_cache_key,
     load_int8_llm,
     quantize_llm_int8,
-    save_int8_llm,
 )
 
 
@@ -24,8 +25,8 @@ def llm(tiny_model):
 
 
 def _linear_kinds(model: nn.Module) -> dict[str, str]:
-    return {name: "int8" if isinstance(m, _QLinear) else "float"
-            for name, m in model.named_modules() if isinstance(m, (nn.Linear, _QLinear))}
+    return {name: "int8" if isinstance(m, QLinear | SharedInt8Slice) else "float"
+            for name, m in model.named_modules() if isinstance(m, nn.Linear | QLinear | SharedInt8Slice)}
 
 
 def test_down_projections_stay_float(llm):
@@ -45,10 +46,10 @@ def test_nothing_kept_float_quantises_every_linear(llm):
 def test_the_int8_cache_round_trips_into_a_skeleton(llm, tiny_model, tmp_path, keep):
     """A float output head tied to the embeddings is stored once and tied again."""
     ids = torch.tensor([[1, 5, 9, 3, 7]])
-    quantized = quantize_llm_int8(llm, keep_float=keep)
-    expected = quantized(input_ids=ids).logits
     path = tmp_path / "int8" / "llm.safetensors"
-    save_int8_llm(quantized, path)
+    quantized = quantize_llm_int8(llm, keep_float=keep, cache=path)
+    expected = quantized(input_ids=ids).logits
+    assert path.is_file() and not list(path.parent.glob(".*.tmp"))
     fresh = copy.deepcopy(tiny_model.llm).eval()
     for param in fresh.parameters():
         param.data.zero_()  # the cache, not the copied weights, must fill it
@@ -63,3 +64,46 @@ def test_the_cache_key_names_the_float_layers():
     a = int8_cache_key({"sha256": "x"}, None, ["[SEG]"], ["down_proj"])
     b = int8_cache_key({"sha256": "x"}, None, ["[SEG]"], [])
     assert a != b and a["keep_float"] == ["down_proj"]
+
+
+@torch.no_grad()
+def test_shared_kernels_equal_the_separate_projections(llm):
+    """q/k/v and gate/up share one per-channel int8 kernel per layer; each projection
+    (a slice of it), and the whole model, give exactly what ``quantize_dynamic`` gives."""
+    separate = torch.ao.quantization.quantize_dynamic(copy.deepcopy(llm), {nn.Linear}, dtype=torch.qint8)
+    shared = quantize_llm_int8(llm)
+    layers = len(shared.model.layers)
+    x = torch.randn(2, 3, shared.config.hidden_size)
+    for i in range(layers):
+        attn, mlp = shared.model.layers[i].self_attn, shared.model.layers[i].mlp
+        assert isinstance(attn.q_proj, SharedInt8Slice) and attn.q_proj.shared is attn.qkv_proj
+        assert mlp.up_proj.shared is mlp.gate_up_proj
+        for name in ("q_proj", "k_proj", "v_proj"):
+            ref = getattr(separate.model.layers[i].self_attn, name)(x)
+            assert torch.equal(getattr(attn, name)(x), ref)
+        for name in ("gate_proj", "up_proj"):
+            assert torch.equal(getattr(mlp, name)(x), getattr(separate.model.layers[i].mlp, name)(x))
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    assert torch.equal(shared(input_ids=ids).logits, separate(input_ids=ids).logits)
+
+
+def test_a_read_only_cache_still_quantises(llm, tmp_path, caplog):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder", encoding="utf-8")
+    quantized = quantize_llm_int8(llm, cache=blocker / "int8" / "llm.safetensors")
+    assert set(_linear_kinds(quantized).values()) == {"int8"}
+    assert "cannot write the int8 cache" in caplog.text
+
+
+def test_quantising_frees_each_float_weight(llm):
+    """The float linear weights are dropped as they are quantised (the first start's
+    peak memory): no float Linear remains, and no float weight is left behind."""
+    from medsegr.modeling.int8 import int8_state
+
+    weights = {id(m.weight) for m in llm.modules() if type(m) is nn.Linear}
+    state = int8_state(llm)
+    assert not [m for m in llm.modules() if type(m) is nn.Linear]
+    left = {id(p) for p in llm.parameters()}
+    assert not (weights & left) - {id(llm.get_input_embeddings().weight)}  # a tied head
+    assert state.slices and all(name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
+                                for name in state.slices)

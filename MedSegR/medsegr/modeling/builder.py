@@ -28,7 +28,7 @@ def build_model(config: MedSegRConfig | None = None, device: str = "auto",
     llm, tokenizer, llm_provenance = load_language_model(config.llm, torch.float32,
                                                           skeleton=llm_skeleton)
     seg_id, image_id = add_special_tokens(
-        llm, tokenizer, [config.model.seg_token, config.model.image_token])
+        llm, tokenizer, [config.model.seg_token, config.model.image_token], skeleton=llm_skeleton)
     if with_lora:
         llm = apply_lora(llm, config.lora, trainable_token_ids=[seg_id])
     torch.manual_seed(config.model.seed)

@@ -13,8 +13,8 @@ own projections, norms and MLPs, float or int8) with:
 - logits for the last position only;
 - the layers' kernels called directly (``F.linear`` or the int8 kernel on the
   layer's own weights, ``F.rms_norm``, queries and keys rotated in one pass; int8
-  q/k/v and gate/up projections each packed into one kernel, bit-identical, see
-  :func:`_fused`), which cuts the operators per layer by more than half and skips ``nn.Module`` dispatch (forward
+  q/k/v and gate/up projections each one shared kernel, see
+  ``medsegr.modeling.int8``), which cuts the operators per layer by more than half and skips ``nn.Module`` dispatch (forward
   hooks on the layers' projections therefore do not run; those on the LM head do).
 
 It reproduces ``LlamaForCausalLM``'s outputs (the tests compare both on the same
@@ -131,27 +131,17 @@ def _int8_kernel(packed: Any) -> Kernel:
 def _fused(linears: list[nn.Module]) -> Kernel:
     """One kernel computing ``cat([l(x) for l in linears], -1)`` for linears reading one input.
 
-    Int8 linears with per-tensor weights are packed into one per-channel int8
-    weight whose rows keep their own layer's scale and zero point: the same int8
-    values, the same activation quantisation, hence the same outputs bit for bit,
-    in one kernel call instead of several (on 2 CPU cores each int8 call costs
-    ~30-40 us whatever its size). Other layers are called one by one.
+    When they are consecutive slices of one shared int8 kernel
+    (``medsegr.modeling.int8``: q/k/v, gate/up), that kernel is called
+    once; otherwise each layer is called and the outputs concatenated.
     """
-    if all(_is_int8(linear) for linear in linears):
-        weights = [linear.weight() for linear in linears]
-        if all(w.qscheme() == torch.per_tensor_affine for w in weights):
-            scales = torch.cat([torch.full((w.shape[0],), w.q_scale(), dtype=torch.float64)
-                                for w in weights])
-            zero_points = torch.cat([torch.full((w.shape[0],), w.q_zero_point(), dtype=torch.long)
-                                     for w in weights])
-            weight = torch._make_per_channel_quantized_tensor(
-                torch.cat([w.int_repr() for w in weights]), scales, zero_points, 0)
-            biases = [linear.bias() for linear in linears]
-            bias = None
-            if any(b is not None for b in biases):
-                bias = torch.cat([b if b is not None else torch.zeros(w.shape[0])
-                                  for b, w in zip(biases, weights)])
-            return _int8_kernel(torch.ops.quantized.linear_prepack(weight, bias))
+    shared = getattr(linears[0], "shared", None)
+    bounds = [(getattr(linear, "start", None), getattr(linear, "stop", None)) for linear in linears]
+    if (shared is not None and _is_int8(shared)
+            and all(getattr(linear, "shared", None) is shared for linear in linears)
+            and bounds[0][0] == 0 and bounds[-1][1] == shared.out_features
+            and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))):
+        return _int8_kernel(shared._packed_params._packed_params)
     kernels = [_direct(linear) for linear in linears]
 
     def each(x: torch.Tensor) -> torch.Tensor:

@@ -76,12 +76,14 @@ def _skeleton(folder: Path, dtype: torch.dtype) -> nn.Module:
         return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
-def add_special_tokens(model: nn.Module, tokenizer: Any, tokens: list[str]) -> list[int]:
+def add_special_tokens(model: nn.Module, tokenizer: Any, tokens: list[str],
+                       skeleton: bool = False) -> list[int]:
     """Add ``tokens`` as special tokens, grow the embeddings, return their ids.
 
-    New rows are initialised to the mean of the existing embeddings. Each token
-    must encode to exactly one id (a ``[SEG]`` split into two ids would never be
-    recognised in generated text).
+    New rows are initialised to the mean of the existing embeddings (not for a
+    ``skeleton``, whose weights are all loaded afterwards: nothing is initialised).
+    Each token must encode to exactly one id (a ``[SEG]`` split into two ids would
+    never be recognised in generated text).
     """
     new = [t for t in tokens if t not in tokenizer.get_vocab()]
     if new:
@@ -95,7 +97,9 @@ def add_special_tokens(model: nn.Module, tokenizer: Any, tokens: list[str]) -> l
             raise WeightError(f"special token {token!r} does not encode to exactly one id")
         ids.append(int(token_id))
     embeddings = model.get_input_embeddings()
-    if embeddings.weight.shape[0] < len(tokenizer):
+    if embeddings.weight.shape[0] < len(tokenizer) and skeleton:
+        _resize_skeleton_embeddings(model, len(tokenizer))
+    elif embeddings.weight.shape[0] < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         with torch.no_grad():
             weight = model.get_input_embeddings().weight
@@ -111,6 +115,26 @@ def add_special_tokens(model: nn.Module, tokenizer: Any, tokens: list[str]) -> l
                     if token_id >= old:
                         output.weight[token_id] = out_mean.to(output.weight.dtype)
     return ids
+
+
+def _resize_skeleton_embeddings(model: nn.Module, size: int) -> None:
+    """Give a skeleton's input embeddings and LM head ``size`` rows, uninitialised.
+
+    (``resize_token_embeddings`` would initialise and copy ~2 x 110 MB for nothing:
+    every weight of a skeleton is loaded afterwards, tied ones tied again then.)
+    """
+    old = model.get_input_embeddings()
+    weight = torch.empty(size, old.embedding_dim, dtype=old.weight.dtype, device=old.weight.device)
+    model.set_input_embeddings(nn.Embedding(size, old.embedding_dim, padding_idx=old.padding_idx,
+                                            _weight=weight))
+    head = model.get_output_embeddings()
+    if head is not None:
+        model.set_output_embeddings(torch.nn.utils.skip_init(
+            nn.Linear, head.in_features, size, bias=head.bias is not None,
+            dtype=head.weight.dtype, device=head.weight.device))
+    model.config.vocab_size = size
+    if hasattr(model, "vocab_size"):
+        model.vocab_size = size
 
 
 def apply_lora(model: nn.Module, cfg: LoraConfig, trainable_token_ids: list[int] | None = None
