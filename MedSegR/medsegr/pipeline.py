@@ -162,11 +162,16 @@ class MedSegRPipeline:
             effective = MedSegRConfig.from_dict(read_checkpoint_config(path)["config"])
         cache = _int8_cache(effective, path, device)
         skeleton = cache is not None and cache.is_file()
+        read = None
+        if skeleton:  # packing the int8 kernels overlaps with building the model
+            from medsegr.modeling.int8 import read_int8_in_background
+
+            read = read_int8_in_background(cache)  # type: ignore[arg-type]
         if path is not None:
             model = from_pretrained(path, device=device, llm_skeleton=skeleton)
         else:
             model = build_model(effective, device=device, llm_skeleton=skeleton)
-        return cls(optimise_for_inference(model, int8_cache=cache), checkpoint=path)
+        return cls(optimise_for_inference(model, int8_cache=cache, int8_read=read), checkpoint=path)
 
     @property
     def fine_tuned(self) -> bool:

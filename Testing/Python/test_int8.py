@@ -107,3 +107,22 @@ def test_quantising_frees_each_float_weight(llm):
     assert not (weights & left) - {id(llm.get_input_embeddings().weight)}  # a tied head
     assert state.slices and all(name.endswith(("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"))
                                 for name in state.slices)
+
+
+@torch.no_grad()
+def test_reading_the_cache_in_the_background(llm, tiny_model, tmp_path):
+    """The start-up path: the file is read and its kernels packed in a thread while the
+    skeleton is built; a damaged file is removed with a clear error."""
+    from medsegr.errors import WeightError
+    from medsegr.modeling.int8 import read_int8_in_background
+
+    path = tmp_path / "llm.safetensors"
+    expected = quantize_llm_int8(llm, cache=path)(input_ids=torch.tensor([[4, 2, 8]])).logits
+    read = read_int8_in_background(path)
+    loaded = load_int8_llm(copy.deepcopy(tiny_model.llm).eval(), path, read=read)
+    assert torch.equal(loaded(input_ids=torch.tensor([[4, 2, 8]])).logits, expected)
+
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with pytest.raises(WeightError, match="int8 model cache .* was unusable"):
+        load_int8_llm(copy.deepcopy(tiny_model.llm).eval(), path, read=read_int8_in_background(path))
+    assert not path.exists()

