@@ -26,6 +26,8 @@ from it. Both starts therefore give the same model, bit for bit.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import logging
@@ -168,20 +170,23 @@ def int8_state(llm: nn.Module, keep_float: Sequence[str] = ()) -> Int8State:
         prefix = f"{name}." if name else ""
         for shared_name, parts in SHARED_GROUPS:
             names = [prefix + part for part in parts]
-            linears = [modules.get(n) for n in names]
-            if not all(quantizable(n, m) for n, m in zip(names, linears)) or \
-                    len({m.in_features for m in linears}) != 1:  # type: ignore[union-attr]
+            found = [modules.get(n) for n in names]
+            if not all(quantizable(n, m) for n, m in zip(names, found)):
+                continue
+            linears: list[nn.Linear] = found  # type: ignore[assignment]
+            if len({m.in_features for m in linears}) != 1:
                 continue
             _put_kernel(state, prefix + shared_name, [_quantize_weight(m) for m in linears],
-                        [m.bias for m in linears])  # type: ignore[union-attr]
+                        [m.bias for m in linears])
             start = 0
             for n, m in zip(names, linears):
-                state.slices[n] = (prefix + shared_name, start, start + m.out_features)  # type: ignore[union-attr]
-                start += m.out_features  # type: ignore[union-attr]
+                state.slices[n] = (prefix + shared_name, start, start + m.out_features)
+                start += m.out_features
                 _free(llm, n)
                 done.add(n)
         if name not in done and quantizable(name, module):
-            _put_kernel(state, name, [_quantize_weight(module)], [module.bias])  # type: ignore[arg-type]
+            assert isinstance(module, nn.Linear)
+            _put_kernel(state, name, [_quantize_weight(module)], [module.bias])
             _free(llm, name)
             done.add(name)
     stored: dict[tuple[int, tuple[int, ...]], str] = {}
@@ -202,12 +207,17 @@ def int8_state(llm: nn.Module, keep_float: Sequence[str] = ()) -> Int8State:
     return state
 
 
-def _free(llm: nn.Module, name: str) -> None:
+def _parent(llm: nn.Module, name: str) -> tuple[nn.Module, str]:
     parent_name, _, child = name.rpartition(".")
-    old = getattr(llm.get_submodule(parent_name) if parent_name else llm, child)
+    return (llm.get_submodule(parent_name) if parent_name else llm), child
+
+
+def _free(llm: nn.Module, name: str) -> None:
+    parent, child = _parent(llm, name)
+    old = getattr(parent, child)
     placeholder = nn.Module()  # keeps the shape for the checks of the filling step
     placeholder.in_features, placeholder.out_features = old.in_features, old.out_features
-    setattr(llm.get_submodule(parent_name) if parent_name else llm, child, placeholder)
+    setattr(parent, child, placeholder)
 
 
 def write_int8_state(state: Int8State, path: Path) -> None:
@@ -238,8 +248,7 @@ def _new_qlinear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
 
 
 def _check_shape(llm: nn.Module, name: str, in_features: int, out_features: int) -> tuple[nn.Module, str]:
-    parent_name, _, child = name.rpartition(".")
-    parent = llm.get_submodule(parent_name) if parent_name else llm
+    parent, child = _parent(llm, name)
     old = getattr(parent, child, None)
     if old is not None and (getattr(old, "in_features", in_features),
                             getattr(old, "out_features", out_features)) != (in_features, out_features):
@@ -319,8 +328,7 @@ def _place(llm: nn.Module, read: ReadInt8) -> nn.Module:
         raise ValueError(f"it does not fit the model (e.g. {diff[0]})")
     parameters: dict[int, nn.Parameter] = {}  # tied names get the same Parameter
     for name, tensor in read.floats.items():
-        owner_name, _, attr = name.rpartition(".")
-        owner = llm.get_submodule(owner_name) if owner_name else llm
+        owner, attr = _parent(llm, name)
         if attr in owner._parameters:
             if id(tensor) not in parameters:
                 parameters[id(tensor)] = nn.Parameter(tensor, requires_grad=False)
@@ -353,9 +361,24 @@ def read_int8_in_background(path: Path) -> Future[ReadInt8]:
     building of the main thread."""
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medsegr-int8")
     try:
-        return executor.submit(read_int8_file, path)
+        return executor.submit(_read_and_trim, path)
     finally:
         executor.shutdown(wait=False)
+
+
+def _read_and_trim(path: Path) -> ReadInt8:
+    """:func:`read_int8_file`, then the thread's freed memory handed back to the system.
+
+    glibc gives each thread its own malloc arena and keeps what is freed there (the
+    file's temporary tensors: ~80 MiB of resident memory for the engine's lifetime
+    otherwise); ``malloc_trim`` returns it. Elsewhere than glibc this is a no-op.
+    """
+    read = read_int8_file(path)
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    return read
 
 
 def load_int8_llm(llm: nn.Module, path: Path, read: Future[ReadInt8] | None = None) -> nn.Module:
