@@ -163,10 +163,10 @@ class MedSegRPipeline:
         cache = _int8_cache(effective, path, device)
         skeleton = cache is not None and cache.is_file()
         read = None
-        if skeleton:  # packing the int8 kernels overlaps with building the model
+        if skeleton and cache is not None:  # packing the int8 kernels overlaps with building
             from medsegr.modeling.int8 import read_int8_in_background
 
-            read = read_int8_in_background(cache)  # type: ignore[arg-type]
+            read = read_int8_in_background(cache)
         if path is not None:
             model = from_pretrained(path, device=device, llm_skeleton=skeleton)
         else:

@@ -14,8 +14,9 @@ own projections, norms and MLPs, float or int8) with:
 - the layers' kernels called directly (``F.linear`` or the int8 kernel on the
   layer's own weights, ``F.rms_norm``, queries and keys rotated in one pass; int8
   q/k/v and gate/up projections each one shared kernel, see
-  ``medsegr.modeling.int8``), which cuts the operators per layer by more than half and skips ``nn.Module`` dispatch (forward
-  hooks on the layers' projections therefore do not run; those on the LM head do).
+  :mod:`medsegr.modeling.int8`): less than half the operators per layer, and no
+  ``nn.Module`` dispatch (so forward hooks on the layers' projections do not run;
+  those on the LM head do).
 
 It reproduces ``LlamaForCausalLM``'s outputs (the tests compare both on the same
 prompts); models it does not cover (other architectures, non-default rotary

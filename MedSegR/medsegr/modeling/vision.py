@@ -262,7 +262,9 @@ def _litemedsam_modules(tiny: bool) -> tuple[nn.Module, nn.Module, nn.Module]:
 def _no_random_init(active: bool) -> Iterator[None]:
     """Skip the random initialisation of modules whose weights are all loaded next
     (TinyViT's ~0.3 s at start-up): the ``torch.nn.init`` functions, and timm's
-    ``trunc_normal_`` as the LiteMedSAM code imported it, do nothing meanwhile."""
+    ``trunc_normal_`` as the LiteMedSAM code imported it, do nothing meanwhile
+    (process-wide, for the few milliseconds of building; the engine builds its model
+    before it serves anything)."""
     if not active:
         yield
         return
