@@ -219,3 +219,16 @@ def test_fast_llama_matches_the_hugging_face_forward(tiny_model, bank):
     assert b2.reused_tokens == a2.reused_tokens > len(keys) - 2
     torch.testing.assert_close(a1.seg_states, b1.seg_states, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(a2.seg_states, b2.seg_states, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_llama_declines_an_unmerged_adapter_model(tiny_model):
+    """A peft-wrapped LLM is not a plain Llama: the lean decoder says no (the Hugging
+    Face forward is used) instead of failing while it is built."""
+    import copy
+
+    from medsegr.config import LoraConfig
+    from medsegr.modeling.fast_llama import supports
+    from medsegr.modeling.language import apply_lora
+
+    wrapped = apply_lora(copy.deepcopy(tiny_model.llm), LoraConfig())
+    assert supports(tiny_model.llm) and not supports(wrapped)

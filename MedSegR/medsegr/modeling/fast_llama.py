@@ -45,8 +45,12 @@ def supports(llm: nn.Module) -> bool:
     rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
     if rope.get("rope_type", "default") != "default":
         return False
-    norms = [llm.model.norm] + [n for layer in llm.model.layers
-                                for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+    base = getattr(llm, "model", None)
+    layers, norm = getattr(base, "layers", None), getattr(base, "norm", None)
+    if layers is None or norm is None:  # e.g. a wrapper (an unmerged adapter model)
+        return False
+    norms = [norm] + [getattr(layer, name, None) for layer in layers
+                      for name in ("input_layernorm", "post_attention_layernorm")]
     if not all(hasattr(n, "variance_epsilon") and hasattr(n, "weight") for n in norms):
         return False
     return getattr(cfg, "hidden_act", "silu") == "silu" and getattr(cfg, "pretraining_tp", 1) == 1
