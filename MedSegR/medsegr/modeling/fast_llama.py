@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-_QLinear = torch.ao.nn.quantized.dynamic.Linear
+from medsegr.modeling.int8 import QLinear, SharedInt8Slice
 
 
 def supports(llm: nn.Module) -> bool:
@@ -108,7 +108,7 @@ Kernel = Callable[[torch.Tensor], torch.Tensor]
 
 def _is_int8(linear: nn.Module) -> bool:
     """A dynamically quantised int8 linear whose ``forward`` is ``linear_dynamic(reduce_range=True)``."""
-    return (isinstance(linear, _QLinear) and linear._packed_params.dtype == torch.qint8
+    return (isinstance(linear, QLinear) and linear._packed_params.dtype == torch.qint8
             and (getattr(linear, "version", None) or 0) >= 4)
 
 
@@ -140,13 +140,13 @@ def _fused(linears: list[nn.Module]) -> Kernel:
     (``medsegr.modeling.int8``: q/k/v, gate/up), that kernel is called
     once; otherwise each layer is called and the outputs concatenated.
     """
-    shared = getattr(linears[0], "shared", None)
-    bounds = [(getattr(linear, "start", None), getattr(linear, "stop", None)) for linear in linears]
-    if (shared is not None and _is_int8(shared)
-            and all(getattr(linear, "shared", None) is shared for linear in linears)
-            and bounds[0][0] == 0 and bounds[-1][1] == shared.out_features
-            and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))):
-        return _int8_kernel(shared._packed_params._packed_params)
+    if all(isinstance(linear, SharedInt8Slice) for linear in linears):
+        shared = linears[0].shared
+        starts = [0] + [linear.stop for linear in linears]  # consecutive, covering it
+        if (_is_int8(shared) and all(linear.shared is shared for linear in linears)
+                and [linear.start for linear in linears] == starts[:-1]
+                and starts[-1] == shared.out_features):
+            return _int8_kernel(shared._packed_params._packed_params)
     kernels = [_direct(linear) for linear in linears]
 
     def each(x: torch.Tensor) -> torch.Tensor:

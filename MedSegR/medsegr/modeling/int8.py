@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import hashlib
 import json
 import logging
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -221,16 +219,14 @@ def _free(llm: nn.Module, name: str) -> None:
 
 
 def write_int8_state(state: Int8State, path: Path) -> None:
-    """Write ``state`` to ``path`` atomically (a temporary file, then a rename)."""
+    """Write ``state`` to ``path`` atomically (readers never see a partial file)."""
     from safetensors.torch import save_file
 
+    from medsegr.io.images import atomic_output
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_output(path) as tmp:
         save_file(state.tensors, str(tmp), metadata=state.metadata())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------- state -> model
@@ -295,10 +291,11 @@ def _read(opener: Callable[[], contextlib.AbstractContextManager[Any]]) -> ReadI
             warnings.simplefilter("ignore")  # torch's notice on quantized tensor creation
             for name in group:
                 kernels[name] = _read_kernel(source, name, f"{name}.qbias" in keys)
-                if hasattr(source, "release"):  # in memory: keep one copy of the weights
+                if isinstance(source, Int8State):  # in memory: keep one copy of the weights
                     source.release(f"{name}.q")
     with opener() as source:
-        copy = not isinstance(source, Int8State)  # out of the file's memory mapping
+        # tensors of a file are copied out of its memory mapping; a state's are private
+        copy = not isinstance(source, Int8State)
         floats = {k[len("float."):]: source.get_tensor(k).clone() if copy else source.get_tensor(k)
                   for k in keys if k.startswith("float.")}
     for name, stored in tied.items():
@@ -375,7 +372,7 @@ def _read_and_trim(path: Path) -> ReadInt8:
     """
     read = read_int8_file(path)
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
     return read
