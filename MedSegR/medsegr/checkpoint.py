@@ -31,7 +31,7 @@ CONFIG_NAME = "medsegr_config.json"
 HEADS_NAME = "heads.safetensors"
 ADAPTER_DIR = "adapter"
 FORMAT_VERSION = 1
-_HEAD_PREFIXES = ("visual_projector.", "seg_projector.", "vision.mask_decoder.",
+_HEAD_PREFIXES = ("visual_projector.", "seg_projector.", "pixel_refiner.", "vision.mask_decoder.",
                   "vision.prompt_encoder.")
 
 

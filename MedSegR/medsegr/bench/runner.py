@@ -101,6 +101,7 @@ def apply_bench_settings(config: MedSegRConfig, options: BenchOptions,
                          plan: Plan) -> MedSegRConfig:
     """Fixed-length greedy answers and the LLM precision of the comparison."""
     config.llm.cpu_int8 = options.cpu_int8
+    config.llm.cpu_bf16 = False  # both paths compare the LLM in float32 (or int8)
     config.generation.max_new_tokens = plan.answer_tokens
     config.generation.min_new_tokens = plan.answer_tokens
     config.generation.temperature = 0.0

@@ -1,9 +1,15 @@
 """Augmented copies of real slices, for training splits only.
 
 A displayed slice (radiological orientation) is rotated (up to 12°), scaled
-(0.88-1.12) and shifted, and its intensities changed: for CT a small linear change
-of the Hounsfield units plus noise; for MR a gamma curve, a smooth bias field,
-noise and a gain. There are no left-right flips, so the anatomy keeps its sides.
+(0.88-1.12) and shifted. Then, to make a slice from another scanner look familiar,
+each of these is applied with probability one half: a smaller field of view (a
+crop to 70-100 % of each side), a lower resolution (down-sampled by 1.3-2.5 and
+up-sampled back, linear) and a Gaussian blur (0.3-1.2 pixels). Intensities change
+last: for CT on the Hounsfield units, before any window is applied, a gain
+(0.92-1.08), an offset (±25 HU) and noise (0-25 HU, white or slightly correlated);
+for MR a gamma curve, a smooth bias field, noise and a gain. There are no
+left-right flips, so the anatomy keeps its sides. Every parameter drawn is
+returned (the record's ``attributes["augmented"]``).
 Masks follow with nearest-neighbour sampling. The copy is stored as a 2-D image
 whose geometry displays it exactly as it was shown (:func:`display_geometry`).
 """
@@ -53,6 +59,34 @@ def _smooth(shape: tuple[int, int], rng: np.random.Generator, cells: int = 3) ->
     return field[: shape[0], : shape[1]]
 
 
+def _scanner(image: np.ndarray, masks: dict[str, np.ndarray], rng: np.random.Generator, params: dict[str, Any],
+             ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Field of view, resolution and blur (each with probability 1/2), on the values
+    before any window; masks follow the crop."""
+    from scipy.ndimage import gaussian_filter, zoom
+
+    rows, cols = image.shape
+    if rng.random() < 0.5:
+        keep = rng.uniform(0.7, 1.0, 2)
+        height, width = max(8, int(round(rows * keep[0]))), max(8, int(round(cols * keep[1])))
+        top, left = int(rng.integers(0, rows - height + 1)), int(rng.integers(0, cols - width + 1))
+        image = image[top: top + height, left: left + width]
+        masks = {k: m[top: top + height, left: left + width] for k, m in masks.items()}
+        params["fov_crop_px"] = [top, top + height, left, left + width]
+    if rng.random() < 0.5 and min(image.shape) >= 16:
+        factor = float(rng.uniform(1.3, 2.5))
+        small = zoom(image, 1.0 / factor, order=1)
+        back = zoom(small, (image.shape[0] / small.shape[0], image.shape[1] / small.shape[1]), order=1)
+        padded = np.pad(back, [(0, max(0, n - b)) for n, b in zip(image.shape, back.shape)], mode="edge")
+        image = padded[: image.shape[0], : image.shape[1]]
+        params["resolution_factor"] = round(factor, 2)
+    if rng.random() < 0.5:
+        sigma = float(rng.uniform(0.3, 1.2))
+        image = gaussian_filter(image, sigma)
+        params["blur_sigma_px"] = round(sigma, 2)
+    return np.ascontiguousarray(image, dtype=np.float32), masks
+
+
 def augment_slice(pixels: np.ndarray, masks: dict[str, np.ndarray], modality: str, rng: np.random.Generator,
                   ) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
     """A randomly transformed copy of a displayed slice and its masks, and the
@@ -73,11 +107,20 @@ def augment_slice(pixels: np.ndarray, masks: dict[str, np.ndarray], modality: st
                                      cval=0).astype(bool) for k, m in masks.items()}
     params: dict[str, Any] = {"rotation_deg": round(math.degrees(angle), 1), "scale": round(scale, 3),
                               "shift_px": [round(float(s), 1) for s in shift]}
+    image, out_masks = _scanner(image, out_masks, rng, params)
     if modality == "CT":
-        gain, offset_hu = float(rng.uniform(0.95, 1.05)), float(rng.uniform(-15, 15))
-        noise = float(rng.uniform(0, 15))
-        image = image * gain + offset_hu + rng.normal(0, noise, image.shape)
-        params.update(hu_gain=round(gain, 3), hu_offset=round(offset_hu, 1), noise_hu=round(noise, 1))
+        gain, offset_hu = float(rng.uniform(0.92, 1.08)), float(rng.uniform(-25, 25))
+        noise = float(rng.uniform(0, 25))
+        grain = float(rng.choice([0.0, 0.7]))  # 0: white noise; else the noise is smoothed (correlated)
+        field = rng.normal(0, 1.0, image.shape)
+        if grain:
+            from scipy.ndimage import gaussian_filter
+
+            field = gaussian_filter(field, grain)
+            field /= max(float(field.std()), 1e-6)
+        image = image * gain + offset_hu + noise * field
+        params.update(hu_gain=round(gain, 3), hu_offset=round(offset_hu, 1), noise_hu=round(noise, 1),
+                      noise_grain_px=grain)
     else:
         top = float(np.percentile(image, 99.5)) or 1.0
         unit = np.clip(image / top, 0, None)

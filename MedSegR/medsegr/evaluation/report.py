@@ -57,7 +57,9 @@ def markdown(report: EvalReport) -> str:
         f"| absent-structure questions answered without a mask | "
         f"{_f(text['absent_without_mask_rate'])} (of {text['absent_questions']}) |",
         f"| absent-structure questions with a wrongly claimed mask | "
-        f"{_f(text['false_claim_rate'])} |", "",
+        f"{_f(text['false_claim_rate'])} |",
+        f"| stated facts (side, area, size, count, density) true of the slice | "
+        f"{_f(text['facts_correct_rate'])} (of {text['facts_stated']}) |", "",
     ]
     return "\n".join(lines)
 

@@ -7,7 +7,9 @@
   (:mod:`medsegr.modeling.encoder_fusion`).
 - LLM: a lean Llama forward with a static KV cache (:mod:`medsegr.modeling.fast_llama`)
   for architectures it covers.
-- LLM on CPU: dynamic int8 quantisation of the ``nn.Linear`` layers, except those
+- LLM on CPU: bfloat16 where the CPU computes it natively (AVX-512 BF16 or AMX,
+  detected at run time; ``llm.cpu_bf16``), otherwise
+  dynamic int8 quantisation of the ``nn.Linear`` layers, except those
   named in ``llm.cpu_int8_keep_float`` (:mod:`medsegr.modeling.int8`). Switch it off
   with ``llm.cpu_int8 = false``. The int8 model is cached
   (``<cache>/int8/<key>.safetensors``, key = base LLM hash, fine-tuned checkpoint
@@ -65,7 +67,15 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None,
         from medsegr.modeling.encoder_fusion import fuse_tinyvit
 
         log.debug("fused GELU/add kernels in %d encoder modules", fuse_tinyvit(encoder))
-    if model.device.type == "cpu" and model.config.llm.cpu_int8:
+    precision = "float32"
+    if model.device.type == "cpu":
+        from medsegr.device import cpu_llm_precision
+
+        precision = cpu_llm_precision(model.config.llm.cpu_bf16, model.config.llm.cpu_int8)
+    if precision == "bfloat16":
+        model.llm.to(torch.bfloat16)
+        model.llm_quantized = "bfloat16"
+    elif precision == "int8":
         from medsegr.modeling.int8 import load_int8_llm, quantize_llm_int8
 
         if int8_cache is not None and (int8_read is not None or int8_cache.is_file()):

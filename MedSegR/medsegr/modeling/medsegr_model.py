@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medsegr.config import MedSegRConfig
+from medsegr.modeling.mask_head import PixelRefiner, boxes_from_logits, jitter_boxes, mask_boxes
 from medsegr.modeling.projectors import SegProjector, VisualProjector
 from medsegr.modeling.vision import SamParts
 
@@ -63,6 +64,8 @@ class MedSegRModel(nn.Module):
         self.visual_projector = VisualProjector(
             vision.embed_dim, mcfg.visual_projector_hidden or hidden, hidden, mcfg.visual_grid)
         self.seg_projector = SegProjector(hidden, mcfg.seg_projector_hidden or hidden, vision.embed_dim)
+        #: the full-resolution refinement of the decoder's logits (``[model] pixel_refiner``)
+        self.pixel_refiner = PixelRefiner(mcfg.pixel_refiner) if mcfg.pixel_refiner > 0 else None
         #: True once fine-tuned heads were loaded (see medsegr.checkpoint)
         self.fine_tuned = False
         #: set by medsegr.modeling.inference_opt: the model can no longer be trained/saved
@@ -103,12 +106,60 @@ class MedSegRModel(nn.Module):
 
     def decode_masks(self, embeddings: torch.Tensor, prompts: torch.Tensor,
                      boxes: torch.Tensor | None = None,
-                     points: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                     points: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     pixels: torch.Tensor | None = None) -> torch.Tensor:
         """Mask logits ``(B, S, S)`` for prompt tokens ``prompts`` ``(B, C)``.
 
         ``embeddings`` is ``(B, C, h, w)`` or ``(1, C, h, w)`` (shared by all B);
-        ``boxes`` ``(B or 1, 4)`` and ``points`` in encoder-input pixels.
+        ``boxes`` ``(B or 1, 4)`` and ``points`` in encoder-input pixels; ``pixels``
+        ``(B or 1, S, S)`` the encoder input, used by the pixel refiner (see
+        :mod:`medsegr.modeling.mask_head`). With ``[model] box_refine`` and no box
+        from the user, a second pass is prompted with the box of the first mask.
         """
+        return self.mask_passes(embeddings, prompts, boxes, points, pixels)[-1]
+
+    def mask_passes(self, embeddings: torch.Tensor, prompts: torch.Tensor,
+                    boxes: torch.Tensor | None = None,
+                    points: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    pixels: torch.Tensor | None = None,
+                    teacher_boxes: tuple[torch.Tensor, torch.Tensor] | None = None,
+                    ) -> list[torch.Tensor]:
+        """Every pass's mask logits ``(B, S, S)``, the final one last.
+
+        ``teacher_boxes`` = (boxes ``(B, 4)``, rows ``(B,)`` bool): in training, the
+        second pass of the chosen rows is prompted with these boxes (jittered
+        ground-truth boxes) instead of the first pass's.
+        """
+        mcfg = self.config.model
+        first = self._decoder_pass(embeddings, prompts, boxes, points)
+        passes = [first]
+        if mcfg.box_refine and boxes is None:
+            found, present = boxes_from_logits(first)
+            if teacher_boxes is not None:
+                given, rows = teacher_boxes
+                rows = rows.to(present.device)
+                found = torch.where(rows[:, None], given.to(found), found)
+                present = present | rows
+            if bool(present.any()):
+                second = self._decoder_pass(embeddings, prompts, found.to(first.device), points)
+                # an empty first mask has no box: it stays as it was
+                passes.append(torch.where(present[:, None, None].to(first.device), second, first))
+        if self.pixel_refiner is not None and pixels is not None:
+            batch = prompts.shape[0]
+            shown = pixels if pixels.shape[0] == batch else pixels[:1].expand(batch, -1, -1)
+            passes.append(self.pixel_refiner(passes[-1], shown.to(passes[-1].device)))
+        return passes
+
+    def teacher_boxes(self, gt: torch.Tensor, share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training boxes for the second pass: for about ``share`` of the masks ``gt``
+        ``(K, S, S)``, their jittered ground-truth box (the rest use the first pass's)."""
+        boxes, present = mask_boxes(gt > 0.5)
+        rows = (torch.rand(gt.shape[0]) < share) & present.cpu()
+        return jitter_boxes(boxes.cpu(), gt.shape[-1]), rows
+
+    def _decoder_pass(self, embeddings: torch.Tensor, prompts: torch.Tensor,
+                      boxes: torch.Tensor | None,
+                      points: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         batch = prompts.shape[0]
         dtype = embeddings.dtype
         if boxes is not None and boxes.shape[0] != batch:
@@ -172,14 +223,17 @@ class MedSegRModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, image_embeddings: torch.Tensor,
                 attention_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                gt_masks: list[torch.Tensor] | None = None, ce_weight: float = 1.0,
+                gt_masks: list[torch.Tensor] | None = None, pixels: torch.Tensor | None = None,
+                ce_weight: float = 1.0,
                 bce_weight: float = 2.0, dice_weight: float = 0.5) -> MedSegROutput:
         """Teacher-forced pass (training and evaluation).
 
         ``input_ids`` ``(B, T)`` with N image tokens per sample, ``image_embeddings``
         ``(B, C, h, w)`` (cached encoder outputs), ``labels`` ``(B, T)`` with -100 on
         non-answer positions, ``gt_masks[b]`` ``(K_b, S, S)`` for the K_b ``[SEG]``
-        tokens of sample b. Loss = ce·CE + bce·BCE + dice·Dice.
+        tokens of sample b, ``pixels`` ``(B, S, S)`` the encoder inputs (for the pixel
+        refiner). Loss = ce·CE + bce·BCE + dice·Dice, the mask terms averaged over the
+        decoding passes (:meth:`mask_passes`).
         """
         visual = self.visual_tokens(image_embeddings)
         embeds = self.embed_batch(input_ids, visual)
@@ -204,15 +258,31 @@ class MedSegRModel(nn.Module):
         positions = self.seg_state_positions(labels if labels is not None else input_ids,
                                              self.seg_token_id)
         mask_logits: list[torch.Tensor] = []
+        bce_terms: list[torch.Tensor] = []
+        dice_terms: list[torch.Tensor] = []
+        size = self.vision.image_size
         for b, pos in enumerate(positions):
+            gt = None if gt_masks is None else gt_masks[b]
+            if gt is not None and gt.shape[0] != pos.numel():
+                raise ValueError(f"{pos.numel()} [SEG] tokens but {gt.shape[0]} ground-truth masks")
             if pos.numel() == 0:
-                mask_logits.append(last.new_zeros((0, self.vision.image_size, self.vision.image_size)))
+                mask_logits.append(last.new_zeros((0, size, size)))
                 continue
-            prompts = self.seg_prompts(last[b, pos])
-            mask_logits.append(self.decode_masks(image_embeddings[b:b + 1], prompts))
+            passes = self.mask_passes(
+                image_embeddings[b:b + 1], self.seg_prompts(last[b, pos]),
+                pixels=None if pixels is None else pixels[b:b + 1],
+                teacher_boxes=self.teacher_boxes(gt) if (gt is not None and self.training
+                                                          and self.config.model.box_refine) else None)
+            mask_logits.append(passes[-1])
+            if gt is not None:
+                pass_bce, pass_dice = pass_losses(passes, gt)
+                bce_terms.append(pass_bce)
+                dice_terms.append(pass_dice)
         bce = dice = None
         if gt_masks is not None:
-            bce, dice = _mask_losses(mask_logits, gt_masks)
+            zero = last.new_zeros(())
+            bce = torch.cat(bce_terms).mean() if bce_terms else zero
+            dice = torch.cat(dice_terms).mean() if dice_terms else zero
         loss = None
         if ce is not None or bce is not None:
             zero = last.new_zeros(())
@@ -223,22 +293,17 @@ class MedSegRModel(nn.Module):
                              logits=logits, mask_logits=mask_logits)
 
 
-def _mask_losses(pred: list[torch.Tensor], gt: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean per-mask BCE and soft Dice loss over all masks of the batch."""
-    bce_terms, dice_terms = [], []
-    for p, g in zip(pred, gt, strict=True):
-        if p.shape[0] != g.shape[0]:
-            raise ValueError(f"{p.shape[0]} [SEG] tokens but {g.shape[0]} ground-truth masks")
-        if p.shape[0] == 0:
-            continue
-        p = p.float()
-        g = g.to(p.device, torch.float32)
-        bce_terms.append(F.binary_cross_entropy_with_logits(p, g, reduction="none").flatten(1).mean(1))
-        prob = p.sigmoid().flatten(1)
-        g = g.flatten(1)
-        inter = (prob * g).sum(1)
-        dice_terms.append(1 - (2 * inter + 1) / (prob.sum(1) + g.sum(1) + 1))
-    if not bce_terms:
-        zero = pred[0].new_zeros(()) if pred else torch.zeros(())
-        return zero, zero
-    return torch.cat(bce_terms).mean(), torch.cat(dice_terms).mean()
+def pass_losses(passes: list[torch.Tensor], gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-mask BCE and soft Dice loss ``(K,)`` each, averaged over the decoding passes
+    (every pass is trained: the first one's box prompts the next)."""
+    g = gt.to(passes[-1].device, torch.float32).flatten(1)
+    bce_sum = dice_sum = None
+    for logits in passes:
+        p = logits.float().flatten(1)
+        bce = F.binary_cross_entropy_with_logits(p, g, reduction="none").mean(1)
+        prob = p.sigmoid()
+        dice = 1 - (2 * (prob * g).sum(1) + 1) / (prob.sum(1) + g.sum(1) + 1)
+        bce_sum = bce if bce_sum is None else bce_sum + bce
+        dice_sum = dice if dice_sum is None else dice_sum + dice
+    assert bce_sum is not None and dice_sum is not None
+    return bce_sum / len(passes), dice_sum / len(passes)

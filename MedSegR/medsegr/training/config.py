@@ -12,6 +12,8 @@ Sections and their defaults (every key optional; unknown keys are refused)::
     config = ""                    # MedSegR model config file (as for `medsegr ask --config`)
     tiny = false                   # the tiny random model of the same classes (tests)
     init_checkpoint = ""           # start from a fine-tuned checkpoint instead of the base
+    box_refine = false             # second decoder pass prompted with the first mask's box
+    pixel_refiner = 0              # channels of the full-resolution pixel refiner (0: none)
 
     [optim]
     steps = 300                    # optimiser steps
@@ -21,7 +23,15 @@ Sections and their defaults (every key optional; unknown keys are refused)::
     weight_decay = 0.0
     warmup_steps = 20              # linear warm-up, then cosine decay
     max_grad_norm = 1.0
-    mixed_precision = "no"         # "bf16" on a GPU
+    mixed_precision = "no"         # "bf16" on a GPU, or on a CPU with AVX-512 BF16 / AMX
+
+    [decoder_stage]                # after the joint stage: LLM frozen, [SEG] states cached
+    steps = 0                      # 0: no decoder stage
+    batch_size = 32                # masks per step
+    lr = 3e-4
+    warmup_steps = 20
+    eval_every = 250               # validation Dice (0: only at the end)
+    save_every = 500               # resumable checkpoints (0: only at the end)
 
     [loss]
     ce = 1.0                       # weights of CE (answer text), BCE and Dice (masks)
@@ -62,6 +72,9 @@ class EngineSection:
     config: str = ""
     tiny: bool = False
     init_checkpoint: str = ""
+    #: turn on the mask head's stages (medsegr.modeling.mask_head) on top of the model config
+    box_refine: bool = False
+    pixel_refiner: int = 0
 
 
 @dataclass
@@ -95,10 +108,21 @@ class RunSection:
 
 
 @dataclass
+class DecoderStageSection:
+    steps: int = 0
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 20
+    eval_every: int = 250
+    save_every: int = 500
+
+
+@dataclass
 class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     engine: EngineSection = field(default_factory=EngineSection)
     optim: OptimSection = field(default_factory=OptimSection)
+    decoder_stage: DecoderStageSection = field(default_factory=DecoderStageSection)
     loss: LossSection = field(default_factory=LossSection)
     run: RunSection = field(default_factory=RunSection)
     #: folder that relative paths are resolved against (the config file's folder)
@@ -145,8 +169,15 @@ class TrainConfig:
             (o.max_grad_norm >= 0, "[optim] max_grad_norm must not be negative (0: no clipping)"),
             (o.mixed_precision in ("no", "bf16", "fp16"),
              "[optim] mixed_precision must be no, bf16 or fp16"),
+            (self.decoder_stage.steps >= 0, "[decoder_stage] steps must not be negative"),
+            (self.decoder_stage.batch_size >= 1, "[decoder_stage] batch_size must be at least 1"),
+            (self.decoder_stage.lr > 0, "[decoder_stage] lr must be positive"),
+            (min(self.decoder_stage.warmup_steps, self.decoder_stage.eval_every,
+                 self.decoder_stage.save_every) >= 0,
+             "[decoder_stage] warmup_steps/eval_every/save_every must be >= 0"),
             (min(self.loss.ce, self.loss.bce, self.loss.dice) >= 0,
              "[loss] weights must not be negative"),
+            (self.engine.pixel_refiner >= 0, "[engine] pixel_refiner must not be negative"),
             (r.log_every >= 1, "[run] log_every must be at least 1"),
             (r.eval_every >= 0 and r.save_every >= 0, "[run] eval_every/save_every must be >= 0"),
             (r.keep_checkpoints >= 1, "[run] keep_checkpoints must be at least 1"),
@@ -179,7 +210,11 @@ class TrainConfig:
         from medsegr.config import MedSegRConfig
 
         if self.engine.tiny:
-            return MedSegRConfig.tiny()
-        if self.engine.config:
-            return MedSegRConfig.from_file(self.path(self.engine.config))
-        return MedSegRConfig()
+            config = MedSegRConfig.tiny()
+        elif self.engine.config:
+            config = MedSegRConfig.from_file(self.path(self.engine.config))
+        else:
+            config = MedSegRConfig()
+        config.model.box_refine = config.model.box_refine or self.engine.box_refine
+        config.model.pixel_refiner = self.engine.pixel_refiner or config.model.pixel_refiner
+        return config

@@ -2,8 +2,8 @@
 
 The image encoder is frozen during training, so its output for a slice never
 changes. Each embedding is stored (float16, safetensors) under a folder named after
-the encoder's weights, keyed by the slice's identity (image file, size and mtime,
-modality, window, axis, index, input size). The first epoch (or an earlier run)
+the encoder's weights, keyed by a hash of the encoder input's pixels (a rebuilt
+dataset with the same slices reuses them). The first epoch (or an earlier run)
 fills the cache; later epochs and runs only read it.
 """
 
@@ -51,11 +51,21 @@ class EncoderCache:
     def has(self, key: str) -> bool:
         return key in self.memory or self._file(key).is_file()
 
-    def fill(self, model, inputs: Sequence[SliceInput], batch_size: int = 4,
+    def fill(self, model, inputs: Sequence[SliceInput], batch_size: int = 0,
              progress: bool = True) -> None:
-        """Encode every input whose embedding is not on disk yet (frozen encoder, no grad)."""
+        """Encode every input whose embedding is not on disk yet (frozen encoder, no grad).
+
+        On CPU a copy of the encoder with the inference fusions (batch-norm folding and
+        fused oneDNN kernels, equal to float32 rounding) encodes one slice at a time,
+        which is the fastest there; ``batch_size`` 0 means 1 on CPU and 4 elsewhere."""
         from safetensors.torch import save_file
         from tqdm import tqdm
+
+        encode = model.encode_images
+        on_cpu = model.device.type == "cpu"
+        batch_size = batch_size or (1 if on_cpu else 4)
+        if on_cpu and any(not self.has(item.cache_key) for item in inputs):
+            encode = _fused_cpu_encoder(model)
 
         todo: dict[str, SliceInput] = {}
         for item in inputs:
@@ -68,7 +78,7 @@ class EncoderCache:
             chunk = items[start:start + batch_size]
             pixels = torch.from_numpy(np.stack([c.pixels for c in chunk]))[:, None]
             with torch.no_grad():
-                emb = model.encode_images(pixels).to(torch.float16).cpu()
+                emb = encode(pixels).to(torch.float16).cpu()
             for item, e in zip(chunk, emb):
                 target = self._file(item.cache_key)
                 fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.folder)
@@ -93,3 +103,24 @@ class EncoderCache:
                     raise RuntimeError(f"encoder cache collision for {key!r}")
                 self.memory[key] = f.get_tensor("embedding")
         return self.memory[key]
+
+
+def _fused_cpu_encoder(model):
+    """``pixels (B, 1, S, S) -> embeddings`` through a fused copy of the frozen encoder
+    (the model itself is left as it is: it is trained and saved)."""
+    import copy
+
+    from medsegr.modeling.encoder_fusion import fuse_tinyvit
+    from medsegr.modeling.inference_opt import fuse_conv_bn
+
+    vision = copy.deepcopy(model.vision).eval()
+    fuse_conv_bn(vision.image_encoder)
+    vision.image_encoder.to(memory_format=torch.channels_last)
+    vision.channels_last = True
+    fuse_tinyvit(vision.image_encoder)
+    dtype = next(vision.image_encoder.parameters()).dtype
+
+    def encode(pixels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return vision.encode(pixels.to(model.device, dtype))
+    return encode

@@ -8,6 +8,7 @@ trained on what it is later shown.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -28,7 +29,7 @@ class SliceInput:
     """One record's slice, ready for the frozen encoder."""
 
     record_id: str
-    #: identifies the encoder input (image file, slice, window): the embedding cache key
+    #: identifies the encoder input (a hash of its pixels): the embedding cache key
     cache_key: str
     #: ``(S, S)`` float32 in [0, 1], letterboxed encoder input
     pixels: np.ndarray
@@ -49,6 +50,8 @@ class Example:
     #: ``(K, S, S)`` uint8: the masks of the K ``[SEG]`` tokens, in order
     masks: np.ndarray
     question_types: list[str]
+    #: ``(S, S)`` float16: the encoder input (for the pixel refiner)
+    pixels: np.ndarray | None = None
 
 
 class ImageStore:
@@ -77,9 +80,10 @@ def slice_input(record: Any, store: ImageStore, size: int) -> SliceInput:
     pixels = letterbox(shown[None], box)[0, 0].numpy()
     masks = {key: letterbox(view.extract(mask).astype(np.float32)[None], box)[0, 0].numpy() > 0.5
              for key, mask in record.mask_arrays(store.cache).items()}
-    stat = record.image_path.stat()
-    cache_key = "|".join([f"{record.image}:{stat.st_size}:{stat.st_mtime_ns}", modality,
-                          str(record.window), str(view.axis), str(view.index), str(size)])
+    # the encoder's output depends on its input pixels only: keyed by their content, an
+    # embedding survives a rebuilt dataset (new files, same slices)
+    digest = hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.float32).tobytes()).hexdigest()
+    cache_key = f"pixels-sha256:{digest}|{size}"
     return SliceInput(record_id=record.id, cache_key=cache_key, pixels=pixels, masks=masks,
                       view=view, box=box)
 
@@ -173,4 +177,5 @@ def make_example(record: Any, model: Any, inputs: SliceInput, max_tokens: int) -
              else np.zeros((0, size, size), dtype=np.uint8))
     return Example(record_id=record.id, cache_key=inputs.cache_key, input_ids=ids,
                    labels=labels, masks=masks,
-                   question_types=[str(t.type) for t in record.conversation])
+                   question_types=[str(t.type) for t in record.conversation],
+                   pixels=inputs.pixels.astype(np.float16))

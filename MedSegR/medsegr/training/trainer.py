@@ -38,7 +38,7 @@ from medsegr.training.examples import IGNORE, Example, ImageStore, make_example,
 log = logging.getLogger(__name__)
 
 STATE_NAME = "training_state.pt"
-TRAINABLE_PREFIXES = ("visual_projector.", "seg_projector.", "vision.mask_decoder.")
+TRAINABLE_PREFIXES = ("visual_projector.", "seg_projector.", "pixel_refiner.", "vision.mask_decoder.")
 
 
 @dataclass
@@ -88,7 +88,7 @@ class ExampleDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         ex = self.examples[i]
         return {"input_ids": ex.input_ids, "labels": ex.labels, "masks": ex.masks,
-                "embedding": self.cache.get(ex.cache_key)}
+                "embedding": self.cache.get(ex.cache_key), "pixels": ex.pixels}
 
 
 def collate(pad_id: int):
@@ -104,7 +104,9 @@ def collate(pad_id: int):
             attention[row, :n] = 1
         return {"input_ids": ids, "labels": labels, "attention_mask": attention,
                 "image_embeddings": torch.stack([b["embedding"] for b in batch]).float(),
-                "gt_masks": [torch.from_numpy(b["masks"]).float() for b in batch]}
+                "gt_masks": [torch.from_numpy(b["masks"]).float() for b in batch],
+                "pixels": (torch.stack([torch.from_numpy(b["pixels"]) for b in batch]).float()
+                           if all(b.get("pixels") is not None for b in batch) else None)}
     return fn
 
 
@@ -165,21 +167,33 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def _save_resumable(output_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
-                    config: TrainConfig, keep: int) -> Path:
+def save_resumable(output_dir: Path, name: str, model: Any, state: dict[str, Any], config: TrainConfig,
+                   keep: int, pattern: str = "checkpoint-[0-9]*") -> Path:
+    """Write ``output_dir/name`` (a MedSegR checkpoint in ``model/`` and ``state`` with the
+    random states in ``training_state.pt``), atomically; keep the ``keep`` newest folders
+    matching ``pattern``."""
     from medsegr.checkpoint import save_pretrained
 
-    target = output_dir / f"checkpoint-{step:06d}"
+    target = output_dir / name
     with atomic_folder(target) as tmp:
-        save_pretrained(model, tmp / "model", extra={"training": {"step": step}})
-        torch.save({"step": step, "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(), "config": config.to_dict(),
+        save_pretrained(model, tmp / "model", extra={"training": {
+            "step": state.get("step"), **({"decoder_stage_step": state["stage_step"]}
+                                          if "stage_step" in state else {})}})
+        torch.save({**state, "config": config.to_dict(),
                     "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                             "torch": torch.get_rng_state()}},
                    tmp / STATE_NAME)
-    for old in _checkpoints(output_dir)[:-keep]:
+    found = sorted(p for p in output_dir.glob(pattern) if (p / STATE_NAME).is_file())
+    for old in found[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _save_resumable(output_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
+                    config: TrainConfig, keep: int) -> Path:
+    return save_resumable(output_dir, f"checkpoint-{step:06d}", model,
+                          {"step": step, "optimizer": optimizer.state_dict(),
+                           "scheduler": scheduler.state_dict()}, config, keep)
 
 
 def _resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
@@ -227,7 +241,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
     train_examples, train_inputs = load_examples(config, model, config.data.train_split)
     val_examples: list[Example] = []
     val_inputs: list[Any] = []
-    if config.data.val_split and config.run.eval_every:
+    if config.data.val_split and (config.run.eval_every or config.decoder_stage.steps):
         val_examples, val_inputs = load_examples(config, model, config.data.val_split)
     cache = EncoderCache(config.cache_dir, encoder_digest(model))
     if accelerator.is_main_process:
@@ -245,10 +259,14 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
         optimizer, lr_lambda(config.optim.warmup_steps, config.optim.steps))
 
     step = 0
+    stage_resume: Path | None = None  # a checkpoint of the decoder stage to continue
     if resume_dir is not None:
         state = torch.load(resume_dir / STATE_NAME, map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        if "stage_step" in state:  # the joint stage had ended
+            stage_resume = resume_dir
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         rng = state.get("rng", {})
         if rng and accelerator.num_processes == 1:
@@ -277,7 +295,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
             with accelerator.accumulate(model):
                 output = model(batch["input_ids"], batch["image_embeddings"],
                                attention_mask=batch["attention_mask"], labels=batch["labels"],
-                               gt_masks=batch["gt_masks"], **weights)
+                               gt_masks=batch["gt_masks"], pixels=batch["pixels"], **weights)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
@@ -318,13 +336,21 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
     bar.close()
     accelerator.wait_for_everyone()
     final = out / "final"
+    stage_steps = 0
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
+        if stage_resume is None:
+            unwrapped.eval()
+            _save_resumable(out, step, unwrapped, optimizer, scheduler, config,
+                            config.run.keep_checkpoints)
+        if config.decoder_stage.steps and step >= config.optim.steps:
+            from medsegr.training.decoder_stage import run_decoder_stage
+
+            stage_steps = run_decoder_stage(unwrapped, config, train_examples, val_examples, cache, pad,
+                                            metrics_file, stage_resume, progress=progress)
         unwrapped.eval()
-        _save_resumable(out, step, unwrapped, optimizer, scheduler, config,
-                        config.run.keep_checkpoints)
         save_pretrained(unwrapped, final, extra={"training": {
-            "steps": step, "train_split": config.data.train_split,
+            "steps": step, "decoder_stage_steps": stage_steps, "train_split": config.data.train_split,
             "train_examples": len(train_examples), "final_loss": last_loss}})
         from medsegr.training.curves import plot_curves
 
@@ -356,7 +382,9 @@ def validate(model: Any, examples: list[Example], cache: EncoderCache, pad: int,
         batch = fn([data[i] for i in range(start, min(len(data), start + batch_size))])
         output = model(batch["input_ids"].to(device), batch["image_embeddings"].to(device),
                        attention_mask=batch["attention_mask"].to(device),
-                       labels=batch["labels"].to(device), gt_masks=batch["gt_masks"], **weights)
+                       labels=batch["labels"].to(device), gt_masks=batch["gt_masks"],
+                       pixels=None if batch["pixels"] is None else batch["pixels"].to(device),
+                       **weights)
         for key in losses:
             value = getattr(output, key)
             if value is not None:

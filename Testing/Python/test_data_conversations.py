@@ -1,0 +1,223 @@
+"""Generated answers reason before they segment, and every fact they state is true.
+
+A synthetic abdominal CT slice (display orientation: the patient's left on the image
+right) with two kidneys of different size, a liver with two hypodense lesions and a
+gallbladder known to be removed; answers are checked with
+:mod:`medsegr.evaluation.facts` against the very masks the scene was built from.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from medsegr.data import knowledge as kb
+from medsegr.data.conversations import (ANSWER_BUDGET, Absence, Scene, answer_cost, make_conversation,
+                                        midline_column)
+from medsegr.data.records import SEG_TOKEN, check_answer_markers
+from medsegr.data.scenes import MaskSpec, lesion_density, scene_from_masks
+from medsegr.evaluation.facts import check_facts
+from medsegr.prompts import segment_names
+
+SPACING = (0.8, 0.8)
+
+
+def _disc(shape, centre, radius):
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
+    return (rows - centre[0]) ** 2 + (cols - centre[1]) ** 2 <= radius ** 2
+
+
+def _masks(swap_kidneys: bool = False) -> dict[str, np.ndarray]:
+    shape = (128, 128)
+    right, left = ((80, 34), (80, 94)) if not swap_kidneys else ((80, 94), (80, 34))
+    lesions = _disc(shape, (44, 30), 4) | _disc(shape, (56, 44), 3)
+    return {
+        "body": _disc(shape, (64, 64), 62),
+        "liver": _disc(shape, (50, 38), 22),
+        "right_kidney": _disc(shape, right, 9),    # image left = patient right
+        "left_kidney": _disc(shape, left, 13),     # image right = patient left, larger
+        "vertebra": _disc(shape, (96, 64), 8),
+        "liver_lesions": lesions,
+    }
+
+
+def _specs() -> dict[str, MaskSpec]:
+    keys = ["body", "liver", "right_kidney", "left_kidney", "vertebra"]
+    specs = {k: MaskSpec(k, kb.get(k), kb.get(k).name, "labels/x.nii.gz", n + 1) for n, k in enumerate(keys)}
+    specs["liver_lesions"] = MaskSpec("liver_lesions", kb.get("lesion"), "liver lesion", "labels/y.nii.gz", 1,
+                                      {"host": "liver", "density": "hypodense"})
+    return specs
+
+
+def _scene(masks=None, **options) -> Scene:
+    masks = masks or _masks()
+    return scene_from_masks(masks, _specs(), SPACING, modality="CT", plane="axial", regions=("abdomen",),
+                            description="abdominal CT", absences=[Absence(kb.get("gallbladder"), "it was removed")],
+                            lesion_hosts=("liver", "right_kidney", "left_kidney"), **options)
+
+
+def _turns(scene: Scene, n: int = 500, seed: int = 0):
+    rng = random.Random(seed)
+    return [turn for _ in range(n) for turn in make_conversation(scene, rng)]
+
+
+def _named_masks(scene: Scene, masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {item.name: masks[key] for key, item in scene.items.items()}
+
+
+@pytest.fixture(scope="module")
+def masks():
+    return _masks()
+
+
+@pytest.fixture(scope="module")
+def scene(masks):
+    return _scene(masks)
+
+
+@pytest.fixture(scope="module")
+def turns(scene):
+    return _turns(scene)
+
+
+def test_the_scene_knows_its_geometry(scene, masks):
+    assert scene.shape == (128, 128)
+    assert scene.midline == pytest.approx(midline_column(list(masks.values()), 128))
+    assert abs(scene.midline - 63.5) < 1.5
+    assert scene.side_of("left_kidney") == ("right", "left")
+    assert scene.side_of("right_kidney") == ("left", "right")
+    assert scene.side_of("vertebra") is None  # on the midline: no side
+    assert scene.items["liver_lesions"].attrs["count"] == 2
+    assert scene.items["liver_lesions"].name == "liver lesions"
+
+
+def test_answers_keep_the_marker_format_and_the_budget(scene, turns):
+    for turn in turns:
+        assert check_answer_markers(turn.answer, len(turn.masks)) == [], turn.answer
+        assert segment_names(turn.answer, SEG_TOKEN) == [scene.items[k].name for k in turn.masks]
+        assert answer_cost(turn.answer) <= ANSWER_BUDGET, turn.answer
+        assert len(turn.answer.split()) <= 32, turn.answer
+        for name in re.findall(r"<p>(.*?)</p>", turn.answer):
+            assert f"<p>{name}</p> {SEG_TOKEN}" in turn.answer
+
+
+def test_answers_reason_before_they_segment(turns):
+    """Most segmenting answers give a reason (some words) before their first mask."""
+    segmenting = [t for t in turns if t.masks]
+    reasoned = [t for t in segmenting if len(t.answer.split("<p>")[0].split()) >= 3]
+    assert len(reasoned) >= 0.75 * len(segmenting)
+    # and they vary: many distinct phrasings once names and numbers are taken out
+    shapes = {re.sub(r"<p>.*?</p>|\d+(\.\d+)?", "#", t.answer) for t in turns}
+    assert len(shapes) >= 60
+
+
+def test_every_stated_fact_is_true_on_the_masks(scene, masks, turns):
+    named = _named_masks(scene, masks)
+    kinds = Counter()
+    for turn in turns:
+        for check in check_facts(turn.answer, named, SPACING, patient_left="right",
+                                 densities={"liver lesions": "hypodense"}):
+            assert check.ok, (check, turn.answer)
+            kinds[check.kind] += 1
+    assert {"side", "image_side", "area", "count", "density", "size"} <= set(kinds)
+
+
+def test_reasoning_states_the_deciding_rule(scene, turns):
+    areas = {k: f"{i.area_mm2 / 100:.1f} cm²" for k, i in scene.items.items()}
+    seen = set()
+    for turn in turns:
+        answer = turn.answer
+        if turn.reasoning == "size":
+            # both measured areas, the chosen one named
+            assert areas["left_kidney"] in answer and areas["right_kidney"] in answer, answer
+            assert ("larger" in answer) == ("larger" in turn.question or "bigger" in turn.question), answer
+            seen.add("size")
+        if turn.reasoning == "laterality" and turn.type == "implicit":
+            side = turn.masks[0].split("_")[0]
+            other = "right" if side == "left" else "left"
+            assert f"patient's {side}" in answer and f"image {other}" in answer, answer
+            seen.add("laterality")
+        if turn.reasoning == "count":
+            assert re.search(r"\btwo (separate )?(lesions|foci)\b", answer, re.I), answer
+            seen.add("count")
+        if turn.reasoning == "lesion" and turn.masks == ("liver",):
+            assert "hypodense" in answer and ("two" in answer or "Two" in answer), answer
+            assert "inside the <p>liver</p>" in answer or "inside the liver" in answer, answer
+            seen.add("host")
+        if turn.type == "absent":
+            assert SEG_TOKEN not in answer and "<p>" not in answer
+            if turn.reasoning == "absent":
+                assert "removed" in answer or "cover" in answer, answer
+            else:
+                assert "no lesion" in answer.lower(), answer
+            seen.add("absent")
+    assert seen == {"size", "laterality", "count", "host", "absent"}
+
+
+def test_a_side_that_contradicts_the_label_is_not_asked():
+    """Kidneys labelled left/right but lying on the wrong image sides: no laterality
+    question claims a side the masks do not show."""
+    masks = _masks(swap_kidneys=True)
+    scene = _scene(masks)
+    named = _named_masks(scene, masks)
+    for turn in _turns(scene, 300, seed=1):
+        assert not (turn.reasoning == "laterality" and turn.type == "implicit"), turn
+        for check in check_facts(turn.answer, named, SPACING, densities={"liver lesions": "hypodense"}):
+            assert check.ok, (check, turn.answer)
+
+
+def test_measured_density_replaces_the_stated_one(masks):
+    image = np.full(masks["body"].shape, 40.0, dtype=np.float32)
+    image[masks["liver"]] = 60.0
+    image[masks["liver_lesions"]] = 95.0  # brighter than the liver: hyperdense, whatever the spec says
+    assert lesion_density(image, masks["liver_lesions"], masks["liver"], "CT") == "hyperdense"
+    assert lesion_density(image, masks["liver_lesions"], masks["liver"], "MR") == "hyperintense"
+    scene = _scene(masks, intensities=image)
+    assert scene.items["liver_lesions"].attrs["density"] == "hyperdense"
+    image[masks["liver_lesions"]] = 60.0  # not visible on this slice: no density is stated
+    assert "density" not in _scene(masks, intensities=image).items["liver_lesions"].attrs
+
+
+def test_answer_lengths_stay_small(turns):
+    costs = [answer_cost(t.answer) for t in turns]
+    assert max(costs) <= ANSWER_BUDGET
+    assert np.mean(costs) < 0.75 * ANSWER_BUDGET
+
+
+def test_a_structure_without_knowledge_is_located_on_the_image():
+    shape = (100, 100)
+    masks = {"body": _disc(shape, (50, 50), 48), "widget": _disc(shape, (20, 80), 8)}
+    specs = {"body": MaskSpec("body", kb.get("body"), "body", "l.nii.gz", 1),
+             "widget": MaskSpec("widget", kb.match_structure("widget"), "widget", "l.nii.gz", 2)}
+    scene = scene_from_masks(masks, specs, (1.0, 1.0), modality="CT", plane="axial", regions=(),
+                             description="CT image")
+    rng = random.Random(3)
+    answers = {t.answer for _ in range(200) for t in make_conversation(scene, rng) if t.masks == ("widget",)}
+    assert any("upper right of the image" in a for a in answers), answers
+    for answer in answers:
+        assert all(c.ok for c in check_facts(answer, {"body": masks["body"], "widget": masks["widget"]}))
+
+
+def test_a_procedural_dataset_states_only_true_facts(tmp_path):
+    from medsegr.data.procedural import ProceduralOptions, build_procedural
+    from medsegr.data.records import VolumeCache, load_dataset
+    from medsegr.evaluation.facts import slice_ground_truth, summarise_facts
+
+    build_procedural(tmp_path / "ds", ProceduralOptions(count=8, seed=5, workers=1))
+    cache = VolumeCache()
+    checks = []
+    for split in ("train", "val", "test"):
+        if not (tmp_path / "ds" / f"{split}.jsonl").exists():
+            continue
+        for record in load_dataset(tmp_path / "ds", split):
+            truth = slice_ground_truth(record, cache)  # densities measured on the image
+            for turn in record.conversation:
+                for check in truth.check(turn.answer):
+                    assert check.ok, (record.id, check, turn.answer)
+                    checks.append(check)
+    summary = summarise_facts(checks)
+    assert summary["facts"] >= 20 and summary["accuracy"] == 1.0
