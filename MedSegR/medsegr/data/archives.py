@@ -21,7 +21,6 @@ import io
 import json
 import lzma
 import os
-import secrets
 import shutil
 import tarfile
 import urllib.request
@@ -33,6 +32,7 @@ from typing import IO, BinaryIO
 
 from medsegr.errors import InputError
 from medsegr.io.atomic import atomic_folder
+from medsegr.io.images import atomic_output
 
 __all__ = ["ARCHIVES", "Archive", "archive_path", "cache_dir", "fetch", "member_path", "verify"]
 
@@ -143,22 +143,10 @@ def verify(name: str | Archive, path: Path | None = None, cache: Path | None = N
     return target
 
 
-@contextlib.contextmanager
-def _temporary_beside(target: Path) -> Iterator[Path]:
-    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.part")
-    try:
-        yield temporary
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
-
-
 def _download(archive: Archive, target: Path, timeout: float) -> None:
     digest = hashlib.sha256()
     received = 0
-    with _temporary_beside(target) as temporary:
+    with atomic_output(target) as temporary:
         try:
             with urllib.request.urlopen(archive.url, timeout=timeout) as response, open(temporary, "wb") as out:
                 for chunk in iter(lambda: response.read(_CHUNK), b""):

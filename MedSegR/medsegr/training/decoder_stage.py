@@ -72,7 +72,6 @@ def seg_states(model: Any, examples: list[Example], cache: EncoderCache, pad: in
     fn = collate(pad)
     base = model.llm.get_base_model() if hasattr(model.llm, "get_base_model") else model.llm
     decoder = base.get_decoder()
-    out: list[torch.Tensor] = []
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
     states: dict[int, torch.Tensor] = {}
     bar = tqdm(total=len(order), desc="[SEG] states (decoder stage)", unit="conv",
@@ -90,11 +89,10 @@ def seg_states(model: Any, examples: list[Example], cache: EncoderCache, pad: in
             states[i] = last[row, positions[row].to(device)].float().cpu()
         bar.update(len(chunk))
     bar.close()
-    out = [states[i] for i in range(len(examples))]
     if was_training:
         model.train()
         model.vision.image_encoder.eval()
-    return out
+    return [states[i] for i in range(len(examples))]
 
 
 def _samples(examples: list[Example], states: list[torch.Tensor]) -> list[MaskSample]:
