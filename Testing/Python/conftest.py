@@ -30,10 +30,15 @@ def tiny_pipeline(tiny_model):
 
 @pytest.fixture(scope="session")
 def real_pipeline():
-    """The bundled pretrained parts (SmolLM2-135M + LiteMedSAM), base model."""
+    """The bundled pretrained parts (SmolLM2-135M + LiteMedSAM), base model, with the
+    int8 LLM that CPUs without native bfloat16 get (on this CPU the default would be
+    bfloat16; the int8 kernels and the lean decoder over them are what is tested here)."""
+    from medsegr.config import MedSegRConfig
     from medsegr.pipeline import MedSegRPipeline
 
-    return MedSegRPipeline.load(None, device="cpu")
+    config = MedSegRConfig()
+    config.llm.cpu_bf16 = False
+    return MedSegRPipeline.load(None, config=config, device="cpu")
 
 
 def oblique_direction(deg: float = 20.0) -> tuple[float, ...]:
