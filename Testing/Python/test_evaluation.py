@@ -105,3 +105,17 @@ def test_eval_command_bad_input(tmp_path, capsys):
 
     assert main(["eval", "base", str(tmp_path / "missing")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_per_source_sample_spreads_evenly_over_every_source_in_dataset_order():
+    from types import SimpleNamespace
+
+    from medsegr.evaluation.evaluate import per_source_sample
+
+    records = [SimpleNamespace(id=f"a{i}", source="a") for i in range(90)]
+    records[40:40] = [SimpleNamespace(id=f"b{i}", source="b") for i in range(3)]
+    picked = [r.id for r in per_source_sample(records, 8)]
+    assert picked == ["a0", "a11", "a22", "a33", "b0", "b1", "b2", "a45", "a56", "a67", "a78"]
+    assert [r.id for r in per_source_sample(records, 1)] == ["a0", "b0"]
+    with pytest.raises(ValueError):
+        per_source_sample(records, 0)

@@ -3,6 +3,8 @@ save/load round trip."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -150,6 +152,12 @@ def test_save_load_round_trip(tmp_path, bank):
     with safe_open(str(path / "adapter" / "adapter_model.safetensors"), "pt") as f:
         stored = list(f.keys())
     assert stored and all("lora_" in k or "trainable_tokens_delta" in k for k in stored), stored
+    # the adapter names its base model, not the folder it was loaded from, and has a real card
+    adapter_config = json.loads((path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == model.provenance["llm"]["name"]
+    card = (path / "adapter" / "README.md").read_text()
+    assert card.startswith("---\n") and "# MedSegR LoRA adapter" in card
+    assert "LoRA rank 8" in card and "More Information Needed" not in card
     loaded = from_pretrained(path, device="cpu")
     assert loaded.fine_tuned
     gen_b, masks_b = run(loaded)

@@ -16,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="model config file for 'base'")
     p.add_argument("--device", default="auto")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--per-source", type=int, default=None, metavar="N",
+                   help="a quick sample: at most N evenly spaced records of each source")
     p.add_argument("--no-references", action="store_true",
                    help="skip the oracle-box and Otsu references")
     p.add_argument("--mask-head", choices=("full", "no-pixel-refiner", "first-pass"), default="full",
@@ -38,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"dataset folder not found: {args.dataset}")
     if args.limit is not None and args.limit < 1:
         raise InputError("--limit must be at least 1")
+    if args.per_source is not None and args.per_source < 1:
+        raise InputError("--per-source must be at least 1")
     if args.checkpoint == "base":
         config = MedSegRConfig.from_file(args.config) if args.config else MedSegRConfig()
         pipe = MedSegRPipeline.load(None, config=config, device=args.device)
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.mask_head == "first-pass":
         pipe.model.config.model.box_refine = False
     report = evaluate(pipe, args.dataset, args.split, references=not args.no_references,
-                      limit=args.limit, progress=not args.no_progress)
+                      limit=args.limit, progress=not args.no_progress,
+                      per_source=args.per_source)
     paths = write_report(report, args.out)
     print(markdown(report))
     print(f"wrote {paths['markdown']} and {paths['json']}")
