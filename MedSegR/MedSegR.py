@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import time
+import traceback
 from typing import Annotated, Any, Callable, Optional, Union
 
 import ctk
@@ -34,15 +34,18 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from medsegr.client import RequestCancelled
+from medsegr.client import EngineError, EngineUnavailable, Progress, RequestCancelled
+from medsegr.errors import MedSegRError
 from MedSegRLib import dependencies, scene_store, transcript
 from MedSegRLib import settings as engine_settings
 from MedSegRLib.background import BackgroundTask, MainThreadQueue
 from MedSegRLib.chat_logic import AskResult, MedSegRChatLogic, engine_summary
 from MedSegRLib.current_slice import VIEW_NAMES, slice_node_by_view, view_background_volume
+from MedSegRLib.engine_manager import EngineManager
 from MedSegRLib.engine_process import BundledEngine, EngineStartError
 from MedSegRLib.messages import error_message
 from MedSegRLib.qt_compat import exec_dialog, file_name, named_children, qt_value, url_text
+from MedSegRLib.slicer_install import InstallError
 
 SCOPE_SLICE = "Current slice"
 SCOPE_VOLUME = "Whole volume"
@@ -55,6 +58,25 @@ PRIVACY_NOTE = _(
 CITATION = ("Y. Huang, Z. Peng, Y. Zhao, P. Yang, X. Yang, W. Shen. MedSeg-R: Reasoning "
             "Segmentation in Medical Images with Multimodal Large Language Models. "
             "arXiv:2506.10465, 2025.")
+
+
+#: failures the panel explains in one sentence; anything else is shown with its traceback
+EXPECTED_ERRORS = (EngineError, MedSegRError, EngineStartError, InstallError, ValueError)
+
+
+def progress_text(report: Progress | None) -> str:
+    """What the phase label next to the progress bar says."""
+    if report is None or report.stage == "started":
+        return _("Waiting for the engine…")
+    if report.stage == "queued":
+        return _("Queued ({count} ahead)").format(count=report.done) if report.done else _("Queued")
+    if report.stage == "encoding":
+        return _("Encoding slices {done}/{total}").format(done=report.done, total=report.total)
+    if report.stage == "answering":
+        return _("Answering…")
+    if report.stage == "masks":
+        return _("Decoding masks {done}/{total}").format(done=report.done, total=report.total)
+    return report.stage
 
 
 #
@@ -132,10 +154,10 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.mainQueue = MainThreadQueue()
         self.task: BackgroundTask | None = None
         self.engineTask: BackgroundTask | None = None
-        self.engine: BundledEngine | None = None
         self.pending: transcript.PendingTurn | None = None
         self.lastHoveredView = "Red"
         self._afterEngine: list[Callable[[], None]] = []
+        self._engineDeath: str | None = None  # the bundled engine died during a request
         self._renderNeeded = False
         self._conversationsNeedRefresh = False
         self._updatingGui = False
@@ -175,6 +197,7 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.chatBrowser.anchorClicked.connect(self.onAnchorClicked)
         self.ui.copyTranscriptButton.clicked.connect(lambda *_args: self.onCopyTranscript())
         self.ui.exportTranscriptButton.clicked.connect(lambda *_args: self.onExportTranscript())
+        self.ui.exportDicomSegButton.clicked.connect(lambda *_args: self.onExportDicomSeg())
         self.ui.bundledRadioButton.toggled.connect(lambda *_args: self.onEngineModeChanged())
         self.ui.startEngineButton.clicked.connect(lambda *_args: self.onStartEngine())
         self.ui.stopEngineButton.clicked.connect(lambda *_args: self.onStopEngine())
@@ -184,7 +207,6 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.rememberTokenCheckBox.toggled.connect(lambda *_args: self.saveEngineSettings())
         self.ui.deviceComboBox.currentIndexChanged.connect(lambda *_args: self.saveEngineSettings())
         self.ui.checkpointPathLineEdit.currentPathChanged.connect(lambda *_args: self.saveEngineSettings())
-        slicer.app.aboutToQuit.connect(self.stopEngine)
 
         self.loadEngineSettings()
         self.initializeParameterNode()
@@ -198,9 +220,10 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
         if self.task is not None:
             self.task.cancel()
-        self.stopEngine()
+        if self.engineTask is not None:
+            self.engineTask.cancel()
         if self.logic is not None:
-            self.logic.close()
+            self.logic.cleanup()  # stops the engine
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -361,14 +384,19 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.sendButton.setEnabled(not busy and not starting and has_volume)
         self.ui.cancelButton.setEnabled(busy or starting)
         self.ui.progressBar.setVisible(busy or starting)
+        self.ui.progressLabel.setVisible(busy)
+        if not busy:
+            self.ui.progressBar.setRange(0, 0)
+            self.ui.progressLabel.setText("")
         self.ui.newConversationButton.setEnabled(not busy)
         has_chat = self.currentConversation() is not None
         self.ui.copyTranscriptButton.setEnabled(has_chat)
         self.ui.exportTranscriptButton.setEnabled(has_chat)
+        self.ui.exportDicomSegButton.setEnabled(not busy and self.logic.can_export_dicom_seg(self.currentConversation()))
         bundled = self.ui.bundledRadioButton.isChecked()
         self.ui.bundledWidget.setVisible(bundled)
         self.ui.remoteWidget.setVisible(not bundled)
-        running = self.engine is not None and self.engine.running
+        running = self.logic.engineManager.running
         self.ui.startEngineButton.setEnabled(bundled and not running and not starting)
         self.ui.stopEngineButton.setEnabled(bundled and (running or starting))
 
@@ -401,10 +429,26 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.pending = transcript.PendingTurn(question=prepared.question, where=prepared.where)
         self.ui.questionLineEdit.clear()
         self.setStatus(_("Waiting for the engine…"))
+        self.showProgress(None)
         self.task = self.logic.ask_async(prepared, self.mainQueue.post, self.onAnswer, self.onFailure,
-                                         self.onText)
+                                         self.onText, self.onProgress)
         self.updateButtons()
         self._renderNeeded = True
+
+    def showProgress(self, report: Progress | None) -> None:
+        """The bar and its phase label: determinate for a counted phase (slices encoded,
+        masks decoded), busy otherwise."""
+        bar = self.ui.progressBar
+        if report is None or report.total <= 0:
+            bar.setRange(0, 0)
+        else:
+            bar.setRange(0, report.total)
+            bar.setValue(min(report.done, report.total))
+        self.ui.progressLabel.setText(progress_text(report))
+
+    def onProgress(self, report: Progress) -> None:
+        if self.busy():
+            self.showProgress(report)
 
     def onText(self, piece: str) -> None:
         if self.pending is not None:
@@ -431,8 +475,18 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.pending = transcript.PendingTurn(question="", where="")
         self.pending.status = "cancelled" if isinstance(exc, RequestCancelled) else "error"
         self.pending.message = error_message(exc)
+        died = self.logic.engineDied() if isinstance(exc, EngineUnavailable) else None
+        if died is None and isinstance(exc, EngineUnavailable) and self._engineDeath:
+            died = self._engineDeath
+        if died is not None:
+            self.pending.message = _("The engine stopped while answering; nothing was added to the scene. ") + died
+            self.setEngineStatus(died)
+        self._engineDeath = None
         if self.pending.status == "error":
-            logging.warning("MedSegR: %s", self.pending.message)
+            if isinstance(exc, EXPECTED_ERRORS):
+                logging.warning("MedSegR: %s", self.pending.message)
+            else:  # a bug, not bad input or an engine failure: the Slicer way, with the traceback
+                self.showUnexpectedError(_("MedSegR could not answer the question."), exc)
         self.setStatus(self.pending.message)
         self._renderNeeded = True
         self.updateButtons()
@@ -493,6 +547,25 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.setStatus(_("Transcript saved to {path}.").format(path=written))
 
+    def askDicomSegPath(self, default_name: str) -> str:
+        """The user's choice of a DICOM SEG file to write ("" when cancelled)."""
+        return file_name(qt.QFileDialog.getSaveFileName(
+            self.parent, _("Export DICOM SEG"), default_name, _("DICOM (*.dcm)")))
+
+    def onExportDicomSeg(self) -> None:
+        node = self.currentConversation()
+        if node is None:
+            return
+        path = self.askDicomSegPath(os.path.join(os.path.expanduser("~"), "medsegr-segmentation.dcm"))
+        if not path:
+            return
+        try:
+            written = self.logic.export_dicom_seg(node, path)
+        except Exception as exc:
+            self.setStatus(error_message(exc))
+            return
+        self.setStatus(_("DICOM SEG saved to {path}.").format(path=written))
+
     # -- engine -----------------------------------------------------------------------
     def engineMode(self) -> str:
         return "bundled" if self.ui.bundledRadioButton.isChecked() else "remote"
@@ -530,14 +603,14 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._updatingGui:
             return
         self.saveEngineSettings()
-        self.logic.set_client(None)
+        self.logic.disconnectEngine()
         self.setEngineStatus(_("Not connected."))
         self.updateButtons()
 
     def onRemoteSettingsEdited(self) -> None:
         self.saveEngineSettings()
         if self.engineMode() == "remote":
-            self.logic.set_client(None)
+            self.logic.disconnectEngine()
 
     def setEngineStatus(self, text: str) -> None:
         self.ui.engineStatusLabel.setText(text)
@@ -583,12 +656,12 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             then()
             return
         self._afterEngine.append(then)
-        if self.engineTask is not None and not self.engineTask.finished.is_set():
+        if self.engineStarting():
             return
-        if self.engineMode() == "remote":
-            self.connectRemote()
-        else:
-            self.startBundledEngine()
+        self.startEngine()
+
+    def engineStarting(self) -> bool:
+        return self.engineTask is not None and not self.engineTask.finished.is_set()
 
     def _runAfterEngine(self) -> None:
         waiting, self._afterEngine = self._afterEngine, []
@@ -604,129 +677,90 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onTestConnection(self) -> None:
         self.saveEngineSettings()
-        self.logic.set_client(None)
-        self.connectRemote()
-
-    def connectRemote(self) -> None:
-        values = self.engineSettings()
-        url, token = values.remote_url, values.remote_token or None
-        self.setEngineStatus(_("Connecting to {url}…").format(url=url))
-
-        def work(_cancel):
-            from medsegr.client import EngineClient
-
-            client = EngineClient(url, token=token)
-            return client, client.check_version()
-
-        def done(result) -> None:
-            client, info = result
-            self.logic.set_client(client, info)
-            self.setEngineStatus(self.describeEngine(info))
-            self.updateButtons()
-            self._runAfterEngine()
-
-        self.engineTask = BackgroundTask(work, done, self._engineFailed, self.mainQueue.post,
-                                         name="medsegr-connect").start()
-        self.updateButtons()
+        self.logic.disconnectEngine()
+        self.startEngine()
 
     def onStartEngine(self) -> None:
         self.saveEngineSettings()
-        self.startBundledEngine()
+        self.startEngine()
 
-    def installPlan(self) -> dependencies.InstallPlan | None:
-        """What must be installed before the bundled engine can run (None: nothing)."""
-        if engine_settings.load(self.settingsStore).python:
-            return None  # a user-chosen interpreter has its own environment
-        plan = dependencies.plan_install(gpu=dependencies.detect_nvidia_gpu())
-        return plan if plan.needed else None
+    def confirmInstall(self, text: str) -> bool:
+        return slicer.util.confirmOkCancelDisplay(text, _("MedSegR: install the engine"))
 
-    def installEngineRequirements(self, plan: dependencies.InstallPlan) -> None:
-        """Install into Slicer's Python (blocking, with Slicer's progress dialog)."""
-        constraints = tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="medsegr-constraints-", delete=False)
-        with constraints:
-            constraints.write(plan.constraints_text())
+    def installIfNeeded(self, values: engine_settings.EngineSettings) -> bool:
+        """Ask, then install the bundled engine's requirements; False when the engine
+        cannot start (declined or failed: the panel says why)."""
+        plan = self.logic.engineInstallPlan(values.python or None)
+        if plan is None:
+            return True
+        if not self.confirmInstall(plan.describe()):
+            self._engineFailed(EngineStartError("the engine's requirements are not installed "
+                                                "(installation declined)"))
+            return False
+        self.setEngineStatus(_("Installing the engine's requirements…"))
+        slicer.app.processEvents()
         try:
-            packaging = getattr(slicer, "packaging", None)
-            steps = [plan.torch_pip_args(), plan.requirements]
-            for args in steps:
-                if not args:
-                    continue
-                if packaging is not None:
-                    packaging.pip_install(args, constraints=constraints.name, requester="MedSegR")
-                else:
-                    slicer.util.pip_install(args + ["-c", constraints.name])
-            if plan.no_deps:
-                if packaging is not None:
-                    packaging.pip_install(["--no-deps", *plan.no_deps], requester="MedSegR")
-                else:
-                    slicer.util.pip_install(["--no-deps", *plan.no_deps])
-        finally:
-            os.unlink(constraints.name)
-
-    def startBundledEngine(self) -> None:
-        if self.engine is not None and self.engine.running and self.logic.client is not None:
-            self._runAfterEngine()
-            return
-        if self.engineTask is not None and not self.engineTask.finished.is_set():
-            return
-        try:
-            plan = self.installPlan()
-            if plan is not None:
-                if not self.confirmInstall(plan.describe()):
-                    raise EngineStartError("the engine's requirements are not installed (installation declined)")
-                self.setEngineStatus(_("Installing the engine's requirements…"))
-                self.installEngineRequirements(plan)
-        except Exception as exc:
+            self.logic.installEngineRequirements(plan)
+        except InstallError as exc:
             self._engineFailed(exc)
+            return False
+        return True
+
+    def startEngine(self) -> None:
+        """Connect to the remote engine or start the bundled one, as the panel chooses."""
+        if self.engineStarting():
             return
         values = self.engineSettings()
-        self.stopEngine()
-        self.ui.engineLogTextEdit.clear()
-        self.engine = BundledEngine(python=values.python or None, device=values.device,
-                                    checkpoint=values.checkpoint or None,
-                                    on_log=lambda line: self.mainQueue.post(self.ui.engineLogTextEdit.appendPlainText, line))
         try:
-            self.engine.start()
-        except EngineStartError as exc:
-            self._engineFailed(exc)
-            return
-        self.setEngineStatus(_("Starting the engine (loading the model)…"))
-        engine = self.engine
-
-        def done(info: dict) -> None:
-            self.logic.set_client(engine.client(), info)
-            self.setEngineStatus(self.describeEngine(info))
-            self.updateButtons()
-            self._runAfterEngine()
-
-        self.engineTask = BackgroundTask(lambda cancel: engine.wait_until_ready(cancel=cancel), done,
-                                         self._engineFailed, self.mainQueue.post, name="medsegr-engine-start").start()
+            if values.mode == "remote":
+                self.setEngineStatus(_("Connecting to {url}…").format(url=values.remote_url))
+            else:
+                if self.logic.engineManager.running and self.logic.client is not None:
+                    self._runAfterEngine()
+                    return
+                if not self.installIfNeeded(values):
+                    return
+                self.ui.engineLogTextEdit.clear()
+                self.setEngineStatus(_("Starting the engine (loading the model)…"))
+            self.engineTask = self.logic.startEngineAsync(
+                values, self.mainQueue.post, self._engineReady, self._engineFailed,
+                on_log=lambda line: self.mainQueue.post(self.ui.engineLogTextEdit.appendPlainText, line))
+        except Exception as exc:  # unexpected: the Slicer way (message, details in the log)
+            self.showUnexpectedError(_("The MedSegR engine could not be started."), exc)
+            self._afterEngine.clear()
         self.updateButtons()
+
+    def _engineReady(self, info: dict) -> None:
+        self.setEngineStatus(self.describeEngine(info))
+        self.updateButtons()
+        self._runAfterEngine()
+
+    def showUnexpectedError(self, text: str, exc: BaseException) -> None:
+        logging.error("MedSegR: %s", text, exc_info=(type(exc), exc, exc.__traceback__))
+        details = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        slicer.util.errorDisplay(f"{text}\n\n{error_message(exc)}", detailedText=details)
 
     def _checkEngineAlive(self) -> None:
         """Notice a bundled engine that stopped on its own (crash, killed)."""
-        engine = self.engine
-        if engine is None or engine.process is None or engine.running or engine.url is None:
-            return
-        if self.logic.client is not None and self.logic.client.url == engine.url:
-            self.logic.set_client(None)
-            self.setEngineStatus(_("The engine stopped unexpectedly (exit code {code}); see the engine log. "
-                                   "The next question starts it again.").format(code=engine.process.returncode))
+        message = self.logic.engineDied()
+        if message is not None:
+            self._engineDeath = message
+            self.setEngineStatus(message)
+            if self.busy():
+                self.setStatus(message)
             self.updateButtons()
+        elif self.engineStarting() and self.engineMode() == "bundled":
+            loading = self.logic.engineLoadStatus()
+            if loading:
+                self.setEngineStatus(_("Starting the engine: {step}…").format(step=loading.rstrip(".…")))
 
     def onStopEngine(self) -> None:
-        if self.engineTask is not None and not self.engineTask.finished.is_set():
+        if self.engineStarting():
             self.engineTask.cancel()
-        self.stopEngine()
+        self._afterEngine.clear()
+        self.logic.stopEngine()
         self.setEngineStatus(_("Engine stopped."))
         self.updateButtons()
-
-    def stopEngine(self) -> None:
-        if self.engine is not None:
-            if self.logic is not None and self.engine.url and self.logic.client is not None \
-                    and self.logic.client.url == self.engine.url:
-                self.logic.set_client(None)
-            self.engine.stop()
 
 
 #
@@ -737,40 +771,118 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class MedSegRLogic(ScriptedLoadableModuleLogic, MedSegRChatLogic):
     """Everything the module does, without a GUI (see :class:`MedSegRLib.chat_logic.MedSegRChatLogic`).
 
+    The logic is the one owner of the engine (:class:`MedSegRLib.engine_manager.EngineManager`):
+    it installs the bundled engine's requirements, starts and stops the engine, connects
+    to a remote one and notices an engine that died. The engine stops in :meth:`cleanup`,
+    which runs when the module is closed and when Slicer exits.
+
     From Slicer's Python console::
 
         logic = slicer.util.getModuleLogic("MedSegR")
-        logic.startBundledEngine()                    # or logic.connect(url, token)
-        result = logic.ask(getNode("MRHead"), "Segment the brain.", scope="volume")
+        plan = logic.engineInstallPlan()              # None: nothing to install
+        if plan: logic.installEngineRequirements(plan)
+        logic.startBundledEngine()                    # or logic.connectRemote(url, token)
+        result = logic.ask(getNode("MRHead"), "Segment the brain.", scope="volume",
+                           on_progress=print)         # Progress(stage, done, total)
         result.answer.text, result.segment_ids
+        logic.stopEngine()
     """
 
     def __init__(self, scene=None, client=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         MedSegRChatLogic.__init__(self, scene if scene is not None else slicer.mrmlScene, client)
-        self.engine: BundledEngine | None = None
+        self.engineManager = EngineManager()
+        app = getattr(slicer, "app", None)
+        if app is not None and hasattr(app, "aboutToQuit"):
+            app.aboutToQuit.connect(self.cleanup)
 
     def getParameterNode(self):
         return MedSegRParameterNode(super().getParameterNode())
 
+    # -- engine ------------------------------------------------------------------------
+    @property
+    def engine(self) -> BundledEngine | None:
+        """The bundled engine process, when one was started."""
+        return self.engineManager.engine
+
+    def engineInstallPlan(self, python: str | None = None) -> dependencies.InstallPlan | None:
+        """What must be installed before the bundled engine can run (None: nothing)."""
+        return self.engineManager.install_plan(python)
+
+    def installEngineRequirements(self, plan: dependencies.InstallPlan) -> list[str]:
+        """Install ``plan`` into Slicer's Python with Slicer's packaging tools (blocking;
+        ask the user first). Raises :class:`MedSegRLib.slicer_install.InstallError`."""
+        return self.engineManager.install(plan, slicer)
+
     def startBundledEngine(self, device: str = "auto", checkpoint: str | None = None, python: str | None = None,
                            base: bool = False, config: str | None = None, timeout: float = 900.0,
-                           on_log: Callable[[str], None] | None = None) -> dict:
+                           on_log: Callable[[str], None] | None = None, cancel=None) -> dict:
         """Start the bundled engine, wait until it answers, and use it; returns its info."""
-        self.stopBundledEngine()
-        self.engine = BundledEngine(python=python, device=device, checkpoint=checkpoint, base=base,
-                                    config=config, on_log=on_log)
-        self.engine.start()
-        info = self.engine.wait_until_ready(timeout=timeout)
-        self.set_client(self.engine.client(), info)
+        info = self.engineManager.start_bundled(python=python, device=device, checkpoint=checkpoint,
+                                                base=base, config=config, timeout=timeout, cancel=cancel,
+                                                on_log=on_log)
+        self.set_client(self.engineManager.client, info)
         return info
 
-    def stopBundledEngine(self) -> None:
-        if self.engine is not None:
-            if self.client is not None and self.client.url == self.engine.url:
-                self.set_client(None)
-            self.engine.stop()
-            self.engine = None
+    def connectRemote(self, url: str, token: str | None = None) -> dict:
+        """Use the engine at ``url`` (another computer); returns its info."""
+        info = self.engineManager.connect_remote(url, token)
+        self.set_client(self.engineManager.client, info)
+        return info
+
+    def connect(self, url: str, token: str | None = None, timeout: float = 300.0) -> dict:
+        return self.connectRemote(url, token)
+
+    def startEngineAsync(self, values: engine_settings.EngineSettings, dispatch: Callable[..., None],
+                         on_done: Callable[[dict], None], on_error: Callable[[BaseException], None],
+                         on_log: Callable[[str], None] | None = None) -> BackgroundTask:
+        """Connect (remote) or start (bundled) the engine ``values`` choose, in a thread;
+        ``on_done(info)`` / ``on_error(exc)`` run through ``dispatch`` on the main thread."""
+        manager = self.engineManager
+
+        def work(cancel) -> dict:
+            if values.mode == "remote":
+                return manager.connect_remote(values.remote_url, values.remote_token or None)
+            return manager.start_bundled(python=values.python or None, device=values.device,
+                                         checkpoint=values.checkpoint or None, cancel=cancel, on_log=on_log)
+
+        def finished(info: dict) -> None:
+            self.set_client(manager.client, info)
+            on_done(info)
+
+        return BackgroundTask(work, finished, on_error, dispatch, name="medsegr-engine").start()
+
+    def disconnectEngine(self) -> None:
+        """Stop using the current engine (a running bundled engine keeps running)."""
+        self.engineManager.disconnect()
+        self.set_client(None)
+
+    def stopEngine(self) -> None:
+        """Stop the bundled engine (if any); safe to call twice."""
+        engine = self.engineManager.engine
+        if engine is not None and self.client is not None and self.client.url == engine.url:
+            self.set_client(None)
+        self.engineManager.stop()
+
+    stopBundledEngine = stopEngine
+
+    def engineDied(self) -> str | None:
+        """A sentence when the bundled engine in use stopped on its own, else None."""
+        message = self.engineManager.died()
+        if message is not None:
+            self.set_client(None)
+        return message
+
+    def engineLoadStatus(self) -> str:
+        """The bundled engine's latest loading step while it starts ("" when none)."""
+        return self.engineManager.load_status
+
+    def cleanup(self) -> None:
+        """Stop the engine and forget its sessions (module closed, Slicer exiting)."""
+        try:
+            self.close()
+        finally:
+            self.engineManager.stop()
 
 
 #
@@ -779,17 +891,17 @@ class MedSegRLogic(ScriptedLoadableModuleLogic, MedSegRChatLogic):
 
 
 class MedSegRTest(ScriptedLoadableModuleTest):
-    """Self-test in 3D Slicer: a sample MRI, the bundled engine, one question through
-    the chat panel, the answer's segment on the volume's grid."""
+    """Self-test in 3D Slicer: a sample MRI, the bundled engine started by the logic,
+    one question about a slice, the answer's segment on the volume's grid."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
         self.setUp()
-        self.test_MedSegR_question_through_the_panel()
+        self.test_MedSegR_question_through_the_logic()
 
-    def test_MedSegR_question_through_the_panel(self):
+    def test_MedSegR_question_through_the_logic(self):
         from MedSegRLib.segmentation_results import segment_mask
 
         self.delayDisplay("Loading a sample MRI")
@@ -798,47 +910,36 @@ class MedSegRTest(ScriptedLoadableModuleTest):
         volume = SampleData.downloadSample("MRHead")
         self.assertIsNotNone(volume)
 
-        plan = dependencies.plan_install(gpu=dependencies.detect_nvidia_gpu())
-        if plan.needed:
-            self.delayDisplay("Installing the engine's requirements (testing mode: no prompt)")
-            slicer.util.selectModule("MedSegR")
-            slicer.modules.MedSegRWidget.installEngineRequirements(plan)
+        logic = MedSegRLogic()
+        try:
+            plan = logic.engineInstallPlan()
+            if plan is not None:
+                self.delayDisplay("Installing the engine's requirements (testing mode: no prompt)")
+                logic.installEngineRequirements(plan)
 
-        self.delayDisplay("Starting the bundled engine")
-        slicer.util.selectModule("MedSegR")
-        widget = slicer.modules.MedSegRWidget
-        widget.ui.bundledRadioButton.setChecked(True)
-        widget._parameterNode.inputVolume = volume
-        widget._parameterNode.scope = SCOPE_SLICE
-        widget._parameterNode.sliceView = "Red"
-        red = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
-        red.GetSliceCompositeNode().SetBackgroundVolumeID(volume.GetID())
-        red.FitSliceToAll()
+            self.delayDisplay("Starting the bundled engine")
+            info = logic.startBundledEngine()
+            red = slicer.app.layoutManager().sliceWidget("Red").sliceLogic()
+            red.GetSliceCompositeNode().SetBackgroundVolumeID(volume.GetID())
+            red.FitSliceToAll()
 
-        widget.ui.questionLineEdit.setText("Which structure fills most of this slice? Segment it.")
-        widget.onSend()
-        deadline = time.monotonic() + 900
-        while (widget.busy() or widget.logic.client is None or widget.currentConversation() is None) \
-                and time.monotonic() < deadline:
-            if widget.pending is not None and widget.pending.status == "error":
-                break
-            slicer.app.processEvents()
-            time.sleep(0.05)
-        self.assertTrue(widget.pending is None, widget.pending.message if widget.pending else "")
-        node = widget.currentConversation()
-        conversation = widget.logic.conversation(node)
-        turn = conversation.turns[-1]
-        self.assertTrue(turn.answer.strip(), "the answer text is empty")
-        widget.render()
-        self.assertIn(" ".join(turn.answer.split())[:20], " ".join(widget.ui.chatBrowser.toPlainText().split()))
-        if turn.segments or engine_summary(widget.logic.engine_info).get("fine_tuned"):
-            self.assertTrue(turn.segments, "the fine-tuned engine answered without segments")
-            segmentation = scene_store.segmentation_node(node)
-            mask = segment_mask(segmentation, turn.segments[0].id, volume)
-            self.assertEqual(mask.shape, slicer.util.arrayFromVolume(volume).shape)
-            self.assertTrue(mask.any(), "the answer's segment is empty")
-        else:
-            self.delayDisplay("The engine runs the untrained base model: it answered in text without "
-                              "segments; install a fine-tuned checkpoint to test segments")
-        widget.onStopEngine()
+            self.delayDisplay("Asking about the red slice")
+            reports: list[Progress] = []
+            result = logic.ask(volume, "Which structure fills most of this slice? Segment it.", scope="slice",
+                               slice_node=red.GetSliceNode(), on_progress=reports.append)
+            self.assertTrue(result.answer.text.strip(), "the answer text is empty")
+            self.assertIn("answering", [report.stage for report in reports])
+            turn = logic.conversation(result.conversation_node).turns[-1]
+            if turn.segments or engine_summary(info).get("fine_tuned"):
+                self.assertTrue(turn.segments, "the fine-tuned engine answered without segments")
+                segmentation = scene_store.segmentation_node(result.conversation_node)
+                mask = segment_mask(segmentation, turn.segments[0].id, volume)
+                self.assertEqual(mask.shape, slicer.util.arrayFromVolume(volume).shape)
+                self.assertTrue(mask.any(), "the answer's segment is empty")
+            else:
+                self.delayDisplay("The engine runs the untrained base model: it answered in text without "
+                                  "segments; install a fine-tuned checkpoint to test segments")
+        finally:
+            logic.cleanup()
+        self.assertFalse(logic.engineManager.running, "the engine still runs after cleanup")
         self.delayDisplay("Test passed")

@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from medsegr.client import EngineClient, EngineError, EngineUnavailable, RemoteAnswer, RequestCancelled
+from medsegr.client import (EngineClient, EngineError, EngineUnavailable, Progress, RemoteAnswer,
+                            RequestCancelled)
 from medsegr.errors import InputError
 from medsegr.prompts import validate_question
 
-from MedSegRLib import scene_store, segmentation_results, transcript
+from MedSegRLib import dicom_export, scene_store, segmentation_results, study_placement, transcript
 from MedSegRLib.background import BackgroundTask
 from MedSegRLib.conversation import Conversation, SegmentRecord, Turn, make_title, now_iso
 from MedSegRLib.current_slice import Hints, SliceSelection, hints_from_markups, hovered_slice_node, slice_node_by_view, slice_selection
@@ -247,21 +248,24 @@ class MedSegRChatLogic:
     # -- step 2: talk to the engine --------------------------------------------------
     def execute(self, prepared: PreparedQuestion, on_text: Callable[[str], None] | None = None,
                 cancel_event: threading.Event | None = None,
-                on_main: Callable[[Callable[[], Any]], Any] | None = None) -> tuple[PreparedQuestion, RemoteAnswer]:
+                on_main: Callable[[Callable[[], Any]], Any] | None = None,
+                on_progress: Callable[[Progress], None] | None = None) -> tuple[PreparedQuestion, RemoteAnswer]:
         """Ask the engine (any thread). Returns the question as finally sent (it may have
         needed a new session) and the answer. ``on_main(fn)`` runs ``fn`` on the main
-        thread and returns its result (default: call it here)."""
+        thread and returns its result (default: call it here); ``on_progress`` gets the
+        engine's :class:`medsegr.client.Progress` reports (in this thread)."""
         run_on_main = on_main or (lambda fn: fn())
         try:
-            return prepared, self._execute_once(prepared, on_text, cancel_event)
+            return prepared, self._execute_once(prepared, on_text, cancel_event, on_progress)
         except SessionExpired:
             if cancel_event is not None and cancel_event.is_set():
                 raise RequestCancelled("the request was cancelled", code="cancelled") from None
             again = run_on_main(lambda: self._reupload(prepared))
-            return again, self._execute_once(again, on_text, cancel_event)
+            return again, self._execute_once(again, on_text, cancel_event, on_progress)
 
     def _execute_once(self, prepared: PreparedQuestion, on_text: Callable[[str], None] | None,
-                      cancel_event: threading.Event | None) -> RemoteAnswer:
+                      cancel_event: threading.Event | None,
+                      on_progress: Callable[[Progress], None] | None = None) -> RemoteAnswer:
         client = self._require_client()
         session_id = prepared.session_id
         if prepared.upload is not None:
@@ -284,7 +288,8 @@ class MedSegRChatLogic:
             return client.ask(session_id, prepared.question, volume=prepared.scope == "volume",
                               axis=prepared.axis, slice_index=prepared.slice_index,
                               box=prepared.hints.box, points=prepared.hints.points or None,
-                              on_text=on_text, cancel_event=cancel_event, request_id=prepared.request_id)
+                              on_text=on_text, cancel_event=cancel_event, request_id=prepared.request_id,
+                              on_progress=on_progress)
         except EngineError as exc:
             if prepared.upload is None:
                 self._forget_on_loss(prepared, exc)
@@ -362,6 +367,7 @@ class MedSegRChatLogic:
                 scene_store.save(conv_node, conversation)
             if segmentation is not None and scene_store.segmentation_node(conv_node) is None:
                 scene_store.set_segmentation_node(conv_node, segmentation)
+            study_placement.place_results(self.scene, volume, segmentation, conv_node, [w.id for w in written])
         except Exception:
             for node in reversed(created):
                 self.scene.RemoveNode(node)
@@ -373,20 +379,22 @@ class MedSegRChatLogic:
     def ask(self, volume_node: Any, question: str, scope: str = "slice", slice_node: Any | None = None,
             hint_node: Any | None = None, conversation_node: Any | None = None,
             on_text: Callable[[str], None] | None = None,
-            cancel_event: threading.Event | None = None) -> AskResult:
+            cancel_event: threading.Event | None = None,
+            on_progress: Callable[[Progress], None] | None = None) -> AskResult:
         """Ask and wait (blocks the caller: for scripts; the GUI uses :meth:`ask_async`)."""
         prepared = self.prepare(volume_node, question, scope, slice_node, hint_node, conversation_node)
-        final, answer = self.execute(prepared, on_text, cancel_event)
+        final, answer = self.execute(prepared, on_text, cancel_event, on_progress=on_progress)
         return self.apply(final, answer)
 
     def ask_async(self, prepared: PreparedQuestion, dispatch: Callable[..., None],
                   on_done: Callable[[AskResult], None], on_error: Callable[[BaseException], None],
-                  on_text: Callable[[str], None] | None = None) -> BackgroundTask:
+                  on_text: Callable[[str], None] | None = None,
+                  on_progress: Callable[[Progress], None] | None = None) -> BackgroundTask:
         """Run :meth:`execute` in a thread and :meth:`apply` on the main thread.
 
         ``dispatch(fn, *args)`` must run ``fn(*args)`` on the main thread later (the
         widget's :class:`MedSegRLib.background.MainThreadQueue` ``post``); ``on_text``,
-        ``on_done`` and ``on_error`` are called through it.
+        ``on_progress``, ``on_done`` and ``on_error`` are called through it.
         """
 
         def on_main(function: Callable[[], Any]) -> Any:
@@ -409,7 +417,8 @@ class MedSegRChatLogic:
 
         def work(cancel_event: threading.Event) -> tuple[PreparedQuestion, RemoteAnswer]:
             streamed = (lambda piece: dispatch(on_text, piece)) if on_text else None
-            return self.execute(prepared, streamed, cancel_event, on_main)
+            progress = (lambda report: dispatch(on_progress, report)) if on_progress else None
+            return self.execute(prepared, streamed, cancel_event, on_main, progress)
 
         def finished(result: tuple[PreparedQuestion, RemoteAnswer]) -> None:
             try:
@@ -493,6 +502,18 @@ class MedSegRChatLogic:
     # -- transcript ---------------------------------------------------------------
     def transcript(self, conversation_node: Any) -> str:
         return transcript.to_markdown(scene_store.load(conversation_node))
+
+    # -- DICOM SEG ----------------------------------------------------------------
+    def can_export_dicom_seg(self, conversation_node: Any | None) -> bool:
+        """True when the conversation's volume came from DICOM and it has a segmentation."""
+        return (conversation_node is not None and scene_store.segmentation_node(conversation_node) is not None
+                and dicom_export.can_export(scene_store.volume_node(conversation_node)))
+
+    def export_dicom_seg(self, conversation_node: Any, path: str | os.PathLike[str],
+                         file_for_instance: Callable[[str], str] | None = None) -> Path:
+        """Write the conversation's segments as a DICOM SEG referencing the source series
+        (see :mod:`MedSegRLib.dicom_export`)."""
+        return dicom_export.export_conversation(conversation_node, path, file_for_instance)
 
     def export_transcript(self, conversation_node: Any, path: str | os.PathLike[str]) -> Path:
         """Write the conversation as Markdown (atomically: a temporary file, then rename)."""

@@ -11,6 +11,10 @@ be shown to the user first ("MedSegR needs to install …, about … GB; continu
   missing or at another version;
 - a constraints list pinning every other installed distribution, so pip can never
   replace one of Slicer's own packages while resolving.
+
+How the plan is installed is :mod:`MedSegRLib.slicer_install`'s business: with the
+PyTorch extension installed, its installer picks the torch build; the table of CUDA
+builds below is the fallback for a Slicer without it.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 The module starts the engine with Slicer's own Python (``PythonSlicer``), on a free
 loopback port, with a fresh random token that travels in a private token file (never
 on the command line, where other users could read it in the process list). The
-engine's output is collected line by line for the panel's log; the process is
-stopped when the module is closed or Slicer exits. The engine package is found
+engine's output is collected line by line for the panel's log. Its owner is
+:class:`MedSegRLib.engine_manager.EngineManager` (held by the module's logic), which
+stops it when the logic is cleaned up or Slicer exits; an ``atexit`` hook is only the
+last resort for an interpreter that ends without either. The engine package is found
 through ``PYTHONPATH`` (it lives in the module's folder), so nothing is installed for
 it besides its third-party requirements.
 """

@@ -6,6 +6,7 @@ from medsegr.client import EngineBusy, EngineError, EngineUnavailable, RequestCa
 from medsegr.errors import MedSegRError
 
 from MedSegRLib.engine_process import EngineStartError
+from MedSegRLib.slicer_install import InstallError
 
 
 def _sentence(text: str) -> str:
@@ -45,6 +46,8 @@ def _describe(exc: BaseException) -> str:
         if exc.code == "timeout":
             return f"The engine did not finish in time: {exc}."
         return f"The engine could not answer: {exc}."
+    if isinstance(exc, InstallError):
+        return str(exc)
     if isinstance(exc, EngineStartError):
         return f"The bundled engine did not start: {exc}"
     if isinstance(exc, MedSegRError):

@@ -124,13 +124,37 @@ def write_segments(segmentation_node: Any, volume_node: Any, segments: Sequence[
                 vtk_segment.SetTag(key, str(value))
             vtk_segment.SetTag(TAG_ENGINE_NAME, str(segment.name))
             if match:
-                vtk_segment.SetTerminology(match.entry)
+                vtk_segment.SetTerminology(_standard_entry(match.entry))
             _Logic.SetSegmentStatus(vtk_segment, _Logic.InProgress)
     except Exception:
         for done in written:
             segmentation.RemoveSegment(done.id)
         raise
     return written
+
+
+def _standard_entry(entry: str) -> str:
+    """The terminology string, completed by Slicer's terminology logic when the
+    Terminologies module is loaded (standard meanings of the loaded lists); as given
+    otherwise (a plain MRML scene)."""
+    modules = getattr(slicer, "modules", None)
+    module = getattr(modules, "terminologies", None) if modules is not None else None
+    if module is None:
+        return entry
+    logic = module.logic()
+    parsed = slicer.vtkSlicerTerminologyEntry()
+    if not logic.DeserializeTerminologyEntry(entry, parsed):
+        return entry
+    logic.UpdateEntryFromLoadedTerminologies(parsed)
+    return logic.SerializeTerminologyEntry(parsed) or entry
+
+
+def uncoded_note(written: Sequence[WrittenSegment]) -> str | None:
+    """What to tell the user about segments that have no standard code, or None."""
+    names = [w.name for w in written if w.terminology is None]
+    if not names:
+        return None
+    return "no standard code for " + ", ".join(repr(n) for n in names) + " (kept with its free-text name)"
 
 
 def segment_tag(segmentation_node: Any, segment_id: str, key: str) -> str | None:

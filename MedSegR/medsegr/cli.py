@@ -16,11 +16,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, NoReturn, Sequence
 
 from medsegr import __version__
 from medsegr.errors import InputError, MedSegRError
+from medsegr.io.limits import LIMIT_OPTIONS, ImageTooLarge, add_limit_options, limits_from_args
 from medsegr.model_options import add_model_options, chosen_checkpoint
+from medsegr.option_types import (axis_name, box_hint, device_name, new_tokens, point_hint,
+                                  slice_index)
 
 if TYPE_CHECKING:  # the CLI starts without torch; the pipeline is imported when used
     from medsegr.pipeline import Answer
@@ -39,18 +42,32 @@ COMMAND_MODULES = (
 )
 
 
-def _floats(text: str, count: int, what: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"{what} must be {count} comma-separated numbers, got {text!r}") from None
-    if len(values) != count:
-        raise InputError(f"{what} must be {count} comma-separated numbers, got {text!r}")
-    return values
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {one_line(message)} "
+                  f"(see {self.prog} --help)\n")
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: line breaks and other unprintable characters
+    escaped (a message may quote a user's path or option value)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace")
+                   .decode("ascii") for c in text)
+
+
+def _window_name(text: str) -> str:
+    from medsegr.preprocess import CT_WINDOWS
+
+    if text not in CT_WINDOWS:
+        raise argparse.ArgumentTypeError(f"unknown CT window {text!r} (known: "
+                                         f"{', '.join(CT_WINDOWS)})")
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medsegr", description="MedSegR: reasoning segmentation "
+    parser = _Parser(prog="medsegr", description="MedSegR: reasoning segmentation "
                                      "for medical images.")
     parser.add_argument("--version", action="version", version=f"medsegr {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,23 +77,30 @@ def _parser() -> argparse.ArgumentParser:
                      "PNG/JPEG, or sample:NAME (see `medsegr samples`)")
     ask.add_argument("question", help="the question (at most 2,000 characters)")
     scope = ask.add_mutually_exclusive_group()
-    scope.add_argument("--slice", type=int, default=None, metavar="K",
+    scope.add_argument("--slice", type=slice_index, default=None, metavar="K",
                        help="slice index along --axis (default: the middle slice)")
     scope.add_argument("--volume", action="store_true", help="answer about the whole volume")
-    ask.add_argument("--axis", default="axial",
+    ask.add_argument("--axis", type=axis_name, default="axial",
                      help="axial, coronal, sagittal, or numpy axis k/j/i (default axial)")
     ask.add_argument("--out", default="medsegr-output", metavar="DIR", help="output folder")
-    ask.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
+    ask.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
+                     help="also write segmentation.dcm, a DICOM SEG referencing the source "
+                     "series (default: on for a DICOM input)")
+    ask.add_argument("--box", type=box_hint, default=None, metavar="X0,Y0,X1,Y1",
                      help="optional box hint in in-plane voxel indices")
-    ask.add_argument("--point", action="append", default=[], metavar="X,Y[,LABEL]",
+    ask.add_argument("--point", type=point_hint, action="append", default=[],
+                     metavar="X,Y[,LABEL]",
                      help="optional point hint (label 1 inside, 0 outside); repeatable")
-    ask.add_argument("--window", default=None, help="CT window preset (soft_tissue, abdomen, "
+    ask.add_argument("--window", type=_window_name, default=None, help="CT window preset (soft_tissue, abdomen, "
                      "liver, brain, lung, bone, wide)")
     ask.add_argument("--modality", choices=["CT", "MR", "OT"], default=None,
                      help="override the detected modality")
-    ask.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ask.add_argument("--device", type=device_name, default="auto",
+                     help="auto, cpu, cuda or cuda:N")
     add_model_options(ask, "run the untrained base parts (no fine-tuned checkpoint)")
-    ask.add_argument("--max-new-tokens", type=int, default=None)
+    ask.add_argument("--max-new-tokens", type=new_tokens, default=None, metavar="N",
+                     help="most tokens of answer text (1..1024)")
+    add_limit_options(ask)
     ask.add_argument("--json", action="store_true", help="print the JSON record instead of text")
     ask.add_argument("--server", default=None, metavar="URL",
                      help="ask a running engine (medsegr serve) instead of loading a model here")
@@ -88,7 +112,7 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("-v", "--verbose", action="store_true")
 
     info = sub.add_parser("info", help="check the weights and show the model that would be loaded")
-    info.add_argument("--device", default="auto")
+    info.add_argument("--device", type=device_name, default="auto")
     info.add_argument("--checkpoint", default="default")
     sub.add_parser("samples", help="list the real sample images that come with installed packages")
     for name in COMMAND_MODULES:
@@ -105,31 +129,48 @@ def _parser() -> argparse.ArgumentParser:
 def _hints(args: argparse.Namespace):  # -> Hints
     from medsegr.pipeline import Hints
 
-    box = _floats(args.box, 4, "--box") if args.box else None
-    points = []
-    for text in args.point:
-        values = text.split(",")
-        if len(values) == 2:
-            values.append("1")
-        x, y, label = _floats(",".join(values), 3, "--point")
-        points.append((x, y, int(label)))
-    return Hints(box=box, points=points)  # type: ignore[arg-type]
+    return Hints(box=args.box, points=list(args.point))
+
+
+def _check_hints_fit(args: argparse.Namespace, shape: tuple[int, int, int], axis: int) -> None:
+    """Refuse box and point hints outside the slice before the model is loaded."""
+    rows, cols = (shape[a] for a in (0, 1, 2) if a != axis)
+    corners = [(x, y, "--point") for x, y, _ in args.point]
+    if args.box is not None:
+        x0, y0, x1, y1 = args.box
+        corners += [(x0, y0, "--box"), (x1, y1, "--box")]
+    for x, y, option in corners:
+        if not (-0.5 <= x <= cols - 0.5 and -0.5 <= y <= rows - 0.5):
+            raise InputError(f"{option} ({x:g}, {y:g}) lies outside the slice ({cols} x {rows} "
+                             "voxels)")
+
+
+def _load_input_image(args: argparse.Namespace):  # -> MedicalImage
+    from medsegr.io.images import load_image
+    from medsegr.samples import resolve
+
+    try:
+        return load_image(resolve(args.image), modality=args.modality,
+                          limits=limits_from_args(args))
+    except ImageTooLarge as exc:
+        raise InputError(f"{exc}; raise it with {LIMIT_OPTIONS[exc.limit]}") from None
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from medsegr.config import MedSegRConfig
-    from medsegr.io.images import load_image
     from medsegr.prompts import validate_question
 
     question = validate_question(args.question, ())
     hints = _hints(args)
-    if args.max_new_tokens is not None and not 1 <= args.max_new_tokens <= 1024:
-        raise InputError("--max-new-tokens must be between 1 and 1024")
+    _check_output_folder(Path(args.out))
+    image = _load_input_image(args)
+    from medsegr.io.dicom_seg import plan_dicom_seg
     from medsegr.samples import resolve
 
-    image = load_image(resolve(args.image), modality=args.modality)
+    dicom_plan = plan_dicom_seg(resolve(args.image), image.geometry, args.dicom_seg)
     if args.volume and image.is_2d:
         raise InputError("--volume needs a 3-D image; this image is 2-D")
+    axis = 0
     if not image.is_2d:
         from medsegr.slicing import resolve_axis
 
@@ -137,11 +178,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
         if args.slice is not None and not 0 <= args.slice < image.shape[axis]:
             raise InputError(f"slice index {args.slice} is out of range "
                              f"(0..{image.shape[axis] - 1} along {args.axis})")
-    _check_output_folder(Path(args.out))
+    elif args.slice is not None and args.slice != 0:
+        raise InputError(f"slice index {args.slice} is out of range (a 2-D image has slice 0)")
+    _check_hints_fit(args, image.shape, axis)
     if args.server:
         from medsegr.remote_ask import ask_remote
 
-        return ask_remote(args, image, question, hints)
+        return ask_remote(args, image, question, hints, dicom_seg=dicom_plan)
     checkpoint = chosen_checkpoint(args)
     config = MedSegRConfig.from_file(args.config) if args.config else None
 
@@ -153,7 +196,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
         from medsegr.preprocess import normalise
 
         normalise(image.array[:1, :1, :1], image.modality, args.window)  # validate early
-    pipe = MedSegRPipeline.load(checkpoint, config=config, device=args.device)
+    from medsegr.load_status import listening, print_to_stderr
+
+    with listening(print_to_stderr):
+        pipe = MedSegRPipeline.load(checkpoint, config=config, device=args.device)
     load_s = time.perf_counter() - t0
     if not pipe.fine_tuned:
         print("note: no fine-tuned MedSegR checkpoint is loaded; running the untrained base "
@@ -164,7 +210,11 @@ def cmd_ask(args: argparse.Namespace) -> int:
     answer = session.ask(question, axis=args.axis, slice_index=args.slice, volume=args.volume,
                          hints=hints, max_new_tokens=args.max_new_tokens)
     answer.timings["load_model"] = load_s
-    paths = write_results(args.out, session, question, answer, pipe.info())
+    from medsegr.io.dicom_seg import answer_segments, staged_writer
+
+    paths = write_results(args.out, session, question, answer, pipe.info(),
+                          extra=staged_writer(dicom_plan, answer_segments(answer), pipe.info()))
+    print_warnings(dicom_plan.messages())
     print_answer(answer, paths, args.json,
                  f"{answer.timings['total']:.2f} s answer, {load_s:.2f} s model load")
     return EXIT_OK
@@ -187,16 +237,36 @@ def print_answer(answer: "Answer", paths: dict[str, Path], as_json: bool,
         print("  no segment in this answer")
     print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, "
           f"{paths['answer'].name}, {paths['overlay'].name}")
+    if "dicom_seg" in paths:
+        print(f"  wrote the DICOM SEG {paths['dicom_seg'].name}")
     print(f"  time: {time_text}")
 
 
+def print_warnings(lines: Sequence[str]) -> None:
+    """One ``medsegr: warning:`` line on stderr per message."""
+    for line in lines:
+        print(f"medsegr: warning: {line}", file=sys.stderr)
+
+
 def _check_output_folder(out: Path) -> None:
-    """Refuse an output path that cannot become a folder of results, before any work."""
+    """Refuse an output path that cannot become a folder of results, before any work:
+    it (or its nearest existing parent) must be a folder where a file can be made."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is not a folder")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise InputError(f"cannot write results to {out}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write results under {parent} (permission denied)")
+        raise InputError(f"cannot write results to {out}: {parent} is not writable "
+                         "(permission denied)")
+    import tempfile
+
+    try:  # a real probe: /proc, read-only mounts and full disks pass os.access
+        with tempfile.NamedTemporaryFile(prefix=".medsegr-probe-", dir=parent) as probe:
+            probe.write(b"x")
+            probe.flush()
+    except OSError as exc:
+        raise InputError(f"cannot write results to {out}: {exc.strerror or exc}") from None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -221,7 +291,12 @@ def cmd_samples() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        if not exc.code:  # --help, --version: done
+            raise
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT  # already reported
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -236,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_samples()
         return cmd_info(args)
     except MedSegRError as exc:
-        print(f"medsegr: error: {exc}", file=sys.stderr)
+        print(f"medsegr: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("medsegr: interrupted", file=sys.stderr)

@@ -13,6 +13,9 @@ It runs inside 3D Slicer's Python (no torch, no SimpleITK) as well as anywhere e
         seg.mask                               # bool (z, y, x) on the uploaded grid
     client.delete_session(sid)
 
+``ask(..., on_progress=fn)`` reports where the answer is (:class:`Progress`: queued,
+started, slices encoded of the total, answering, masks decoded).
+
 Conventions: ``array`` is numpy ``(z, y, x)``; ``spacing`` ``(x, y, z)`` mm, ``origin``
 LPS mm, ``direction`` the row-major ITK 3x3 matrix (see :mod:`medsegr.nrrd_codec`).
 Box and point hints use the in-plane voxel indices of :class:`medsegr.pipeline.Hints`
@@ -52,6 +55,7 @@ __all__ = [
     "EngineClient",
     "EngineError",
     "EngineUnavailable",
+    "Progress",
     "RemoteAnswer",
     "RemoteSegment",
     "RequestCancelled",
@@ -65,6 +69,22 @@ API_VERSION = "1"
 NRRD_MEDIA_TYPE = "application/x-nrrd"
 #: after a cancel was asked for, how long to wait for the server to confirm it
 _CANCEL_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a streamed answer is. ``stage`` is ``queued`` (``done``: requests ahead),
+    ``started``, ``encoding`` (slices encoded of ``total``), ``answering`` (the language
+    model reads and generates; no count) or ``masks`` (segments decoded of ``total``)."""
+
+    stage: str
+    done: int = 0
+    total: int = 0
+
+    @property
+    def fraction(self) -> float | None:
+        """``done / total`` for a counted stage, None otherwise."""
+        return min(1.0, self.done / self.total) if self.total > 0 else None
 
 
 class EngineError(Exception):
@@ -110,6 +130,14 @@ class RemoteSegment:
     name: str  # e.g. "left kidney"
     index: int  # order in the answer
     mask: np.ndarray  # bool (z, y, x) on the uploaded image's exact grid
+    #: the coded description (``medsegr.vocabulary.segment_terminology``); None from
+    #: an engine that does not send one
+    terminology: dict[str, Any] | None = None
+
+    @property
+    def coded(self) -> bool:
+        """True when the segment's name has a standard code."""
+        return bool(self.terminology and self.terminology.get("coded"))
 
     @property
     def voxels(self) -> int:
@@ -280,14 +308,17 @@ class EngineClient:
             on_text: Callable[[str], None] | None = None,
             cancel_event: threading.Event | None = None,
             request_id: str | None = None, max_new_tokens: int | None = None,
-            stream: bool = True) -> RemoteAnswer:
+            stream: bool = True,
+            on_progress: Callable[[Progress], None] | None = None) -> RemoteAnswer:
         """Ask a question in a session and download the answer's masks.
 
         ``on_text(piece)`` receives the raw answer text as it is generated (it may
         contain ``<p>`` and ``[SEG]`` markers; ``RemoteAnswer.text`` is the clean
         version). Setting ``cancel_event`` cancels the request on the server and
-        raises :class:`RequestCancelled`. ``stream=False`` asks for one JSON reply
-        instead of server-sent events (``on_text`` is then not called).
+        raises :class:`RequestCancelled`. ``on_progress(Progress)`` receives the
+        server's progress events in order (queued, started, encoding slices done of
+        total, answering, masks). ``stream=False`` asks for one JSON reply instead of
+        server-sent events (``on_text`` and ``on_progress`` are then not called).
         """
         if cancel_event is not None and cancel_event.is_set():
             raise RequestCancelled("the request was cancelled before it was sent", code="cancelled")
@@ -306,7 +337,7 @@ class EngineClient:
         watcher = _CancelWatcher(self, request_id, cancel_event)
         try:
             if stream:
-                record = self._ask_streamed(path + "/stream", body, on_text, watcher)
+                record = self._ask_streamed(path + "/stream", body, on_text, watcher, on_progress)
             else:
                 record = self._json("POST", path, body, "application/json")
         except EngineError as exc:
@@ -330,7 +361,8 @@ class EngineClient:
 
     # -- internals ----------------------------------------------------------------
     def _ask_streamed(self, path: str, body: bytes, on_text: Callable[[str], None] | None,
-                      watcher: "_CancelWatcher") -> dict:
+                      watcher: "_CancelWatcher",
+                      on_progress: Callable[[Progress], None] | None = None) -> dict:
         response = self._open("POST", path, body, "application/json",
                               accept="text/event-stream")
         watcher.start(response)
@@ -340,6 +372,8 @@ class EngineClient:
             for event, data in _sse_events(response, watcher):
                 if event == "text" and on_text is not None:
                     on_text(str(data.get("text", "")))
+                elif on_progress is not None and event in ("queued", "started", "progress"):
+                    on_progress(_progress(event, data))
                 elif event == "answer":
                     return data
                 elif event == "error":
@@ -361,8 +395,10 @@ class EngineClient:
         segments = []
         for seg in record.get("segments", []):
             mask = self._mask(session_id, str(seg["id"]), grid)
+            coded = seg.get("terminology")
             segments.append(RemoteSegment(id=str(seg["id"]), name=str(seg["name"]),
-                                          index=int(seg["index"]), mask=mask))
+                                          index=int(seg["index"]), mask=mask,
+                                          terminology=coded if isinstance(coded, dict) else None))
         return RemoteAnswer(
             request_id=str(record["request_id"]), text=str(record["text"]),
             raw_text=str(record["raw_text"]), segments=segments, mode=str(record["mode"]),
@@ -523,6 +559,21 @@ def _sse_events(response: Any, watcher: _CancelWatcher) -> Iterator[tuple[str, d
             event = text[6:].strip()
         elif text.startswith("data:"):
             data_lines.append(text[5:].lstrip(" "))
+
+
+def _progress(event: str, data: dict) -> Progress:
+    """A :class:`Progress` from a ``queued``, ``started`` or ``progress`` event."""
+    def count(key: str) -> int:
+        try:
+            return max(0, int(data.get(key) or 0))
+        except (TypeError, ValueError):
+            return 0
+
+    if event == "queued":
+        return Progress("queued", count("position"), 0)
+    if event == "started":
+        return Progress("started")
+    return Progress(str(data.get("stage") or "working"), count("done"), count("total"))
 
 
 def _error_from_body(body: Any, status: int | None, headers: Any) -> EngineError:

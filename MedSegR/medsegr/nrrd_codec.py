@@ -37,6 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from medsegr.errors import InputError
+from medsegr.io.limits import ImageLimits, ImageTooLarge
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
@@ -179,7 +180,7 @@ def _finite(values: Sequence[float], count: int, what: str) -> tuple[float, ...]
 
 
 def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_MAX_VOXELS,
-                ) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float],
+                limits: ImageLimits | None = None) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float],
                            tuple[float, ...]]:
     """Read an attached-header NRRD from memory.
 
@@ -189,7 +190,9 @@ def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_
     unit spacing along the added axis.
 
     Raises:
-        NrrdTooLarge: the header declares more than ``max_voxels`` voxels.
+        NrrdTooLarge: the header declares more than ``max_voxels`` voxels, or an image
+            beyond ``limits`` (voxels, longest side, decoded bytes; the same
+            :class:`medsegr.io.limits.ImageLimits` ``medsegr ask`` applies to files).
         NrrdError: anything else that makes the file unreadable or inconsistent.
     """
     raw = bytes(data)
@@ -214,6 +217,8 @@ def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_
         raise NrrdError(f"'sizes' has {len(sizes)} values but dimension is {dimension}")
     if any(s < 1 for s in sizes):
         raise NrrdError(f"'sizes' must be positive, got {sizes}")
+    if limits is not None:  # sides and voxels now, bytes once the type is known
+        _check_limits(limits, sizes, 1)
     voxels = math.prod(sizes)
     if voxels > max_voxels:
         raise NrrdTooLarge(f"the NRRD declares {voxels:,} voxels ({' x '.join(map(str, sizes))}); "
@@ -232,6 +237,8 @@ def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_
     dtype = _NRRD_TYPES.get(type_name)
     if dtype is None:
         raise NrrdError(f"unsupported NRRD type {type_name!r}")
+    if limits is not None:
+        _check_limits(limits, sizes, dtype.itemsize)
     if dtype.itemsize > 1:
         endian = _required(fields, "endian").strip().lower()
         if endian not in ("little", "big"):
@@ -265,6 +272,13 @@ def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_
     if dimension == 2:
         array = array[np.newaxis]
     return array, spacing, origin, direction
+
+
+def _check_limits(limits: ImageLimits, sizes: list[int], itemsize: int) -> None:
+    try:
+        limits.check(sizes, itemsize, "the NRRD")
+    except ImageTooLarge as exc:
+        raise NrrdTooLarge(str(exc)) from None
 
 
 def _header_end(raw: bytes) -> tuple[int, int]:

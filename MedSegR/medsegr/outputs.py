@@ -1,24 +1,27 @@
 """Writing an answer to disk: segmentation, label map, JSON and overlay.
 
-All files are first written into a hidden temporary folder inside the output
-folder and moved into place only when every one of them was written, so a
-failure never leaves a partial set of results behind.
+All files are first written into a hidden staging folder inside the output
+folder and moved into place only when every one of them was written
+(:func:`medsegr.io.atomic.atomic_files`), so a failure never leaves a partial set
+of results behind and earlier results stay exactly as they were.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import shutil
-import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from medsegr.errors import InputError
+from medsegr.io.atomic import atomic_files
 from medsegr.io.images import MedicalImage
 from medsegr.io.segmentation_files import (
-    SegmentSpec, default_color, write_labelmap_nrrd, write_seg_nrrd)
+    SegmentSpec, coded_segment, write_labelmap_nrrd, write_seg_nrrd)
 from medsegr.overlay import render_overlay
 from medsegr.pipeline import Answer, ChatSession
+from medsegr.vocabulary import segment_terminology
 
 FILES = {
     "segmentation": "segmentation.seg.nrrd",
@@ -29,50 +32,74 @@ FILES = {
 
 
 def segment_specs(answer: Answer) -> list[SegmentSpec]:
-    return [SegmentSpec(name=s.name, mask=s.mask, color=default_color(s.index))
-            for s in answer.segments]
+    return [coded_segment(s.name, s.mask, s.index) for s in answer.segments]
+
+
+@contextlib.contextmanager
+def result_folder(out_dir: str | Path) -> Iterator[Path]:
+    """Yield the staging folder for one result set; on success all files written into
+    it replace their namesakes in ``out_dir`` together (:func:`atomic_files`).
+
+    Every file of a result set (also ones other writers add) must be written here, so
+    a failure part way (unwritable folder, full disk, file-size limit, a vanished
+    folder) leaves ``out_dir`` exactly as it was; it is reported as
+    :class:`InputError` naming ``out_dir`` and the cause.
+    """
+    out = Path(out_dir)
+    try:
+        with atomic_files(out, prefix=".medsegr-") as stage:
+            yield stage
+    except OSError as exc:
+        cause = exc.strerror or str(exc) or type(exc).__name__
+        raise InputError(f"could not write the results to {out}: {cause}") from None
+    except InputError as exc:
+        raise InputError(f"could not write the results to {out}: {exc}") from None
+
+
+def write_result_files(folder: Path, session: ChatSession, question: str, answer: Answer,
+                       info: dict[str, Any]) -> dict[str, str]:
+    """Write the four result files into ``folder`` (a staging folder of
+    :func:`result_folder`); returns their names by key."""
+    image: MedicalImage = session.image
+    specs = segment_specs(answer)
+    write_seg_nrrd(folder / FILES["segmentation"], specs, image)
+    write_labelmap_nrrd(folder / FILES["labels"], specs, image)
+    view_index = answer.slice_index if answer.slice_index is not None else \
+        answer.key_slices[len(answer.key_slices) // 2]
+    view = session.view(answer.axis, view_index)
+    footer = "" if answer.fine_tuned else \
+        "base parts, not fine-tuned: answers are not grounded, masks are not meaningful"
+    render_overlay(folder / FILES["overlay"], view.extract(session.volume01),
+                   [view.extract(s.mask) for s in answer.segments],
+                   [s.name for s in answer.segments], [sp.color for sp in specs],
+                   question, answer.text, footer)
+    record = {"question": question, "image": image.source, **answer.summary(),
+              "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels,
+                            "color": list(sp.color), "label_value": s.index + 1,
+                            "terminology": segment_terminology(s.name)}
+                           for s, sp in zip(answer.segments, specs)],
+              "image_geometry": {"shape_zyx": list(image.shape), "spacing": list(image.spacing),
+                                 "origin": list(image.origin),
+                                 "direction": list(image.direction),
+                                 "modality": image.modality},
+              "model": info,
+              "files": FILES}
+    with (folder / FILES["answer"]).open("x", encoding="utf-8") as handle:
+        handle.write(json.dumps(record, indent=2) + "\n")
+    return dict(FILES)
 
 
 def write_results(out_dir: str | Path, session: ChatSession, question: str, answer: Answer,
-                  info: dict[str, Any]) -> dict[str, Path]:
-    """Write the four result files into ``out_dir``; returns their paths."""
+                  info: dict[str, Any],
+                  extra: Callable[[Path], dict[str, str]] | None = None) -> dict[str, Path]:
+    """Write the result files into ``out_dir`` as one set; returns their paths.
+
+    ``extra(staging_folder)`` may write more files of the set into the staging folder
+    and return their names by key; they are moved in with the others.
+    """
     out = Path(out_dir)
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".medsegr-", dir=out))
-    try:
-        image: MedicalImage = session.image
-        specs = segment_specs(answer)
-        write_seg_nrrd(tmp / FILES["segmentation"], specs, image)
-        write_labelmap_nrrd(tmp / FILES["labels"], specs, image)
-        view_index = answer.slice_index if answer.slice_index is not None else \
-            answer.key_slices[len(answer.key_slices) // 2]
-        view = session.view(answer.axis, view_index)
-        footer = "" if answer.fine_tuned else \
-            "base parts, not fine-tuned: answers are not grounded, masks are not meaningful"
-        render_overlay(tmp / FILES["overlay"], view.extract(session.volume01),
-                       [view.extract(s.mask) for s in answer.segments],
-                       [s.name for s in answer.segments], [sp.color for sp in specs],
-                       question, answer.text, footer)
-        record = {"question": question, "image": image.source, **answer.summary(),
-                  "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels,
-                                "color": list(sp.color), "label_value": s.index + 1}
-                               for s, sp in zip(answer.segments, specs)],
-                  "image_geometry": {"shape_zyx": list(image.shape), "spacing": list(image.spacing),
-                                     "origin": list(image.origin),
-                                     "direction": list(image.direction),
-                                     "modality": image.modality},
-                  "model": info,
-                  "files": FILES}
-        (tmp / FILES["answer"]).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        paths = {}
-        for key, name in FILES.items():
-            os.replace(tmp / name, out / name)
-            paths[key] = out / name
-        return paths
-    except BaseException:
-        if created:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with result_folder(out) as stage:
+        names = write_result_files(stage, session, question, answer, info)
+        if extra is not None:
+            names.update(extra(stage))
+    return {key: out / name for key, name in names.items()}

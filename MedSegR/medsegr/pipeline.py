@@ -36,6 +36,7 @@ from medsegr.postprocess import keep_connected
 from medsegr.preprocess import Letterbox, letterbox, letterbox_geometry, normalise, unletterbox
 from medsegr.prompts import Turn, clean_answer, render, segment_names, validate_question
 from medsegr.slicing import SliceView, resolve_axis, slice_view
+from medsegr.vocabulary import segment_terminology
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +121,8 @@ class Answer:
             "axis": self.axis,
             "slice_index": self.slice_index,
             "key_slices": self.key_slices,
-            "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels}
-                         for s in self.segments],
+            "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels,
+                          "terminology": segment_terminology(s.name)} for s in self.segments],
             "fine_tuned": self.fine_tuned,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "tokens": self.tokens,
@@ -160,6 +161,8 @@ class MedSegRPipeline:
             from medsegr.checkpoint import read_checkpoint_config
 
             effective = MedSegRConfig.from_dict(read_checkpoint_config(path)["config"])
+        from medsegr.load_status import report
+
         cache = _int8_cache(effective, path, device)
         skeleton = cache is not None and cache.is_file()
         read = None
@@ -168,10 +171,17 @@ class MedSegRPipeline:
 
             read = read_int8_in_background(cache)
         if path is not None:
+            report(f"loading the checkpoint {path}")
             model = from_pretrained(path, device=device, llm_skeleton=skeleton)
         else:
+            report("building the base model")
             model = build_model(effective, device=device, llm_skeleton=skeleton)
-        return cls(optimise_for_inference(model, int8_cache=cache, int8_read=read), checkpoint=path)
+        if cache is not None:
+            report("reading the int8 language model" if skeleton else
+                   "quantising the language model to int8 (first run only; cached afterwards)")
+        pipeline = cls(optimise_for_inference(model, int8_cache=cache, int8_read=read), checkpoint=path)
+        report("the model is ready")
+        return pipeline
 
     @property
     def fine_tuned(self) -> bool:
@@ -425,13 +435,18 @@ class ChatSession:
     def ask(self, question: str, *, axis: str | int = "axial", slice_index: int | None = None,
             volume: bool = False, hints: Hints | None = None,
             on_token: Callable[[str], bool | None] | None = None,
-            max_new_tokens: int | None = None) -> Answer:
+            max_new_tokens: int | None = None,
+            on_progress: Callable[[str, int, int], None] | None = None) -> Answer:
         """Answer ``question`` about one slice (default: the middle one along ``axis``)
         or, with ``volume=True``, about the whole volume.
 
         ``on_token(text_piece)`` streams the answer; returning ``False`` cancels
         (:class:`Cancelled` is raised and the conversation is left as it was).
+        ``on_progress(stage, done, total)`` reports the phases: ``encoding`` (slices
+        encoded of those the question covers), ``answering`` (the language model
+        reads and generates; 0 of 0) and ``masks`` (answer segments decoded).
         """
+        report = on_progress or (lambda stage, done, total: None)
         cfg = self.model.config
         question = validate_question(question, (cfg.model.seg_token, cfg.model.image_token))
         hints = hints or Hints()
@@ -443,6 +458,7 @@ class ChatSession:
             t_enc = time.perf_counter()
             embeddings, encoded = self.embeddings(ax, indices)
             encode_s = time.perf_counter() - t_enc
+            report("encoding", len(indices), len(indices))
 
             # --- the LLM: one conversational turn on the central key slice ---
             center = keys_idx[len(keys_idx) // 2]
@@ -451,6 +467,7 @@ class ChatSession:
             turn = Turn(question=question, image_id=None if self._shown_image == image_id else image_id)
             keys = self._keys(self.turns + [turn])
             streamer = _Streamer(self.model.tokenizer, on_token) if on_token else None
+            report("answering", 0, 0)
             with self.pipeline.lock:
                 gen = generate(self.model, keys, self._visual_bank,
                                max_new_tokens or cfg.generation.max_new_tokens, self.state,
@@ -470,6 +487,7 @@ class ChatSession:
             t_mask = time.perf_counter()
             names = segment_names(raw, cfg.model.seg_token)
             segments = []
+            report("masks", 0, len(names))
             for j, name in enumerate(names):
                 mask = self._decode(ax, indices, embeddings, seg_states, j, prompt_hints)
                 if volume:
@@ -480,6 +498,7 @@ class ChatSession:
                         seeds[tuple(sl)] = mask[tuple(sl)]
                     mask = keep_connected(mask, seeds)
                 segments.append(Segment(name=name, mask=mask, index=j))
+                report("masks", j + 1, len(names))
             mask_s = time.perf_counter() - t_mask
             self.turns.append(turn)
             self._shown_image = image_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,10 @@ class Turn:
 
 
 def validate_question(question: Any, reserved: tuple[str, ...]) -> str:
-    """Return the stripped question or raise :class:`InputError`."""
+    """Return the stripped question or raise :class:`InputError`: not text, empty, too
+    long, holding a ``reserved`` token, bytes that are not UTF-8 (a command line's
+    undecodable bytes arrive as lone surrogates) or control characters other than
+    newline and tab."""
     if not isinstance(question, str):
         raise InputError("the question must be text")
     text = question.strip()
@@ -35,8 +39,14 @@ def validate_question(question: Any, reserved: tuple[str, ...]) -> str:
     for token in reserved:
         if token in text:
             raise InputError(f"the question contains the reserved token {token!r}")
-    if any(ord(c) < 32 and c not in "\n\t" for c in text):
-        raise InputError("the question contains control characters")
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        raise InputError("the question is not valid UTF-8 text (it holds undecodable bytes or "
+                         "lone surrogates)")
+    bad = sorted({c for c in text if unicodedata.category(c) == "Cc" and c not in "\n\t"})
+    if bad:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in bad[:5])
+        raise InputError(f"the question contains control characters ({shown}); only text, "
+                         "newlines and tabs are accepted")
     return text
 
 

@@ -174,7 +174,9 @@ def converted_gguf_dir(weight: WeightFile = SMOLLM2_GGUF) -> Path:
     marker = target / "medsegr_source.json"
     if marker.is_file():
         return target
-    log.info("converting %s to safetensors (once; ~15 s)", gguf_path.name)
+    from medsegr.load_status import report
+
+    report(f"converting {gguf_path.name} to safetensors (first run only; about 15-30 s)")
     from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy; only here
 
     import torch

@@ -12,6 +12,7 @@ from medsegr.errors import InputError
 from medsegr.io.images import MedicalImage, image_from_array, load_image
 from medsegr.io.segmentation_files import (
     SegmentSpec,
+    coded_segment,
     default_color,
     read_seg_nrrd,
     write_labelmap_nrrd,
@@ -430,3 +431,36 @@ def test_default_color_palette() -> None:
     assert len(set(colours)) == 12
     assert all(0.0 <= c <= 1.0 for colour in colours for c in colour)
     assert default_color(12) == default_color(0)
+
+
+def test_coded_segments_carry_the_vocabulary_terminology_and_colour_into_slicer(
+        slicer_module: Any, tmp_path: Path) -> None:
+    from medsegr import vocabulary
+
+    reference = oblique_reference()
+    shape = reference.shape
+    names = ["right kidney", "hepatic lesion", "blob 7"]
+    masks = [box(shape, slice(0, 2), slice(0, 3), slice(0, 2)), box(shape, slice(2, 4), slice(1, 3), slice(1, 4)),
+             box(shape, slice(0, 1), slice(4, 5), slice(3, 5))]
+    specs = [coded_segment(name, mask, index) for index, (name, mask) in enumerate(zip(names, masks))]
+    assert specs[2].terminology is None and specs[2].color == default_color(2)  # no code: free text only
+    path = tmp_path / "coded.seg.nrrd"
+    write_seg_nrrd(path, specs, reference)
+
+    scene = new_scene(slicer_module)
+    segmentation = slicer_read(slicer_module, scene, path).GetSegmentation()
+    for index, name in enumerate(names[:2]):
+        segment = segmentation.GetNthSegment(index)
+        entry = vocabulary.lookup(name)
+        assert segment.GetName() == name
+        assert slicer_tag(segment, segment.GetTerminologyEntryTagName()) == vocabulary.slicer_terminology_string(entry)
+        np.testing.assert_allclose(segment.GetColor(), [c / 255 for c in entry.color])
+    kidney_tag = slicer_tag(segmentation.GetNthSegment(0), "TerminologyEntry")
+    assert "~SCT^64033007^Kidney~SCT^24028007^Right~" in kidney_tag
+    assert slicer_tag(segmentation.GetNthSegment(1), "TerminologyEntry").endswith("~SCT^10200004^Liver~^^")
+    uncoded = segmentation.GetNthSegment(2)
+    # no tag in the file: Slicer gives the segment its own generic default ("Tissue")
+    assert uncoded.GetName() == "blob 7"
+    assert uncoded.GetTerminology() == slicer_module.vtkSegment().GetTerminology()
+    assert read_seg_nrrd(path)[0][2].terminology is None
+    np.testing.assert_allclose(uncoded.GetColor(), default_color(2))

@@ -209,7 +209,7 @@ def test_sse_wire_format(server, client):
     events = [block.split("\n") for block in raw.decode().strip().split("\n\n")]
     names = [lines[0].removeprefix("event: ") for lines in events if not lines[0].startswith(":")]
     assert names[0] == "queued" and names[1] == "started" and names[-1] == "answer"
-    assert set(names[2:-1]) <= {"text"}
+    assert set(names[2:-1]) <= {"text", "progress"}
     answer = json.loads(events[-1][1].removeprefix("data: "))
     assert answer["request_id"] == "wire-1" and answer["session_id"] == sid
     client.delete_session(sid)

@@ -30,7 +30,10 @@ def test_structure_names_map_to_snomed_terminology_entries():
     assert terminology.lookup("the liver").code == "10200004"
     assert terminology.lookup("Grey matter").code == "389081007"
     assert terminology.lookup("cerebral white matter").code == "68523003"
-    assert terminology.lookup("a tumour").meaning == "Mass"
+    assert terminology.lookup("a tumour").meaning == "Neoplasm"
+    hepatic = terminology.lookup("hepatic lesion")
+    assert hepatic.code == "52988006" and "~SCT^10200004^Liver~^^" in hepatic.entry
+    assert hepatic.standard_name == "Liver lesion"
     assert terminology.lookup("Haemorrhage").code == "50960005"
     both = terminology.lookup("both lungs")
     assert both.code == "39607008" and both.laterality is None and "~^^~" in both.entry
@@ -207,6 +210,8 @@ def test_error_messages_are_specific():
 
 
 def test_segments_are_written_all_or_nothing_with_terminology(mrml_scene, monkeypatch):
+    import slicer
+    import vtk
     from MedSegRLib import segmentation_results as results
     from mrml_scene import add_volume
 
@@ -222,6 +227,13 @@ def test_segments_are_written_all_or_nothing_with_terminology(mrml_scene, monkey
     segment = node.GetSegmentation().GetSegment(written[0].id)
     assert "SCT^24028007^Right" in segment.GetTerminology()
     assert segment.GetColor() == pytest.approx(terminology.lookup("right kidney").color)
+    tag = vtk.reference("")
+    assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag) and str(tag) == written[0].terminology
+    blob = node.GetSegmentation().GetSegment(written[1].id)
+    default = slicer.vtkSegment().GetTerminology()  # Slicer's generic "Tissue" entry
+    assert written[1].terminology is None and blob.GetTerminology() == default and blob.GetName() == "blob"
+    assert results.uncoded_note(written) == "no standard code for 'blob' (kept with its free-text name)"
+    assert results.uncoded_note(written[:1]) is None
     assert results.segment_tag(node, written[0].id, results.TAG_TURN) == "0"
     assert np.array_equal(results.segment_mask(node, written[0].id, volume), kidney)
     assert not results.segment_mask(node, written[1].id, volume).any()

@@ -318,14 +318,14 @@ def test_declined_install_starts_no_engine(shell, panel):
     from MedSegRLib import dependencies
 
     plan = dependencies.plan_install(versions={}, gpu=None, platform="linux")
-    widget.installPlan = lambda: plan
+    widget.logic.engineInstallPlan = lambda python=None: plan
     prompts = []
     widget.confirmInstall = lambda text: prompts.append(text) or False
     widget.ui.questionLineEdit.setText("Segment the brain.")
     shell.qt.QTest.keyClick(widget.ui.questionLineEdit, shell.qt.Qt.Key_Return)
     shell.process_events(0.1)
     assert len(prompts) == 1 and "torch==2.14.1" in prompts[0] and "CPU build" in prompts[0]
-    assert widget.engine is None and widget.logic.client is None
+    assert widget.logic.engine is None and widget.logic.client is None
     assert "installation declined" in widget.ui.engineStatusLabel.text()
 
 
@@ -401,20 +401,25 @@ def test_bundled_engine_started_from_the_panel_answers_and_stops(shell, panel, t
     widget.ui.checkpointPathLineEdit.setCurrentPath(str(tiny_checkpoint))
     asked = []
     widget.confirmPrivacy = lambda text: asked.append(text) or (True, True)
+    statuses = []
+    show_status = widget.setEngineStatus
+    widget.setEngineStatus = lambda text: (statuses.append(text), show_status(text))
     QTest.mouseClick(widget.ui.startEngineButton, Qt.LeftButton)
     try:
         assert widget.ui.progressBar.isVisible() and widget.ui.cancelButton.isEnabled()
         assert shell.wait_for(lambda: widget.logic.client is not None, timeout=240), widget.ui.engineStatusLabel.text()
+        # the engine's loading steps were shown while it started
+        assert any(text.startswith("Starting the engine: loading the checkpoint") for text in statuses), statuses
         status = widget.ui.engineStatusLabel.text()
         assert status.startswith("Connected: medsegr 0.1.0") and "device cpu" in status
         log = widget.ui.engineLogTextEdit.toPlainText()
         assert "medsegr.cli serve" in log and "--checkpoint " + str(tiny_checkpoint) in log
-        assert widget.engine.token not in log
+        assert widget.logic.engine.token not in log
         assert widget.ui.stopEngineButton.isEnabled() and not widget.ui.startEngineButton.isEnabled()
         ask(shell, widget, "What is shown here?", timeout=120)
         assert widget.pending is None, widget.pending.message
         assert widget.currentConversation() is not None and not asked  # no privacy note for a local engine
-        process = widget.engine.process
+        process = widget.logic.engine.process
     finally:
         QTest.mouseClick(widget.ui.stopEngineButton, Qt.LeftButton)
     assert process.poll() is not None and widget.logic.client is None
@@ -454,8 +459,10 @@ def test_an_engine_that_dies_is_noticed(shell, panel, tmp_path):
     failing.chmod(0o755)
     engine = BundledEngine(python=str(failing))
     engine.start()
-    widget.engine = engine
-    widget.logic.set_client(EngineClient(engine.url, token=engine.token), {"api_version": "1"})
+    client = EngineClient(engine.url, token=engine.token)
+    widget.logic.engineManager.engine = engine
+    widget.logic.engineManager.use(client, {"api_version": "1"}, "bundled")
+    widget.logic.set_client(client, {"api_version": "1"})
     assert shell.wait_for(lambda: "stopped unexpectedly (exit code 3)" in widget.ui.engineStatusLabel.text(), 30)
     assert widget.logic.client is None and widget.ui.startEngineButton.isEnabled()
     engine.stop()

@@ -160,3 +160,32 @@ def test_train_command_under_accelerate_launch_with_two_cpu_processes(dataset, t
     assert (out / "final" / "heads.safetensors").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]  # logged once, not twice
+
+
+def test_image_store_keeps_only_the_most_recent_normalised_volumes():
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from medsegr.training.examples import ImageStore
+
+    loads: list[str] = []
+
+    def record(name: str):
+        def load_image(cache):
+            loads.append(name)
+            return SimpleNamespace(array=np.full((2, 3, 3), 100.0, dtype=np.float32))
+        return SimpleNamespace(image_path=name, window=None, load_image=load_image)
+
+    store = ImageStore(max_normalised=2)
+    a, b, c = record("a"), record("b"), record("c")
+    first = store.normalised(a, "MR")
+    assert store.normalised(a, "MR") is first and loads == ["a"]  # reused, not recomputed
+    store.normalised(b, "MR")
+    store.normalised(a, "MR")  # a is now the most recent
+    store.normalised(c, "MR")  # drops b, the least recently used
+    assert len(store._normalised) == 2
+    store.normalised(a, "MR")
+    assert loads == ["a", "b", "c"]
+    store.normalised(b, "MR")
+    assert loads == ["a", "b", "c", "b"]

@@ -20,7 +20,6 @@ All file formats go through SimpleITK. Every problem a user can cause raises
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import re
 import secrets
@@ -33,6 +32,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medsegr.errors import InputError
+from medsegr.io.limits import ImageLimits
 
 __all__ = [
     "MODALITIES",
@@ -194,7 +194,8 @@ class MedicalImage:
 # --------------------------------------------------------------------------- loading
 
 
-def load_image(path: str | os.PathLike[str], modality: str | None = None) -> MedicalImage:
+def load_image(path: str | os.PathLike[str], modality: str | None = None,
+               limits: ImageLimits | None = None) -> MedicalImage:
     """Read a medical image file or DICOM series folder.
 
     Supported: NRRD (``.nrrd``, ``.nhdr``), NIfTI (``.nii``, ``.nii.gz``), MetaImage
@@ -206,17 +207,31 @@ def load_image(path: str | os.PathLike[str], modality: str | None = None) -> Med
     ``OT``); else the ``modality`` argument; else ``OT`` for pictures, ``CT`` when
     the minimum looks like Hounsfield units (between -3100 and -500), and ``MR``
     otherwise.
+
+    ``limits`` (default :class:`ImageLimits`) bound the voxels, the longest side and
+    the decoded bytes; they are checked from the file header before the voxels are
+    read, and compressed ``.gz`` files are never inflated far past what their header
+    declares (:class:`medsegr.io.limits.ImageTooLarge` when exceeded).
     """
     requested = _normalise_modality(modality)
+    bounds = limits if limits is not None else ImageLimits()
     source = Path(path)
-    if not source.exists():
+    try:
+        exists = source.exists()
+    except (OSError, ValueError) as error:  # a name too long, a NUL byte
+        raise InputError(f"image path cannot be used: {source} "
+                         f"({getattr(error, 'strerror', None) or error})") from None
+    if not exists:
         raise InputError(f"image path does not exist: {source}")
+    if not source.is_dir() and not source.is_file():
+        raise InputError(f"image path is neither a file nor a folder (a device, pipe or "
+                         f"socket): {source}")
     if source.is_dir():
-        image, dicom_modality = _read_dicom_series(source)
+        image, dicom_modality = _read_dicom_series(source, bounds)
         is_raster = False
     else:
         io_name = _image_io_for(source)
-        image, dicom_modality = _read_file(source, io_name)
+        image, dicom_modality = _read_file(source, io_name, bounds)
         is_raster = io_name in _RASTER_IO.values()
     image = _as_scalar_3d(image, str(source))
     array = _checked_voxels(sitk.GetArrayFromImage(image), str(source))
@@ -268,15 +283,24 @@ def _has_dicom_preamble(path: Path) -> bool:
     return len(header) == 132 and header[128:] == b"DICM"
 
 
-def _read_file(path: Path, io_name: str) -> tuple[sitk.Image, str | None]:
-    """Read one file; returns the image and its DICOM modality tag (None when absent)."""
-    if path.name.lower().endswith(".gz"):
-        _check_gzip_stream(path)
+def _read_file(path: Path, io_name: str, limits: ImageLimits) -> tuple[sitk.Image, str | None]:
+    """Read one file; returns the image and its DICOM modality tag (None when absent).
+
+    The header is read first and checked against ``limits``; only then the voxels."""
     reader = sitk.ImageFileReader()
     reader.SetImageIO(io_name)
     reader.SetFileName(str(path))
+    gzipped = path.name.lower().endswith(".gz")
+    if gzipped and not _has_gzip_magic(path):
+        raise InputError(f"could not read image {path}: not a valid gzip file (no gzip header)")
+    declared = _checked_header(reader, path, io_name, limits, count=1)
+    if gzipped:
+        _check_gzip_stream(path, declared + _GZIP_HEADER_SLACK)
+    elif io_name == "NrrdImageIO":
+        _check_nrrd_gzip(path, declared)
     try:
-        image = reader.Execute()
+        with _itk_warnings_silenced():
+            image = reader.Execute()
     except RuntimeError as error:
         raise InputError(
             f"could not read image {path} (unreadable, truncated or not {_format_name(io_name)}): "
@@ -286,21 +310,133 @@ def _read_file(path: Path, io_name: str) -> tuple[sitk.Image, str | None]:
     return image, tag
 
 
-def _check_gzip_stream(path: Path) -> None:
-    """ITK reads a cut-off ``.gz`` without complaint (the missing voxels come back as
-    zeros), so the compressed stream is checked to its end first."""
+def _has_gzip_magic(path: Path) -> bool:
     try:
-        with gzip.open(path, "rb") as stream:
-            while stream.read(1 << 22):
-                pass
-    except EOFError:
-        raise InputError(f"could not read image {path}: the compressed file is truncated") from None
-    except (OSError, zlib.error) as error:
+        with path.open("rb") as handle:
+            return handle.read(2) == b"\x1f\x8b"
+    except OSError:
+        return False
+
+
+def _checked_header(reader: sitk.ImageFileReader, path: Path, io_name: str,
+                    limits: ImageLimits, count: int) -> int:
+    """Read the header of ``reader``'s file, check ``count`` such images (a DICOM series)
+    against ``limits`` and return the bytes of voxel data they declare."""
+    try:
+        with _itk_warnings_silenced():
+            reader.ReadImageInformation()
+    except RuntimeError as error:
+        raise InputError(
+            f"could not read image {path} (unreadable, truncated or not {_format_name(io_name)}): "
+            f"{itk_error_message(error)}"
+        ) from None
+    sizes = [int(s) for s in reader.GetSize()]
+    if count > 1:
+        sizes = [*sizes[:2], count * (sizes[2] if len(sizes) > 2 else 1)]
+    if 0 in sizes:
+        raise InputError(f"image has a zero-size axis (size {tuple(sizes)}): {path}")
+    per_voxel = max(1, reader.GetNumberOfComponents()) * _component_bytes(reader.GetPixelID())
+    source = str(path) if count == 1 else f"the DICOM series of {count} files at {path.parent}"
+    limits.check(sizes, per_voxel, source)
+    return int(np.prod(sizes, dtype=np.int64)) * per_voxel
+
+
+def _component_bytes(pixel_id: int) -> int:
+    """Bytes of one pixel component of SimpleITK pixel type ``pixel_id`` (8 when unknown)."""
+    try:
+        return int(sitk.Image([1, 1], pixel_id, 1).GetSizeOfPixelComponent())
+    except (RuntimeError, TypeError, ValueError):
+        try:
+            return int(sitk.Image([1, 1], pixel_id).GetSizeOfPixelComponent())
+        except (RuntimeError, TypeError, ValueError):
+            return 8
+
+
+#: bytes a gzip-compressed file may inflate to beyond its declared voxel data
+#: (the format header and, for NIfTI, its extensions)
+_GZIP_HEADER_SLACK = 16 * 1024 * 1024
+
+
+def _check_gzip_stream(path: Path, max_inflated: int, offset: int = 0) -> None:
+    """ITK reads a cut-off gzip stream without complaint (the missing voxels come back
+    as zeros), so the compressed data of ``path`` (from byte ``offset``) is checked to its
+    end first, inflating at most ``max_inflated`` bytes: a small file that inflates
+    further than its header declares is refused without holding the inflated data."""
+    chunk_out = 1 << 22
+    total = 0
+    inflater = None
+    try:
+        with path.open("rb") as handle:
+            handle.seek(offset)
+            while chunk := handle.read(1 << 20):
+                data = chunk
+                while data or inflater is not None:
+                    if inflater is None:
+                        if not data.strip(b"\0"):  # zero padding after the data
+                            break
+                        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib
+                    out = inflater.decompress(data, chunk_out)
+                    total += len(out)
+                    if total > max_inflated:
+                        raise InputError(f"could not read image {path}: its compressed data "
+                                         f"inflates past {max_inflated:,} bytes, more than its "
+                                         "header declares")
+                    if inflater.eof:
+                        data, inflater = inflater.unused_data, None
+                        continue
+                    data = inflater.unconsumed_tail
+                    if not data and len(out) < chunk_out:
+                        break  # needs more input
+    except zlib.error as error:
         raise InputError(f"could not read image {path}: not a valid gzip file ({error})") from None
+    except OSError as error:
+        raise InputError(f"could not read image {path}: {error.strerror or error}") from None
+    if inflater is not None:
+        raise InputError(f"could not read image {path}: the compressed file is truncated")
 
 
-def _read_dicom_series(folder: Path) -> tuple[sitk.Image, str | None]:
-    """Read the DICOM series with most files in ``folder``."""
+_NRRD_FIELD = re.compile(r"^([^:#][^:]*):[ \t]*(.*?)\s*$")
+
+
+def _check_nrrd_gzip(path: Path, max_inflated: int) -> None:
+    """For a gzip-encoded NRRD, bound and check its compressed data like a ``.gz`` file
+    (attached data, or a detached ``data file`` beside the header)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(MAX_NRRD_HEADER_BYTES)
+    except OSError as error:
+        raise InputError(f"could not read image {path}: {error.strerror or error}") from None
+    end = head.find(b"\n\n")
+    if end < 0:
+        return  # ITK reports the malformed header
+    fields = {}
+    for line in head[:end].decode("latin-1").splitlines()[1:]:
+        match = _NRRD_FIELD.match(line)
+        if match and ":=" not in line:
+            fields[match.group(1).strip().lower()] = match.group(2)
+    if fields.get("encoding", "").strip().lower() not in ("gzip", "gz"):
+        return
+    if any(fields.get(name, "0").strip() != "0" for name in ("line skip", "lineskip",
+                                                              "byte skip", "byteskip")):
+        return  # skipped bytes: ITK's reader alone knows where the data starts
+    detached = fields.get("data file") or fields.get("datafile")
+    if detached is None:
+        _check_gzip_stream(path, max_inflated, offset=end + 2)
+        return
+    data_path = Path(detached.strip())
+    if not data_path.is_absolute():
+        data_path = path.parent / data_path
+    if data_path.is_file():
+        _check_gzip_stream(data_path, max_inflated)
+
+
+#: the longest NRRD header read when looking for its encoding
+MAX_NRRD_HEADER_BYTES = 64 * 1024
+
+
+def _read_dicom_series(folder: Path, limits: ImageLimits) -> tuple[sitk.Image, str | None]:
+    """Read the DICOM series with most files in ``folder`` (its size, from the header of
+    its first file times the file count, checked against ``limits`` first)."""
     try:
         with _itk_warnings_silenced():
             series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
@@ -310,6 +446,11 @@ def _read_dicom_series(folder: Path) -> tuple[sitk.Image, str | None]:
     if not series_ids:
         raise InputError(f"folder contains no DICOM series: {folder}")
     largest = max(series_ids, key=lambda sid: len(files[sid]))
+    first = sitk.ImageFileReader()
+    first.SetImageIO("GDCMImageIO")
+    first.SetFileName(files[largest][0])
+    _checked_header(first, Path(files[largest][0]), "GDCMImageIO", limits,
+                    count=len(files[largest]))
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[largest])
     reader.MetaDataDictionaryArrayUpdateOn()

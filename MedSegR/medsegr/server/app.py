@@ -72,7 +72,8 @@ class Engine:
     # -- sessions (run in a thread pool: decoding and normalising take a while) -------
     def open_session(self, body: bytes, modality: str | None, window: str | None) -> SessionEntry:
         try:
-            array, spacing, origin, direction = decode_nrrd(body, max_voxels=self.settings.max_voxels)
+            array, spacing, origin, direction = decode_nrrd(body, max_voxels=self.settings.max_voxels,
+                                                          limits=self.settings.image_limits())
         except NrrdTooLarge as exc:
             raise ApiError(413, "too_many_voxels", str(exc)) from None
         image = image_from_array(array, spacing=spacing, origin=origin, direction=direction,

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from medsegr.errors import InputError
+from medsegr.io.limits import add_limit_options
 from medsegr.model_options import add_model_options, chosen_checkpoint
 from medsegr.server.settings import DEFAULT_PORT, MIB
 
@@ -52,8 +53,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-sessions", type=int, default=64, help="most sessions at once")
     serve.add_argument("--max-upload", type=float, default=1024, metavar="MIB",
                        help="largest uploaded image file (default 1024 MiB)")
-    serve.add_argument("--max-voxels", type=int, default=512 * 512 * 1024,
-                       help="most voxels an uploaded image may have (default 512*512*1024)")
+    add_limit_options(serve, "an uploaded image")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"],
                        help="server log level (question text is logged at debug only)")
@@ -108,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=token, max_queue=args.max_queue, request_timeout_s=args.request_timeout,
         session_idle_s=args.session_idle, max_session_bytes=int(args.max_session_memory * MIB),
         max_sessions=args.max_sessions, max_upload_bytes=int(args.max_upload * MIB),
-        max_voxels=args.max_voxels)
+        max_voxels=args.max_voxels, max_bytes=args.max_bytes, max_side=args.max_side)
     sock = _bind(args.host, args.port)  # fail fast on a busy port, before loading the model
     print("medsegr serve: loading the model...", file=sys.stderr, flush=True)
 
@@ -123,7 +123,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     config = MedSegRConfig.from_file(args.config) if args.config else None
-    pipe = MedSegRPipeline.load(checkpoint, config=config, device=args.device)
+    from medsegr.load_status import listening, print_to_stdout
+
+    with listening(print_to_stdout):
+        pipe = MedSegRPipeline.load(checkpoint, config=config, device=args.device)
     if not pipe.fine_tuned:
         log.warning("no fine-tuned MedSegR checkpoint is loaded: answers are not grounded in "
                     "the image and masks are not meaningful")

@@ -49,11 +49,34 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+class CodedConcept(BaseModel):
+    scheme: str = Field(description="coding scheme designator, e.g. SCT (SNOMED CT)")
+    value: str = Field(description="code value")
+    meaning: str = Field(description="code meaning")
+
+
+class SegmentTerminology(BaseModel):
+    """What a segment shows, coded from the anatomy vocabulary; ``coded`` false (and
+    every code null) when the name has no standard code: the free-text name is kept."""
+
+    name: str
+    coded: bool
+    key: str | None = None
+    standard_name: str | None = None
+    category: CodedConcept | None = None
+    type: CodedConcept | None = None
+    type_modifier: CodedConcept | None = None
+    region: CodedConcept | None = None
+    region_modifier: CodedConcept | None = None
+    color: list[int] | None = Field(None, description="recommended display colour, 0-255 RGB")
+
+
 class SegmentRecord(BaseModel):
     id: str
     name: str
     index: int
     voxels: int
+    terminology: SegmentTerminology | None = None
     mask_url: str = Field(description="GET it (with the token) for the mask as gzip NRRD "
                           "(uint8 0/1) on the session image's exact grid")
 
@@ -127,7 +150,10 @@ STREAM_DESCRIPTION = """Server-sent events (`text/event-stream`), each `event: N
 
 * `queued` `{"request_id", "position"}`: requests ahead of this one;
 * `started` `{"request_id", "queue_wait_s"}`: the model took it;
-* `progress` `{"stage": "encoding", "done", "total"}`: volume mode, slices encoded;
+* `progress` `{"stage", "done", "total"}`: the phase of the answer, in order:
+  `encoding` (slices encoded of those the question covers, several events in volume
+  mode), `answering` (the language model reads and generates; `0` of `0`), `masks`
+  (answer segments decoded);
 * `text` `{"text"}`: the next piece of the raw answer text (may contain `<p>` and
   `[SEG]` markers), as it is generated;
 * `answer`: the final answer (the same JSON as `POST .../ask`); the stream ends;

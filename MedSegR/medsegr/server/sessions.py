@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from medsegr.server.errors import ApiError
+from medsegr.vocabulary import segment_terminology
 
 log = logging.getLogger("medsegr.server")
 
@@ -172,7 +173,7 @@ class SessionStore:
     # -- answers and masks -----------------------------------------------------------
     def store_answer(self, entry: SessionEntry, request_id: str, segments: list[Any]
                      ) -> list[dict[str, Any]]:
-        """Keep an answer's masks for download; returns ``[{id, name, index, voxels}]``."""
+        """Keep an answer's masks for download; returns ``[{id, name, index, voxels, terminology}]``."""
         stored = []
         records = []
         for seg in segments:
@@ -182,7 +183,7 @@ class SessionStore:
                               shape=tuple(int(n) for n in mask.shape))  # type: ignore[arg-type]
             stored.append(item)
             records.append({"id": item.segment_id, "name": seg.name, "index": int(seg.index),
-                            "voxels": int(mask.sum())})
+                            "voxels": int(mask.sum()), "terminology": segment_terminology(seg.name)})
         with self._lock:
             for item in stored:
                 entry.masks[item.segment_id] = item

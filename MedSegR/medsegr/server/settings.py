@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from medsegr.errors import InputError
+from medsegr.io.limits import DEFAULT_MAX_BYTES, DEFAULT_MAX_SIDE, DEFAULT_MAX_VOXELS, ImageLimits
 from medsegr.prompts import MAX_QUESTION_CHARS
 
 #: default TCP port of ``medsegr serve``
@@ -29,8 +30,12 @@ class ServerSettings:
     max_upload_bytes: int = 1024 * MIB
     #: largest JSON request body (questions, hints)
     max_json_bytes: int = 64 * 1024
-    #: most voxels an uploaded image may have
-    max_voxels: int = 512 * 512 * 1024
+    #: most voxels an uploaded image may have (the same default as ``medsegr ask``)
+    max_voxels: int = DEFAULT_MAX_VOXELS
+    #: most bytes an uploaded image's decoded voxel data may take
+    max_bytes: int = DEFAULT_MAX_BYTES
+    #: longest side of an uploaded image, in voxels
+    max_side: int = DEFAULT_MAX_SIDE
     #: longest question, in characters
     max_question_chars: int = MAX_QUESTION_CHARS
     #: requests that may wait for the model (the running one not counted); more get 503
@@ -59,17 +64,24 @@ class ServerSettings:
                                  "print(secrets.token_urlsafe(32))\")")
             if any(c.isspace() for c in self.token) or not self.token.isprintable():
                 raise InputError("the token must be printable text without spaces")
-        positive = ("max_upload_bytes", "max_json_bytes", "max_voxels", "max_question_chars",
+        positive = ("max_upload_bytes", "max_json_bytes", "max_voxels", "max_bytes", "max_side",
+                    "max_question_chars",
                     "max_queue", "request_timeout_s", "session_idle_s", "max_session_bytes",
                     "max_sessions", "keep_answers", "ping_interval_s", "retry_after_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise InputError(f"server setting {name} must be positive, got {getattr(self, name)}")
 
+    def image_limits(self) -> ImageLimits:
+        """The limits on uploaded images (shared with ``medsegr ask``)."""
+        return ImageLimits(max_voxels=self.max_voxels, max_bytes=self.max_bytes,
+                           max_side=self.max_side)
+
     def limits(self) -> dict[str, float | int]:
         """The limits a client may want to know (``/v1/info``)."""
         return {"max_upload_bytes": self.max_upload_bytes, "max_json_bytes": self.max_json_bytes,
-                "max_voxels": self.max_voxels, "max_question_chars": self.max_question_chars,
+                "max_voxels": self.max_voxels, "max_bytes": self.max_bytes,
+                "max_side": self.max_side, "max_question_chars": self.max_question_chars,
                 "max_queue": self.max_queue, "request_timeout_s": self.request_timeout_s,
                 "session_idle_s": self.session_idle_s,
                 "max_session_bytes": self.max_session_bytes, "max_sessions": self.max_sessions,

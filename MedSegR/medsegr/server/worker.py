@@ -275,11 +275,14 @@ class ModelWorker:
             job.send("text", {"text": piece})
             return True
 
+        def on_progress(stage: str, done: int, total: int) -> None:
+            job.send("progress", {"stage": stage, "done": int(done), "total": int(total)})
+
         try:
             encoded = self._encode_volume(job) if p.volume else 0
             answer = session.ask(p.question, axis=p.axis, slice_index=p.slice_index,
                                  volume=p.volume, hints=p.hints, on_token=on_token,
-                                 max_new_tokens=p.max_new_tokens)
+                                 max_new_tokens=p.max_new_tokens, on_progress=on_progress)
         except Cancelled:
             raise _stopped_error(job) from None
         except MedSegRError as exc:

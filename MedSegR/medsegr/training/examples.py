@@ -9,6 +9,7 @@ trained on what it is later shown.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -56,17 +57,24 @@ class Example:
 
 class ImageStore:
     """Images and label maps (through the data package's :class:`VolumeCache`) and the
-    normalised intensities of each image, computed once (records share volumes)."""
+    normalised intensities of the most recently used images (records of one volume come
+    together in a dataset, so each volume is normalised about once while memory stays
+    bounded by ``max_normalised`` volumes)."""
 
-    def __init__(self, cache: VolumeCache | None = None) -> None:
+    def __init__(self, cache: VolumeCache | None = None, max_normalised: int = 8) -> None:
         self.cache = cache or VolumeCache(max_items=64)
-        self._normalised: dict[tuple[Path, str, str | None], np.ndarray] = {}
+        self.max_normalised = max_normalised
+        self._normalised: OrderedDict[tuple[Path, str, str | None], np.ndarray] = OrderedDict()
 
     def normalised(self, record: Any, modality: str) -> np.ndarray:
         key = (record.image_path, modality, record.window)
-        if key not in self._normalised:
+        if key in self._normalised:
+            self._normalised.move_to_end(key)
+        else:
             self._normalised[key] = normalise(record.load_image(self.cache).array, modality,
                                               record.window)
+            while len(self._normalised) > self.max_normalised:
+                self._normalised.popitem(last=False)
         return self._normalised[key]
 
 
