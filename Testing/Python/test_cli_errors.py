@@ -120,7 +120,7 @@ def test_wrong_sha256_of_a_weight_file(volume, tmp_path, capsys, monkeypatch):
     data[len(data) // 2] ^= 0xFF
     (fake_pkg / weights.LITEMEDSAM.relpath).write_bytes(bytes(data))
     original = weights.package_dir
-    monkeypatch.setattr(weights, "package_dir", lambda package, dist: fake_pkg
+    monkeypatch.setattr(weights, "package_dir", lambda package, dist, install=None: fake_pkg
                         if package == weights.LITEMEDSAM.package else original(package, dist))
     monkeypatch.setenv("MEDSEGR_CACHE_DIR", str(tmp_path / "cache"))
     code, err = _run(capsys, ["ask", str(volume), "Where?", "--base", "--out", str(tmp_path / "out")])
