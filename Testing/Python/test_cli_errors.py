@@ -121,10 +121,11 @@ def test_wrong_sha256_of_a_weight_file(volume, tmp_path, capsys, monkeypatch):
     (fake_pkg / weights.LITEMEDSAM.relpath).write_bytes(bytes(data))
     original = weights.package_dir
     monkeypatch.setattr(weights, "package_dir", lambda package, dist, install=None: fake_pkg
-                        if package == weights.LITEMEDSAM.package else original(package, dist))
+                        if package == weights.LITEMEDSAM.package else original(package, dist, install))
     monkeypatch.setenv("MEDSEGR_CACHE_DIR", str(tmp_path / "cache"))
     code, err = _run(capsys, ["ask", str(volume), "Where?", "--base", "--out", str(tmp_path / "out")])
-    assert code == 2 and "SHA-256 mismatch" in err[0]
+    errors = [line for line in err if not line.startswith("medsegr: ")]  # load-status lines first
+    assert code == 2 and "SHA-256 mismatch" in errors[0]
     assert not (tmp_path / "out").exists()
 
 
