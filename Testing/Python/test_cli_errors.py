@@ -124,8 +124,8 @@ def test_wrong_sha256_of_a_weight_file(volume, tmp_path, capsys, monkeypatch):
                         if package == weights.LITEMEDSAM.package else original(package, dist, install))
     monkeypatch.setenv("MEDSEGR_CACHE_DIR", str(tmp_path / "cache"))
     code, err = _run(capsys, ["ask", str(volume), "Where?", "--base", "--out", str(tmp_path / "out")])
-    errors = [line for line in err if not line.startswith("medsegr: ")]  # load-status lines first
-    assert code == 2 and "SHA-256 mismatch" in errors[0]
+    errors = [line for line in err if "SHA-256" in line]  # after the load-status lines
+    assert code == 2 and len(errors) == 1 and "SHA-256 mismatch" in errors[0]
     assert not (tmp_path / "out").exists()
 
 
