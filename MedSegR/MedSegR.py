@@ -465,6 +465,8 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         status = _("Answered in {seconds:.1f} s; {count} segment(s) added.").format(seconds=seconds, count=count)
         if result.notice:
             status += " " + result.notice
+        if result.terminology_note:
+            status += " " + result.terminology_note[0].upper() + result.terminology_note[1:] + "."
         self.setStatus(status)
         self._conversationsNeedRefresh = True
         self._renderNeeded = True

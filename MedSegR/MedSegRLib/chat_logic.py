@@ -104,6 +104,8 @@ class AskResult:
     segment_ids: list[str]
     turn_index: int
     notice: str | None = None
+    #: segments kept with a free-text name because the vocabulary has no code for them
+    terminology_note: str | None = None
 
     @property
     def text(self) -> str:
@@ -373,7 +375,8 @@ class MedSegRChatLogic:
                 self.scene.RemoveNode(node)
             raise
         return AskResult(answer=answer, conversation_node=conv_node, segmentation_node=segmentation,
-                         segment_ids=[w.id for w in written], turn_index=turn_index, notice=prepared.notice)
+                         segment_ids=[w.id for w in written], turn_index=turn_index, notice=prepared.notice,
+                         terminology_note=segmentation_results.uncoded_note(written))
 
     # -- all three ----------------------------------------------------------------
     def ask(self, volume_node: Any, question: str, scope: str = "slice", slice_node: Any | None = None,

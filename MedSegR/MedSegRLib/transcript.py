@@ -92,6 +92,8 @@ def _segments_html(turn: Turn, turn_index: int, visible: Callable[[str], bool]) 
         swatch = f'<span style="color:{_hex(segment.color)}; font-size:large">&#9632;</span>'
         label = html.escape(segment.name)
         detail = f"{segment.voxels:,} voxels" if segment.voxels else "empty"
+        if segment.terminology is None:  # kept with its free-text name only
+            detail += " · no standard code"
         if segment.state == "removed":
             rows.append(f'<span style="color:{MUTED_FG}"><s>{label}</s> (removed)</span>')
             continue
@@ -168,8 +170,9 @@ def to_markdown(conversation: Conversation) -> str:
         if turn.segments:
             lines.append("Segments:")
             for segment in turn.segments:
+                coded = "" if segment.terminology else ", no standard code (free-text name)"
                 lines.append(f"- {segment.name} ({segment.voxels:,} voxels, {segment.state}, "
-                             f"colour {_hex(segment.color)})")
+                             f"colour {_hex(segment.color)}{coded})")
             lines.append("")
     lines.append("Research software, not for clinical decisions.")
     return "\n".join(lines) + "\n"

@@ -248,6 +248,38 @@ def test_cli_writes_dicom_seg_for_a_dicom_series(series, tmp_path, capsys, local
         if not dicom_seg.segment_code(n).coded]
 
 
+def test_cli_with_server_writes_the_same_dicom_seg(series, tmp_path, capsys, tiny_pipeline):
+    """``medsegr ask --server``: the engine answers over HTTP and the CLI writes the DICOM
+    SEG from the series on this machine: references, frames and segments as answered."""
+    from server_harness import TOKEN, live_server
+
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN, encoding="utf-8")
+    out = tmp_path / "remote"
+    with live_server(tiny_pipeline, token=TOKEN) as server, force_seg(tiny_pipeline.model, {1}):
+        code = main(["ask", str(series), "Segment the liver.", "--server", server.url,
+                     "--token-file", str(token_file), "--out", str(out), "--max-new-tokens", "4",
+                     "--volume"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "wrote the DICOM SEG segmentation.dcm" in captured.out
+    record = json.loads((out / "answer.json").read_text(encoding="utf-8"))
+    assert record["model"]["server"] == server.url and record["dicom_seg"]["file"] == "segmentation.dcm"
+    seg = hd.seg.segread(out / "segmentation.dcm")
+    by_uid = _check_references(seg, series)
+    for item in seg.SegmentSequence:
+        assert item.SegmentAlgorithmType == "AUTOMATIC"
+        assert item.SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == "MedSegR"
+    assert [item.SegmentLabel for item in seg.SegmentSequence] == [s["name"] for s in record["segments"]]
+    labels = sitk.ReadImage(str(out / "labels.nrrd"))
+    label_array = sitk.GetArrayFromImage(labels)
+    frames = _frames_by_instance(seg)
+    assert frames and len(frames) == sum(int((label_array[k] == s["label_value"]).any())
+                                         for s in record["segments"] for k in range(SLICES))
+    for (uid, number), pixels in frames.items():
+        np.testing.assert_array_equal(pixels.astype(bool), label_array[_slice_of(labels, by_uid[uid])] == number)
+
+
 def test_cli_without_dicom_input_says_why(tmp_path, capsys, local_tiny):
     image = tmp_path / "scan.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(3).random((4, 20, 24)).astype(np.float32)),

@@ -169,3 +169,103 @@ def test_export_needs_highdicom_says_what_to_install(engine, tiny_pipeline, dico
         dicom_export.export_conversation(result.conversation_node, tmp_path / "x.dcm", lookup)
     assert not (tmp_path / "x.dcm").exists()
 
+
+
+# --------------------------------------------------------------------------- the panel
+
+
+class _DicomDatabase:
+    """Stands in for Slicer's DICOM database (a ctkDICOMDatabase, which needs the Slicer
+    application): only ``fileForInstance``, answered from the real files' UIDs."""
+
+    def __init__(self, lookup):
+        self.lookup = lookup
+
+    def fileForInstance(self, uid: str) -> str:  # noqa: N802 (CTK's name)
+        return self.lookup(uid)
+
+
+def test_panel_volume_question_on_a_dicom_series_ends_under_its_study_and_exports(
+        engine, tiny_pipeline, tmp_path, monkeypatch):
+    """The issue's end to end in the panel (PySide6, real .ui): a volume question on a
+    DICOM series moves a determinate bar, its segmentation and conversation go under the
+    series' study, and "Export DICOM SEG" writes a file that reads back with the
+    series' references and the answer's segments."""
+    pytest.importorskip("PySide6")
+    import slicer_shell
+    from mrml_scene import show_in_view
+    from test_slicer_engine_manager import bar_recorder, send_volume_question
+    from test_slicer_widget import connect_remote
+
+    write_ct_series(tmp_path / "ct", slices=12)
+    shell = slicer_shell.install(new_scene(), tmp_path / "settings")
+    try:
+        volume, study, lookup = load_dicom_volume(shell.scene, tmp_path / "ct")
+        show_in_view(shell.scene, volume, "Red")
+        monkeypatch.setattr(slicer, "dicomDatabase", _DicomDatabase(lookup), raising=False)
+        import MedSegR
+
+        widget = MedSegR.MedSegRWidget()
+        widget.setup()
+        widget.parent.show()
+        shell.process_events(0.1)
+        try:
+            assert widget._parameterNode.inputVolume is volume
+            assert not widget.ui.exportDicomSegButton.isEnabled()  # nothing to export yet
+            connect_remote(shell, widget, engine)
+            widget.confirmPrivacy = lambda text: (True, True)
+            values = bar_recorder(widget)
+            with force_seg(tiny_pipeline.model, steps={1}):
+                send_volume_question(shell, widget, "Segment the liver in the whole scan.")
+                assert shell.wait_for(lambda: widget.task is not None and not widget.busy(), timeout=180)
+            shell.process_events(0.1)
+            assert widget.pending is None, widget.pending.message
+            assert max(m for _v, m in values) == 12  # slices encoded of 12: a determinate bar
+            assert len({v for v, m in values if m == 12}) >= 3
+
+            node = widget.currentConversation()
+            from MedSegRLib import scene_store
+
+            segmentation = scene_store.segmentation_node(node)
+            sh = study_placement.subject_hierarchy(shell.scene)
+            assert sh.GetItemParent(sh.GetItemByDataNode(segmentation)) == study
+            assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+            turn = widget.logic.conversation(node).turns[0]
+            # the tiny model names its segment "segment 1": kept, and said to have no code
+            assert [s.name for s in turn.segments] == ["segment 1"] and turn.segments[0].terminology is None
+            assert "no standard code" in widget.ui.chatBrowser.toPlainText()
+            assert "no standard code for 'segment 1'" in widget.ui.statusLabel.text().lower()
+
+            assert widget.ui.exportDicomSegButton.isEnabled()
+            target = tmp_path / "out" / "liver.dcm"
+            target.parent.mkdir()
+            asked: list[str] = []
+            widget.askDicomSegPath = lambda default: asked.append(default) or str(target)
+            shell.qt.QTest.mouseClick(widget.ui.exportDicomSegButton, shell.qt.Qt.LeftButton)
+            shell.process_events(0.1)
+            assert asked and asked[0].endswith(".dcm")
+            assert widget.ui.statusLabel.text() == f"DICOM SEG saved to {target}."
+            seg = hd.seg.segread(target)
+            ordered = volume.GetAttribute("DICOM.instanceUIDs").split()
+            (series,) = seg.ReferencedSeriesSequence
+            assert {i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence} == set(ordered)
+            assert [s.SegmentLabel for s in seg.SegmentSequence] == ["segment 1"]
+            mask = segment_mask(segmentation, turn.segments[0].id, volume)
+            exported = seg.get_pixels_by_source_instance(ordered, assert_missing_frames_are_empty=True)[..., 0]
+            np.testing.assert_array_equal(exported.astype(bool), mask)
+
+            # cancelling the file dialog writes nothing; an unwritable path is a message
+            widget.askDicomSegPath = lambda default: ""
+            shell.qt.QTest.mouseClick(widget.ui.exportDicomSegButton, shell.qt.Qt.LeftButton)
+            widget.askDicomSegPath = lambda default: str(tmp_path / "missing" / "x.dcm")
+            before = widget.ui.statusLabel.text()
+            shell.qt.QTest.mouseClick(widget.ui.exportDicomSegButton, shell.qt.Qt.LeftButton)
+            shell.process_events(0.1)
+            assert widget.ui.statusLabel.text() != before and "missing" in widget.ui.statusLabel.text()
+            assert sorted(p.name for p in tmp_path.iterdir()) == ["ct", "out", "settings"]
+            assert [p.name for p in target.parent.iterdir()] == ["liver.dcm"]
+        finally:
+            widget.cleanup()
+            widget.parent.close()
+    finally:
+        shell.uninstall()

@@ -119,6 +119,16 @@ def test_markdown_transcript():
     assert "## 1. Which organ <b>bleeds</b>? Segment it." in text
     assert "- spleen (1,234 voxels, proposed, colour #9d6ca2)" in text
     assert text.rstrip().endswith("not for clinical decisions.")
+    assert "no standard code" not in text
+
+
+def test_a_segment_without_a_standard_code_is_marked_in_the_chat_and_the_transcript():
+    conversation = sample_conversation()
+    assert "no standard code" not in transcript.render_html(conversation)
+    conversation.turns[0].segments.append(SegmentRecord("MedSegR_blob", "odd blob", (0.5, 0.5, 0.5), 10, None))
+    assert "10 voxels · no standard code" in transcript.render_html(conversation)
+    assert ("- odd blob (10 voxels, proposed, colour #808080, no standard code (free-text name))"
+            in transcript.to_markdown(conversation))
 
 
 # --------------------------------------------------------------------------- settings

@@ -375,6 +375,15 @@ def test_panel_segments_a_held_out_brain_with_the_bundled_fine_tuned_model(shell
         turn = widget.logic.conversation(node).turns[0]
         assert turn.where.startswith(f"axial slice {k}")
         assert turn.segments and "brain" in turn.segments[0].name.lower(), turn.answer
+        # a coded segment: the vocabulary's SNOMED CT entry and colour, set on the segment
+        from MedSegRLib import terminology
+
+        match = terminology.lookup(turn.segments[0].name)
+        assert match is not None and match.code == "12738006"  # SNOMED CT: Brain
+        segment = scene_store.segmentation_node(node).GetSegmentation().GetSegment(turn.segments[0].id)
+        assert "12738006" in segment.GetTerminology() and turn.segments[0].terminology
+        np.testing.assert_allclose(segment.GetColor(), match.color, atol=1e-6)
+        assert "no standard code" not in widget.ui.chatBrowser.toPlainText()
         mask = segment_mask(scene_store.segmentation_node(node), turn.segments[0].id, volume)
         assert mask.shape == truth.shape and set(np.nonzero(mask.any(axis=(1, 2)))[0]) == {k}
         dice = 2 * (mask[k] & truth[k]).sum() / (mask[k].sum() + truth[k].sum())
