@@ -63,8 +63,11 @@ class DatasetWriter:
         self.out = Path(out)
         self.overwrite = overwrite
         parent = self.out.parent if str(self.out.parent) else Path(".")
-        if not parent.is_dir():
-            raise InputError(f"output folder's parent does not exist: {parent}")
+        try:  # `--out datasets/default` on a fresh clone: make the parents
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"cannot create the output folder's parent {parent}: "
+                             f"{exc.strerror or exc}") from None
         if self.out.exists():
             if not self.out.is_dir():
                 raise InputError(f"--out {self.out} exists and is not a folder")
