@@ -93,6 +93,18 @@ def portable_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
             for part, info in provenance.items()}
 
 
+def _bullets(values: dict[str, Any], depth: int = 0) -> list[str]:
+    """``key: value`` Markdown bullets, a nested dict as indented bullets under its key."""
+    lines: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            lines.append(f"{'  ' * depth}- {key}:")
+            lines += _bullets(value, depth + 1)
+        else:
+            lines.append(f"{'  ' * depth}- {key}: {'–' if value is None else value}")
+    return lines
+
+
 def write_adapter_card(adapter: Path, meta: dict[str, Any]) -> None:
     """Make the adapter folder self-describing: ``base_model_name_or_path`` names the base
     model instead of the local folder it was loaded from, and ``README.md`` is a model
@@ -143,7 +155,7 @@ def adapter_card(adapter_config: dict[str, Any], meta: dict[str, Any]) -> str:
     ]
     if training:
         lines += ["", "## Training", ""]
-        lines += [f"- {key}: {value}" for key, value in training.items()]
+        lines += _bullets(training)
     lines += [
         "", "## Intended use and limits", "",
         "Research on reasoning segmentation of CT and MR images. Not for clinical decisions: "

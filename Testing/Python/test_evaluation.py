@@ -119,3 +119,29 @@ def test_per_source_sample_spreads_evenly_over_every_source_in_dataset_order():
     assert [r.id for r in per_source_sample(records, 1)] == ["a0", "b0"]
     with pytest.raises(ValueError):
         per_source_sample(records, 0)
+
+
+def test_model_card_target_table_from_eval_reports(tmp_path, capsys):
+    """``python -m medsegr.evaluation.targets``: the model card's rows from eval reports."""
+    from pathlib import Path
+
+    from medsegr.evaluation import targets
+
+    report_file = Path(__file__).resolve().parents[2] / "docs" / "eval" / "bundled-checkpoint-test-per-source-8.json"
+    report = json.loads(report_file.read_text(encoding="utf-8"))
+    brain = [d for t in report["turns"] if t["subject"] == "colin27"
+             for n, d in zip(t["expected"], t["dice"]) if n == "brain"]
+    assert brain
+    assert targets.main([str(report_file), str(report_file)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 + len(targets.ROWS)
+    row = next(line for line in lines if line.startswith("| real MR brain"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == cells[3] and cells[2].split(" / ")[0] == f"{sum(brain) / len(brain):.2f}"
+    overall = report["overall"]["medsegr"]
+    assert f"{overall['dice']:.3f} / {overall['giou']:.3f} / {overall['ciou']:.3f}" in lines[2]
+    bad = tmp_path / "bad.json"
+    bad.write_text("{", encoding="utf-8")
+    with pytest.raises(SystemExit) as exited:
+        targets.main([str(bad)])
+    assert exited.value.code == 2 and "cannot read" in capsys.readouterr().err

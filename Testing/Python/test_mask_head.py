@@ -124,6 +124,44 @@ def test_decoder_stage_trains_the_mask_head_and_resumes(tmp_path):
     assert read_checkpoint_config(out / "final")["training"]["decoder_stage_steps"] == 4
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_decoder_stage_alone_on_a_fine_tuned_checkpoint(tmp_path):
+    """``[optim] steps = 0`` with ``[engine] init_checkpoint``: only the decoder stage
+    runs (configs/train-decoder-stage.toml); the LLM's LoRA is the checkpoint's, and the
+    result records where it started."""
+    import dataclasses
+
+    from medsegr.checkpoint import read_checkpoint_config
+    from medsegr.errors import ConfigError
+    from medsegr.training.trainer import train
+
+    data = make_dataset(tmp_path / "data")
+    joint = train(_config(tmp_path / "joint", data, steps=0), progress=False)
+    start = joint.final_checkpoint
+    config = _config(tmp_path / "stage", data)
+    config.optim = dataclasses.replace(config.optim, steps=0)
+    with pytest.raises(ConfigError, match="init_checkpoint"):
+        config.validate()
+    config.engine = dataclasses.replace(config.engine, init_checkpoint=str(start))
+    config.validate()
+    result = train(config, progress=False)
+    assert result.steps == 0 and result.decoder_stage_steps == 4
+    saved = read_checkpoint_config(result.final_checkpoint)["training"]
+    assert saved["steps"] == 0 and saved["decoder_stage_steps"] == 4 and saved["final_loss"] is None
+    assert saved["init_checkpoint"]["name"] == start.name
+    assert saved["init_checkpoint"]["training"]["steps"] == 2
+    rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [r for r in rows if r["kind"] == "train"] and [r for r in rows if r["kind"] == "decoder"]
+    from medsegr.checkpoint import from_pretrained
+
+    before, after = from_pretrained(start, device="cpu"), from_pretrained(result.final_checkpoint, device="cpu")
+    lora = {k: v for k, v in before.state_dict().items() if k.startswith("llm.")}
+    assert lora and all(torch.equal(v, after.state_dict()[k]) for k, v in lora.items())  # LLM frozen
+    changed = [k for k, v in before.state_dict().items() if k.startswith("vision.mask_decoder.")
+               and not torch.equal(v, after.state_dict()[k])]
+    assert changed  # the mask decoder trained
+
+
 def test_the_saved_checkpoint_carries_the_mask_head(tmp_path, tiny_model):
     from medsegr.checkpoint import from_pretrained, save_pretrained
     from medsegr.config import MedSegRConfig

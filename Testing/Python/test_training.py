@@ -156,7 +156,7 @@ def test_train_command_under_accelerate_launch_with_two_cpu_processes(dataset, t
          str(cfg), "--no-progress"],
         capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "trained 2 steps" in proc.stdout
+    assert "joint stage 2 steps: loss" in proc.stdout
     assert (out / "final" / "heads.safetensors").is_file()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2]  # logged once, not twice

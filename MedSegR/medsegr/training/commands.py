@@ -24,7 +24,9 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig.from_file(args.config)
     result = train(config, resume=args.resume, max_steps=args.max_steps,
                    progress=not args.no_progress)
-    print(f"trained {result.steps} steps: loss {result.first_loss:.4f} -> {result.last_loss:.4f}; "
+    joint = (f"joint stage {result.steps} steps: loss {result.first_loss:.4f} -> "
+             f"{result.last_loss:.4f}" if result.steps else "no joint-stage steps")
+    print(f"{joint}; decoder stage {result.decoder_stage_steps} steps; "
           f"{result.encoded_slices} slices encoded")
     print(f"fine-tuned checkpoint: {result.final_checkpoint}")
     return 0

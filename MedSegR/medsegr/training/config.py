@@ -160,7 +160,10 @@ class TrainConfig:
             (bool(d.root), "[data] root is required"),
             (bool(d.train_split), "[data] train_split is required"),
             (d.max_tokens >= 16, "[data] max_tokens must be at least 16"),
-            (o.steps >= 1, "[optim] steps must be at least 1"),
+            (o.steps >= 1 or (o.steps == 0 and bool(self.engine.init_checkpoint)
+                              and self.decoder_stage.steps >= 1),
+             "[optim] steps must be at least 1 (0 only with [engine] init_checkpoint and a "
+             "[decoder_stage]: the decoder stage alone on a fine-tuned checkpoint)"),
             (o.batch_size >= 1, "[optim] batch_size must be at least 1"),
             (o.grad_accum >= 1, "[optim] grad_accum must be at least 1"),
             (o.lr > 0, "[optim] lr must be positive"),

@@ -49,6 +49,7 @@ class TrainResult:
     first_loss: float
     last_loss: float
     encoded_slices: int
+    decoder_stage_steps: int = 0
 
 
 # -- data ----------------------------------------------------------------------
@@ -349,16 +350,25 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
             stage_steps = run_decoder_stage(unwrapped, config, train_examples, val_examples, cache, pad,
                                             metrics_file, stage_resume, progress=progress)
         unwrapped.eval()
-        save_pretrained(unwrapped, final, extra={"training": {
+        training: dict[str, Any] = {
             "steps": step, "decoder_stage_steps": stage_steps, "train_split": config.data.train_split,
-            "train_examples": len(train_examples), "final_loss": last_loss}})
+            "train_examples": len(train_examples),
+            "final_loss": last_loss if math.isfinite(last_loss) else None}
+        if config.engine.init_checkpoint:
+            from medsegr.checkpoint import read_checkpoint_config
+
+            earlier = read_checkpoint_config(config.path(config.engine.init_checkpoint))
+            training["init_checkpoint"] = {"name": Path(config.engine.init_checkpoint).name,
+                                           "training": earlier.get("training")}
+        save_pretrained(unwrapped, final, extra={"training": training})
         from medsegr.training.curves import plot_curves
 
         plot_curves(metrics_file, out / "curves.png")
     accelerator.wait_for_everyone()
     return TrainResult(output_dir=out, final_checkpoint=final, steps=step,
                        first_loss=float("nan") if first_loss is None else first_loss,
-                       last_loss=last_loss, encoded_slices=cache.computed)
+                       last_loss=last_loss, encoded_slices=cache.computed,
+                       decoder_stage_steps=stage_steps)
 
 
 def _append_metrics(accelerator: Any, path: Path, record: dict[str, Any]) -> None:
