@@ -37,6 +37,33 @@ def force_seg(model, steps) -> Iterator[ForceSeg]:
         handle.remove()
 
 
+class ForceText:
+    """Makes a *random* model answer exactly ``text`` and then stop: a forward hook on the
+    LM head that raises the logit of the text's next token at every decoding step (and
+    of end-of-sequence after it). For tests of what the product does with a named
+    answer (terminology, colours, DICOM codes); the masks stay the random model's."""
+
+    def __init__(self, model, text: str):
+        self.model, self.calls = model, 0
+        self.tokens = model.tokenizer.encode(text, add_special_tokens=False) + [min(model.eos_token_ids)]
+
+    def __call__(self, module, args, output):
+        output = output.clone()
+        output[..., -1, self.tokens[min(self.calls, len(self.tokens) - 1)]] += 1e4
+        self.calls += 1
+        return output
+
+
+@contextlib.contextmanager
+def force_text(model, text: str) -> Iterator[ForceText]:
+    hook = ForceText(model, text)
+    handle = model.llm.get_output_embeddings().register_forward_hook(hook)
+    try:
+        yield hook
+    finally:
+        handle.remove()
+
+
 def write_records(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
 

@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn")
 import highdicom as hd  # noqa: E402
 
 from engine_server import LoopbackEngine  # noqa: E402
-from helpers import force_seg  # noqa: E402
+from helpers import force_seg, force_text  # noqa: E402
 from medsegr.errors import InputError  # noqa: E402
 from mrml_scene import load_volume_file, new_scene  # noqa: E402
 from MedSegRLib import dicom_export, segmentation_results, study_placement  # noqa: E402
@@ -215,7 +215,8 @@ def test_panel_volume_question_on_a_dicom_series_ends_under_its_study_and_export
             connect_remote(shell, widget, engine)
             widget.confirmPrivacy = lambda text: (True, True)
             values = bar_recorder(widget)
-            with force_seg(tiny_pipeline.model, steps={1}):
+            # the random model is steered to answer with a named structure
+            with force_text(tiny_pipeline.model, "The <p>liver</p> [SEG]."):
                 send_volume_question(shell, widget, "Segment the liver in the whole scan.")
                 assert shell.wait_for(lambda: widget.task is not None and not widget.busy(), timeout=180)
             shell.process_events(0.1)
@@ -224,17 +225,20 @@ def test_panel_volume_question_on_a_dicom_series_ends_under_its_study_and_export
             assert len({v for v, m in values if m == 12}) >= 3
 
             node = widget.currentConversation()
-            from MedSegRLib import scene_store
+            from MedSegRLib import scene_store, terminology
 
             segmentation = scene_store.segmentation_node(node)
             sh = study_placement.subject_hierarchy(shell.scene)
             assert sh.GetItemParent(sh.GetItemByDataNode(segmentation)) == study
             assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
             turn = widget.logic.conversation(node).turns[0]
-            # the tiny model names its segment "segment 1": kept, and said to have no code
-            assert [s.name for s in turn.segments] == ["segment 1"] and turn.segments[0].terminology is None
-            assert "no standard code" in widget.ui.chatBrowser.toPlainText()
-            assert "no standard code for 'segment 1'" in widget.ui.statusLabel.text().lower()
+            # a coded, coloured segment: SNOMED CT "Liver" with the vocabulary's colour
+            liver = terminology.lookup("liver")
+            assert [s.name for s in turn.segments] == ["liver"] and turn.segments[0].terminology == liver.entry
+            segment = segmentation.GetSegmentation().GetSegment(turn.segments[0].id)
+            assert liver.code in segment.GetTerminology()
+            np.testing.assert_allclose(segment.GetColor(), liver.color, atol=1e-6)
+            assert "no standard code" not in widget.ui.chatBrowser.toPlainText()
 
             assert widget.ui.exportDicomSegButton.isEnabled()
             target = tmp_path / "out" / "liver.dcm"
@@ -249,10 +253,23 @@ def test_panel_volume_question_on_a_dicom_series_ends_under_its_study_and_export
             ordered = volume.GetAttribute("DICOM.instanceUIDs").split()
             (series,) = seg.ReferencedSeriesSequence
             assert {i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence} == set(ordered)
-            assert [s.SegmentLabel for s in seg.SegmentSequence] == ["segment 1"]
+            (described,) = seg.SegmentSequence
+            assert described.SegmentLabel == "liver"
+            assert described.SegmentedPropertyTypeCodeSequence[0].CodeValue == liver.code
             mask = segment_mask(segmentation, turn.segments[0].id, volume)
             exported = seg.get_pixels_by_source_instance(ordered, assert_missing_frames_are_empty=True)[..., 0]
             np.testing.assert_array_equal(exported.astype(bool), mask)
+
+            # a follow-up whose segment has no standard code: kept, and said so
+            with force_seg(tiny_pipeline.model, steps={1}):
+                send_volume_question(shell, widget, "And the rest?")
+                assert shell.wait_for(lambda: widget.task is not None and not widget.busy(), timeout=180)
+            shell.process_events(0.1)
+            second = widget.logic.conversation(node).turns[1]
+            assert [s.name for s in second.segments] == ["segment 1"] and second.segments[0].terminology is None
+            assert "no standard code" in widget.ui.chatBrowser.toPlainText()
+            assert "no standard code for 'segment 1'" in widget.ui.statusLabel.text().lower()
+            widget.askDicomSegPath = lambda default: str(target)
 
             # cancelling the file dialog writes nothing; an unwritable path is a message
             widget.askDicomSegPath = lambda default: ""
