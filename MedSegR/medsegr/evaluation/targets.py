@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-Turn = dict[str, Any]
 Row = tuple[str, str, Callable[[dict[str, Any]], str]]
 
 
