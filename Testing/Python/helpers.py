@@ -29,7 +29,13 @@ class ForceSeg:
 
 @contextlib.contextmanager
 def force_seg(model, steps) -> Iterator[ForceSeg]:
-    hook = ForceSeg(model, steps)
+    with _on_lm_head(model, ForceSeg(model, steps)) as hook:
+        yield hook
+
+
+@contextlib.contextmanager
+def _on_lm_head(model, hook):
+    """``hook`` as a forward hook on the model's LM head while the block runs."""
     handle = model.llm.get_output_embeddings().register_forward_hook(hook)
     try:
         yield hook
@@ -56,12 +62,8 @@ class ForceText:
 
 @contextlib.contextmanager
 def force_text(model, text: str) -> Iterator[ForceText]:
-    hook = ForceText(model, text)
-    handle = model.llm.get_output_embeddings().register_forward_hook(hook)
-    try:
+    with _on_lm_head(model, ForceText(model, text)) as hook:
         yield hook
-    finally:
-        handle.remove()
 
 
 def write_records(path: Path, records: list[dict]) -> None:

@@ -4,45 +4,15 @@ files the CLI writes."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator
-from typing import Any
 
 import numpy as np
 import pytest
 
+from helpers import force_text
 from medsegr import vocabulary
 from medsegr.client import EngineClient, RemoteSegment
 from server_harness import TOKEN, live_server, oblique_volume
-
-
-class SayText:
-    """A forward hook on the LM head that makes a (random) model answer ``text``: the
-    token of each step is forced, then end of sequence."""
-
-    def __init__(self, model: Any, text: str) -> None:
-        self.model = model
-        self.ids = list(model.tokenizer.encode(text, add_special_tokens=False))
-        self.ids.append(int(model.tokenizer.eos_token_id))
-        self.calls = 0
-
-    def __call__(self, module: Any, args: Any, output: Any) -> Any:
-        output = output.clone()
-        token = self.ids[min(self.calls, len(self.ids) - 1)]
-        output[..., -1, token] += 1e4
-        self.calls += 1
-        return output
-
-
-@contextlib.contextmanager
-def say(model: Any, text: str) -> Iterator[SayText]:
-    hook = SayText(model, text)
-    handle = model.llm.get_output_embeddings().register_forward_hook(hook)
-    try:
-        yield hook
-    finally:
-        handle.remove()
 
 
 ANSWER = "This is the <p>right kidney</p> [SEG] and a <p>hepatic lesion</p> [SEG] and <p>blob</p> [SEG]."
@@ -60,7 +30,7 @@ def test_answer_summary_carries_each_segments_code(tiny_pipeline):
     arr, spacing, origin, direction = oblique_volume((2, 24, 24))
     session = tiny_pipeline.new_session(image_from_array(arr, spacing=spacing, origin=origin, direction=direction,
                                                          modality="CT"))
-    with say(tiny_pipeline.model, ANSWER):
+    with force_text(tiny_pipeline.model, ANSWER):
         answer = session.ask("Segment the kidney.", axis="axial", slice_index=1, max_new_tokens=40)
     assert [s.name for s in answer.segments] == ["right kidney", "hepatic lesion", "blob"]
     summary = json.loads(json.dumps(answer.summary()))
@@ -75,7 +45,7 @@ def test_server_and_client_send_each_segments_code(server, tiny_pipeline):
     client = EngineClient(server.url, token=TOKEN, timeout=60)
     arr, spacing, origin, direction = oblique_volume((2, 24, 24))
     sid = client.create_session(arr, spacing, origin, direction, modality="CT")
-    with say(tiny_pipeline.model, ANSWER):
+    with force_text(tiny_pipeline.model, ANSWER):
         remote = client.ask(sid, "Segment the kidney.", axis="axial", slice_index=1, max_new_tokens=40)
     assert [s.name for s in remote.segments] == ["right kidney", "hepatic lesion", "blob"]
     for segment in remote.segments:
@@ -98,7 +68,7 @@ def test_cli_result_files_are_coded(tiny_pipeline, tmp_path):
     arr, spacing, origin, direction = oblique_volume((2, 24, 24))
     session = tiny_pipeline.new_session(image_from_array(arr, spacing=spacing, origin=origin, direction=direction,
                                                          modality="CT"))
-    with say(tiny_pipeline.model, ANSWER):
+    with force_text(tiny_pipeline.model, ANSWER):
         answer = session.ask("Segment the kidney.", axis="axial", slice_index=1, max_new_tokens=40)
     paths = write_results(tmp_path / "out", session, "Segment the kidney.", answer, {})
     record = json.loads(paths["answer"].read_text())
