@@ -300,13 +300,13 @@ def worker_cold(device: str, spawn_mono: float) -> dict[str, Any]:
     # simply not timed.
     import importlib
 
-    import medsegr.weights as weights_mod
+    import medsegr.modeling.weights as weights_mod
 
     llm_dir = weights_mod.cache_dir() / "llm"
     cache_was_filled = llm_dir.is_dir() and any(llm_dir.iterdir())
     spent: dict[str, float] = {}
     calls: dict[str, int] = {}
-    probes = [("medsegr.weights", "sha256_file", "hashing"),
+    probes = [("medsegr.modeling.weights", "sha256_file", "hashing"),
               ("medsegr.modeling.language", "converted_gguf_dir", "conversion"),
               ("medsegr.modeling.builder", "build_vision", "vision"),
               ("medsegr.modeling.builder", "load_language_model", "llm"),
@@ -359,7 +359,7 @@ def worker_cold(device: str, spawn_mono: float) -> dict[str, Any]:
 def _load_for_questions(device: str) -> tuple[Any, Any, dict[str, float]]:
     from medsegr.io.images import load_image
     from medsegr.pipeline import MedSegRPipeline
-    from medsegr.samples import sample_path
+    from medsegr.cli.samples import sample_path
 
     t0 = time.perf_counter()
     pipe = MedSegRPipeline.load(None, config=_bench_config(), device=device)
@@ -411,7 +411,7 @@ def _sub_volume(image: Any, count: int) -> tuple[Any, int, int]:
     spacing and direction; the origin moves to the first kept slice)."""
     import numpy as np
     from medsegr.io.images import image_from_array
-    from medsegr.slicing import resolve_axis
+    from medsegr.imaging.slicing import resolve_axis
 
     axis = resolve_axis("axial", image.direction)
     n = image.shape[axis]

@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from medsegr.config import MedSegRConfig
     from medsegr.io.images import load_image
     from medsegr.pipeline import MedSegRPipeline
-    from medsegr.samples import sample_path
+    from medsegr.cli.samples import sample_path
 
     repeats = 2 if args.quick else args.repeats
     questions = 2 if args.quick else args.questions

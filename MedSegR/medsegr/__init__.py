@@ -9,7 +9,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from medsegr import _moved
 from medsegr.errors import CheckpointError, ConfigError, InputError, MedSegRError, WeightError
+
+_moved.install()
 
 __all__ = [
     "__version__",

@@ -17,7 +17,7 @@ It runs inside 3D Slicer's Python (no torch, no SimpleITK) as well as anywhere e
 started, slices encoded of the total, answering, masks decoded).
 
 Conventions: ``array`` is numpy ``(z, y, x)``; ``spacing`` ``(x, y, z)`` mm, ``origin``
-LPS mm, ``direction`` the row-major ITK 3x3 matrix (see :mod:`medsegr.nrrd_codec`).
+LPS mm, ``direction`` the row-major ITK 3x3 matrix (see :mod:`medsegr.io.nrrd_codec`).
 Box and point hints use the in-plane voxel indices of :class:`medsegr.pipeline.Hints`
 (axial: ``(i, j)``, coronal: ``(i, k)``, sagittal: ``(j, k)``).
 
@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from medsegr import __version__
-from medsegr.nrrd_codec import NrrdError, decode_nrrd, encode_nrrd
+from medsegr.io.nrrd_codec import NrrdError, decode_nrrd, encode_nrrd
 
 __all__ = [
     "API_VERSION",

@@ -32,10 +32,10 @@ from medsegr.errors import InputError, MedSegRError
 from medsegr.io.images import MedicalImage
 from medsegr.modeling.generation import ConversationState, generate
 from medsegr.modeling.medsegr_model import Key, MedSegRModel
-from medsegr.postprocess import keep_connected
-from medsegr.preprocess import Letterbox, letterbox, letterbox_geometry, normalise, unletterbox
+from medsegr.imaging.postprocess import keep_connected
+from medsegr.imaging.preprocess import Letterbox, letterbox, letterbox_geometry, normalise, unletterbox
 from medsegr.prompts import Turn, clean_answer, render, segment_names, validate_question
-from medsegr.slicing import SliceView, resolve_axis, slice_view
+from medsegr.imaging.slicing import SliceView, resolve_axis, slice_view
 from medsegr.vocabulary import segment_terminology
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ class MedSegRPipeline:
              device: str = "auto") -> "MedSegRPipeline":
         """Load a fine-tuned checkpoint folder, or (``checkpoint=None``, or no bundled
         checkpoint) the base parts named by ``config``."""
-        from medsegr.checkpoint import from_pretrained
+        from medsegr.modeling.checkpoint import from_pretrained
         from medsegr.modeling.builder import build_model
         from medsegr.modeling.inference_opt import optimise_for_inference
 
@@ -158,10 +158,10 @@ class MedSegRPipeline:
             path = None
         effective = config or MedSegRConfig()
         if path is not None:
-            from medsegr.checkpoint import read_checkpoint_config
+            from medsegr.modeling.checkpoint import read_checkpoint_config
 
             effective = MedSegRConfig.from_dict(read_checkpoint_config(path)["config"])
-        from medsegr.load_status import report
+        from medsegr.modeling.load_status import report
 
         cache = _int8_cache(effective, path, device)
         skeleton = cache is not None and cache.is_file()
@@ -297,11 +297,11 @@ def batch_for_memory(free_bytes: int, per_slice_bytes: int, fraction: float = 0.
 def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> Path | None:
     """The int8 LLM cache file for this model on CPU, or None where it does not apply."""
     from medsegr.config import BUNDLED_LLM
-    from medsegr.device import resolve_device
+    from medsegr.modeling.device import resolve_device
     from medsegr.modeling.int8 import int8_cache_file, int8_cache_key
-    from medsegr.weights import SMOLLM2_GGUF
+    from medsegr.modeling.weights import SMOLLM2_GGUF
 
-    from medsegr.device import cpu_llm_precision
+    from medsegr.modeling.device import cpu_llm_precision
 
     if resolve_device(device)[0].type != "cpu":
         return None
@@ -311,7 +311,7 @@ def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> 
     if config.llm.source == BUNDLED_LLM:
         llm = {"sha256": SMOLLM2_GGUF.sha256}
     elif Path(config.llm.source).is_dir() and not config.llm.gguf_file:
-        from medsegr.weights import folder_hashes
+        from medsegr.modeling.weights import folder_hashes
 
         llm = {"path": str(Path(config.llm.source).resolve()),
                **folder_hashes(Path(config.llm.source))}
@@ -319,7 +319,7 @@ def _int8_cache(config: MedSegRConfig, checkpoint: Path | None, device: str) -> 
         return None  # tiny test models and GGUF folders are not cached
     digest = None
     if checkpoint is not None:
-        from medsegr.checkpoint import checkpoint_digest
+        from medsegr.modeling.checkpoint import checkpoint_digest
 
         digest = checkpoint_digest(checkpoint)
     return int8_cache_file(int8_cache_key(llm, digest, [config.model.seg_token,

@@ -110,3 +110,23 @@ def make_dataset(root: Path) -> Path:
                 ]})
         write_records(root / f"{split}.jsonl", records)
     return root
+
+
+#: modules that make an import heavy (seconds of start-up, hundreds of MiB)
+HEAVY = ("torch", "transformers", "peft", "timm", "SimpleITK", "fastapi", "uvicorn")
+
+
+def heavy_modules_after(code: str, heavy: tuple[str, ...] = HEAVY, timeout: float = 120) -> list[str]:
+    """Run ``code`` in a fresh interpreter; return which of ``heavy`` it left in
+    ``sys.modules`` (fails the test when ``code`` itself fails)."""
+    import subprocess
+    import sys
+
+    probe = (f"{code}\nimport sys as _sys\n"
+             f"print('heavy:' + ','.join(m for m in {tuple(heavy)!r} if m in _sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("heavy:"), proc.stdout[-2000:]
+    return [m for m in last.removeprefix("heavy:").split(",") if m]

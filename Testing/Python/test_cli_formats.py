@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.io.segmentation_files import read_seg_nrrd
-from medsegr.samples import sample_path
+from medsegr.cli.samples import sample_path
 
 TINY_CONFIG = """
 [llm]

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 
 from helpers import force_seg
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.io.images import image_from_array, load_image, write_image
 from server_harness import TOKEN, free_port, live_server, oblique_volume
 

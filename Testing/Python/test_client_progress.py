@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from helpers import force_seg
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.client import EngineClient, Progress
 from medsegr.io.images import image_from_array, write_image
 from server_harness import TOKEN, live_server, oblique_volume
@@ -97,7 +97,7 @@ def test_loading_a_model_in_the_cli_reports_its_steps_on_stderr(tmp_path, capsys
 
 
 def test_load_status_listeners_hear_only_while_listening():
-    from medsegr.load_status import listening, report
+    from medsegr.modeling.load_status import listening, report
 
     heard: list[str] = []
     with listening(heard.append):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.data import archives
 from medsegr.data.archives import Archive
 from medsegr.errors import InputError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.data.folder import FolderOptions, build_folder, discover
 from medsegr.data.labeltables import read_label_table
 from medsegr.data.phantoms import draw_phantom

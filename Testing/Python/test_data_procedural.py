@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.data.phantoms import KINDS, draw_phantom
 from medsegr.data.procedural import ProceduralOptions, build_procedural, split_plan
 from medsegr.data.records import VolumeCache, check_answer_markers, load_dataset

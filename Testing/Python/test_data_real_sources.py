@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.data import archives
 from medsegr.data.offline import default_sources
 from medsegr.data.realimages import _lps_x, load_source, same_grid

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.data.validate import check_dataset
 from medsegr.io.images import image_from_array, write_image
 

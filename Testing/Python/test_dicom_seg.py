@@ -17,7 +17,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from helpers import force_seg
 from medsegr import __version__, vocabulary
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.errors import InputError
 from medsegr.io import dicom_seg
 from medsegr.io.images import load_image

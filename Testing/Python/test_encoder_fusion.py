@@ -48,8 +48,8 @@ def test_tiny_encoder_fused_matches_the_original():
 @torch.no_grad()
 def test_real_encoder_fused_matches_the_original_on_an_mri_slice():
     from medsegr.io.images import load_image
-    from medsegr.preprocess import normalise
-    from medsegr.samples import sample_path
+    from medsegr.imaging.preprocess import normalise
+    from medsegr.cli.samples import sample_path
 
     plain = _folded("litemedsam")
     fused = copy.deepcopy(plain)

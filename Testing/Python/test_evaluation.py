@@ -101,7 +101,7 @@ def test_evaluate_a_split_and_write_the_report(dataset, tiny_pipeline, tmp_path)
 
 
 def test_eval_command_bad_input(tmp_path, capsys):
-    from medsegr.cli import main
+    from medsegr.cli.commands import main
 
     assert main(["eval", "base", str(tmp_path / "missing")]) == 2
     assert "dataset folder not found" in capsys.readouterr().err

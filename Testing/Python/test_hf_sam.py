@@ -58,7 +58,7 @@ def test_hf_sam_parts_shapes(sam_model):
 
 
 def test_hf_sam_in_the_pipeline(sam_model, anisotropic_volume, tmp_path):
-    from medsegr.checkpoint import from_pretrained, save_pretrained
+    from medsegr.modeling.checkpoint import from_pretrained, save_pretrained
     from medsegr.pipeline import Hints, MedSegRPipeline
 
     img, _ = anisotropic_volume

@@ -78,7 +78,7 @@ def test_box_refine_runs_a_second_pass_only_for_non_empty_first_masks(tiny_model
 
 
 def test_cpu_llm_precision_prefers_native_bf16_then_int8(monkeypatch):
-    import medsegr.device as device
+    import medsegr.modeling.device as device
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     assert device.cpu_llm_precision(True, True) == "bfloat16"
@@ -102,7 +102,7 @@ def _config(tmp_path, data, **stage):
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_decoder_stage_trains_the_mask_head_and_resumes(tmp_path):
-    from medsegr.checkpoint import read_checkpoint_config
+    from medsegr.modeling.checkpoint import read_checkpoint_config
     from medsegr.training.trainer import train
 
     data = make_dataset(tmp_path / "data")
@@ -131,7 +131,7 @@ def test_decoder_stage_alone_on_a_fine_tuned_checkpoint(tmp_path):
     result records where it started."""
     import dataclasses
 
-    from medsegr.checkpoint import read_checkpoint_config
+    from medsegr.modeling.checkpoint import read_checkpoint_config
     from medsegr.errors import ConfigError
     from medsegr.training.trainer import train
 
@@ -152,7 +152,7 @@ def test_decoder_stage_alone_on_a_fine_tuned_checkpoint(tmp_path):
     assert saved["init_checkpoint"]["training"]["steps"] == 2
     rows = [json.loads(x) for x in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
     assert not [r for r in rows if r["kind"] == "train"] and [r for r in rows if r["kind"] == "decoder"]
-    from medsegr.checkpoint import from_pretrained
+    from medsegr.modeling.checkpoint import from_pretrained
 
     before, after = from_pretrained(start, device="cpu"), from_pretrained(result.final_checkpoint, device="cpu")
     lora = {k: v for k, v in before.state_dict().items() if k.startswith("llm.")}
@@ -163,7 +163,7 @@ def test_decoder_stage_alone_on_a_fine_tuned_checkpoint(tmp_path):
 
 
 def test_the_saved_checkpoint_carries_the_mask_head(tmp_path, tiny_model):
-    from medsegr.checkpoint import from_pretrained, save_pretrained
+    from medsegr.modeling.checkpoint import from_pretrained, save_pretrained
     from medsegr.config import MedSegRConfig
     from medsegr.modeling.builder import build_model
 
@@ -183,7 +183,7 @@ def test_the_pipeline_runs_the_mask_head_and_a_bf16_llm_on_cpu(monkeypatch, anis
     """On a CPU with native bfloat16 the LLM is cast to bfloat16 (the lean decoder still
     serves it), and a model with the full mask head decodes through all three passes,
     with the refiner looking at the slice's pixels."""
-    import medsegr.device as device
+    import medsegr.modeling.device as device
     from helpers import force_seg
     from medsegr.config import MedSegRConfig
     from medsegr.modeling.builder import build_model

@@ -118,7 +118,7 @@ def test_training_loss_and_gradients(tiny_model, bank):
 
 
 def test_save_load_round_trip(tmp_path, bank):
-    from medsegr.checkpoint import from_pretrained, save_pretrained
+    from medsegr.modeling.checkpoint import from_pretrained, save_pretrained
     from medsegr.config import MedSegRConfig
     from medsegr.modeling.builder import build_model
 
@@ -182,7 +182,7 @@ def test_save_load_round_trip(tmp_path, bank):
 def test_checkpoint_of_another_base_is_refused(tmp_path, tiny_model):
     import json
 
-    from medsegr.checkpoint import from_pretrained, save_pretrained
+    from medsegr.modeling.checkpoint import from_pretrained, save_pretrained
     from medsegr.errors import CheckpointError
 
     path = save_pretrained(tiny_model, tmp_path / "ckpt")

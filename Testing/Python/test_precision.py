@@ -7,7 +7,7 @@ import pytest
 
 
 def test_the_environment_forces_a_precision_and_rejects_nonsense(monkeypatch):
-    import medsegr.device as device
+    import medsegr.modeling.device as device
     from medsegr.errors import InputError
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
@@ -21,7 +21,7 @@ def test_the_environment_forces_a_precision_and_rejects_nonsense(monkeypatch):
 
 
 def test_no_int8_cache_is_made_when_the_llm_runs_in_bfloat16(monkeypatch):
-    import medsegr.device as device
+    import medsegr.modeling.device as device
     from medsegr.config import MedSegRConfig
     from medsegr.pipeline import _int8_cache
 

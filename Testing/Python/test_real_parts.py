@@ -18,8 +18,8 @@ from helpers import force_seg
 from medsegr.io.images import image_from_array, load_image
 from medsegr.io.segmentation_files import read_seg_nrrd
 from medsegr.pipeline import Hints
-from medsegr.samples import sample_path
-from medsegr.weights import LITEMEDSAM, SMOLLM2_GGUF
+from medsegr.cli.samples import sample_path
+from medsegr.modeling.weights import LITEMEDSAM, SMOLLM2_GGUF
 
 pytestmark = pytest.mark.real
 
@@ -74,7 +74,7 @@ def test_real_mask_on_an_anisotropic_oblique_volume(real_pipeline, tmp_path):
     from test_segmentation_files import (new_scene, reference_volume_node, slicer_read,
                                          slicer_segment_mask)
 
-    from medsegr.outputs import write_results
+    from medsegr.cli.outputs import write_results
 
     t1, brain = _mni_brain()
     arr, gt = t1.array[::2], brain[::2]  # 2 mm slices: anisotropic
@@ -151,14 +151,14 @@ def test_real_fast_decoder_matches_the_hugging_face_forward(real_pipeline):
 
 
 def test_info_command(capsys):
-    from medsegr.cli import main
+    from medsegr.cli.commands import main
 
     assert main(["info", "--device", "cpu"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["device"] == "cpu"
     assert info["fine_tuned"] is True  # the bundled checkpoint in Resources/checkpoint
     assert Path(info["checkpoint"]).name == "checkpoint"
-    from medsegr.device import cpu_has_native_bf16
+    from medsegr.modeling.device import cpu_has_native_bf16
 
     # the bundled checkpoint's LLM: bfloat16 where the CPU has it natively, else int8
     assert info["llm_quantization"] == ("bfloat16" if cpu_has_native_bf16() else "int8-dynamic")
@@ -201,7 +201,7 @@ def test_real_vision_weights_are_all_loaded_without_random_init():
 
     from medsegr.config import VisionConfig
     from medsegr.modeling.vision import build_vision
-    from medsegr.weights import locate
+    from medsegr.modeling.weights import locate
 
     before = {name: getattr(torch.nn.init, name) for name in ("normal_", "kaiming_uniform_", "ones_")}
     parts, _ = build_vision(VisionConfig())

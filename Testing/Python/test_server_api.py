@@ -16,7 +16,7 @@ import pytest
 from helpers import force_seg
 from medsegr.client import (EngineClient, EngineError, RequestCancelled, VersionMismatch)
 from medsegr.io.images import image_from_array
-from medsegr.nrrd_codec import decode_nrrd, encode_nrrd
+from medsegr.io.nrrd_codec import decode_nrrd, encode_nrrd
 from medsegr.pipeline import Hints
 from server_harness import TOKEN, live_server, oblique_volume
 

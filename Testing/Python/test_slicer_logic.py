@@ -17,7 +17,7 @@ from engine_server import LoopbackEngine, closed_port  # noqa: E402
 from helpers import force_seg  # noqa: E402
 from medsegr.client import EngineClient, EngineError, EngineUnavailable, RequestCancelled  # noqa: E402
 from medsegr.errors import InputError  # noqa: E402
-from medsegr.samples import sample_path  # noqa: E402
+from medsegr.cli.samples import sample_path  # noqa: E402
 from mrml_scene import add_volume, load_volume_file, new_scene, rotation, set_plane, voxel_ras  # noqa: E402
 from MedSegRLib import scene_store, segmentation_results, transcript  # noqa: E402
 from MedSegRLib.background import MainThreadQueue, wait_for  # noqa: E402

@@ -20,7 +20,7 @@ pytest.importorskip("uvicorn")
 
 from engine_server import LoopbackEngine, closed_port  # noqa: E402
 from helpers import force_seg  # noqa: E402
-from medsegr.samples import sample_path  # noqa: E402
+from medsegr.cli.samples import sample_path  # noqa: E402
 from mrml_scene import load_volume_file, new_scene, set_plane, show_in_view, voxel_ras  # noqa: E402
 
 import slicer_shell  # noqa: E402
@@ -396,7 +396,7 @@ def test_panel_segments_a_held_out_brain_with_the_bundled_fine_tuned_model(shell
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tiny_model, tmp_path_factory):
     """A checkpoint folder of the tiny model, as a user would pick in the panel."""
-    from medsegr.checkpoint import save_pretrained
+    from medsegr.modeling.checkpoint import save_pretrained
 
     return save_pretrained(tiny_model, tmp_path_factory.mktemp("checkpoints") / "tiny")
 

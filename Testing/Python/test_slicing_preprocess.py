@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from medsegr.errors import InputError
-from medsegr.preprocess import letterbox, letterbox_geometry, normalise, unletterbox
-from medsegr.slicing import resolve_axis, slice_view
+from medsegr.imaging.preprocess import letterbox, letterbox_geometry, normalise, unletterbox
+from medsegr.imaging.slicing import resolve_axis, slice_view
 
 IDENTITY = (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0)
 RAS_STORED = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)  # a typical NIfTI: i -> R, j -> A

@@ -75,7 +75,7 @@ def test_examples_bind_seg_tokens_to_masks(dataset, tiny_model):
 
 
 def test_train_lowers_the_loss_caches_the_encoder_and_resumes(dataset, tmp_path):
-    from medsegr.checkpoint import from_pretrained
+    from medsegr.modeling.checkpoint import from_pretrained
     from medsegr.errors import InputError
     from medsegr.training.config import TrainConfig
     from medsegr.training.trainer import train

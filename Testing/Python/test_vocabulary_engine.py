@@ -63,7 +63,7 @@ def test_client_reads_segments_without_a_code_from_an_older_engine():
 def test_cli_result_files_are_coded(tiny_pipeline, tmp_path):
     from medsegr.io.images import image_from_array
     from medsegr.io.segmentation_files import read_seg_nrrd
-    from medsegr.outputs import FILES, write_results
+    from medsegr.cli.outputs import FILES, write_results
 
     arr, spacing, origin, direction = oblique_volume((2, 24, 24))
     session = tiny_pipeline.new_session(image_from_array(arr, spacing=spacing, origin=origin, direction=direction,

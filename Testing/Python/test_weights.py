@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-import medsegr.weights as weights
+import medsegr.modeling.weights as weights
 from medsegr.errors import WeightError
 
 

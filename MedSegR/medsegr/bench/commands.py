@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from medsegr.errors import InputError
-from medsegr.model_options import add_model_options, chosen_checkpoint
+from medsegr.cli.model_options import add_model_options, chosen_checkpoint
 
 WORKLOADS = ("slice", "conversation", "volume", "server")
 
@@ -108,7 +108,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from medsegr.bench.report import render_markdown, write_json, write_plots
     from medsegr.bench.runner import BenchOptions, load_pipeline, run_bench
-    from medsegr.device import resolve_device
+    from medsegr.modeling.device import resolve_device
 
     resolve_device(args.device)  # a clear error for an unusable device, before loading
     options = BenchOptions(quick=args.quick, device=args.device, workloads=workloads,
@@ -136,7 +136,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from medsegr.bench.profiling import write_profile
         from medsegr.bench.workloads import PATHS, BenchContext, SAMPLE
         from medsegr.io.images import load_image
-        from medsegr.samples import resolve
+        from medsegr.cli.samples import resolve
 
         ctx = BenchContext(pipeline, load_image(resolve("sample:" + SAMPLE)), result.plan)
         progress(f"wrote {write_profile(ctx, args.profile, PATHS)}")

@@ -39,8 +39,8 @@ from medsegr.errors import InputError
 from medsegr.io.images import MedicalImage
 from medsegr.modeling.generation import ConversationState, generate, reference_forward
 from medsegr.pipeline import Answer, ChatSession, Hints, MedSegRPipeline, Segment
-from medsegr.postprocess import keep_connected
-from medsegr.preprocess import letterbox
+from medsegr.imaging.postprocess import keep_connected
+from medsegr.imaging.preprocess import letterbox
 from medsegr.prompts import Turn, clean_answer, segment_names, validate_question
 
 

@@ -203,7 +203,7 @@ def load_pipeline(options: BenchOptions, plan: Plan) -> tuple[MedSegRPipeline, f
         pipeline = MedSegRPipeline.load(None, config=bench_config(options, plan),
                                         device=options.device)
     else:
-        from medsegr.checkpoint import from_pretrained
+        from medsegr.modeling.checkpoint import from_pretrained
         from medsegr.modeling.inference_opt import optimise_for_inference
 
         model = from_pretrained(path, device=options.device)
@@ -229,7 +229,7 @@ def run_bench(options: BenchOptions, progress: Callable[[str], None] = lambda m:
         progress(f"loading the {options.model} model on {options.device} ...")
         pipeline, load_s = load_pipeline(options, plan)
     from medsegr.io.images import load_image
-    from medsegr.samples import resolve
+    from medsegr.cli.samples import resolve
 
     image = load_image(resolve("sample:" + SAMPLE))
     ctx = BenchContext(pipeline, image, plan, progress)

@@ -34,7 +34,7 @@ from medsegr.bench.workloads import (FOLLOW_UPS, MEDSEGR, QUESTION, REFERENCE, B
                                      WorkloadResult, interleave)
 from medsegr.client import EngineClient
 from medsegr.io.images import MedicalImage
-from medsegr.slicing import resolve_axis
+from medsegr.imaging.slicing import resolve_axis
 
 #: slices of the volume every session uploads
 SERVER_VOLUME_SLICES = 16

@@ -33,7 +33,7 @@ from medsegr.bench.reference import ReferenceSession
 from medsegr.bench.timing import Measured, PathRun, add_phases, synchronize
 from medsegr.io.images import MedicalImage, image_from_array
 from medsegr.pipeline import ChatSession, MedSegRPipeline
-from medsegr.slicing import resolve_axis
+from medsegr.imaging.slicing import resolve_axis
 
 MEDSEGR = "medsegr"
 REFERENCE = "reference"

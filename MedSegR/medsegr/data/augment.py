@@ -35,7 +35,7 @@ _DISPLAY_AXES = {
 
 def display_geometry(plane: str) -> tuple[float, ...]:
     """The ITK direction (row-major 3x3) of a 2-D image whose array, shown with
-    :mod:`medsegr.slicing`, appears unchanged in the radiological view of ``plane``:
+    :mod:`medsegr.imaging.slicing`, appears unchanged in the radiological view of ``plane``:
     columns along the display's column direction, rows along its row direction."""
     col, row = (np.asarray(v) for v in _DISPLAY_AXES[plane])
     normal = np.cross(col, row)

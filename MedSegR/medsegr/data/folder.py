@@ -47,7 +47,7 @@ from medsegr.data.validate import grid_mismatch
 from medsegr.data.writer import DatasetWriter
 from medsegr.errors import InputError
 from medsegr.io.images import READABLE_EXTENSIONS, MedicalImage, file_extension, load_image
-from medsegr.slicing import resolve_axis, slice_view
+from medsegr.imaging.slicing import resolve_axis, slice_view
 
 __all__ = ["Case", "FolderOptions", "build_folder", "discover"]
 

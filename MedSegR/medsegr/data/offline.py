@@ -35,7 +35,7 @@ from medsegr.data.scenes import MaskSpec, SliceRef, records_for_scene, scene_fro
 from medsegr.data.writer import DatasetWriter
 from medsegr.errors import InputError
 from medsegr.io.images import file_extension
-from medsegr.slicing import resolve_axis, slice_view
+from medsegr.imaging.slicing import resolve_axis, slice_view
 
 __all__ = ["OfflineOptions", "build_offline", "default_sources", "volume_records"]
 

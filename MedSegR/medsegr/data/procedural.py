@@ -6,7 +6,7 @@ the radiological display orientation and then *stored* in a random voxel order:
 axes permuted and flipped, an optional gantry-like tilt and a random origin
 (SimpleITK's ``PermuteAxes``/``Flip`` keep every voxel's physical position). So
 the patient's left is always the patient's left in LPS coordinates, whatever the
-storage, and :mod:`medsegr.slicing` shows it on the image's right, as the
+storage, and :mod:`medsegr.imaging.slicing` shows it on the image's right, as the
 questions about sides assume. The builder checks this for every subject.
 
 Subjects are split into train/val/test by subject, stratified by phantom kind.
@@ -36,7 +36,7 @@ from medsegr.data.scenes import MaskSpec, SliceRef, records_for_scene, scene_fro
 from medsegr.data.writer import DatasetWriter, pack_layers
 from medsegr.errors import InputError
 from medsegr.io.images import MedicalImage, write_image
-from medsegr.slicing import resolve_axis, slice_view
+from medsegr.imaging.slicing import resolve_axis, slice_view
 
 __all__ = ["DEFAULT_MIX", "ProceduralOptions", "build_procedural", "make_subject", "split_plan"]
 

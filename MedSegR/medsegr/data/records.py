@@ -178,7 +178,7 @@ class Record:
 
     Attributes mirror the JSON fields. ``slice`` is the index along ``axis``
     (``axial``/``coronal``/``sagittal``, resolved with
-    :func:`medsegr.slicing.resolve_axis`), both ``None`` for a 2-D image. ``root`` is
+    :func:`medsegr.imaging.slicing.resolve_axis`), both ``None`` for a 2-D image. ``root`` is
     the dataset folder the paths are relative to (set by the loaders, not stored).
     """
 
@@ -262,13 +262,13 @@ class Record:
             out[ref.key] = labels.array == ref.label
         return out
 
-    def slice_view(self, cache: VolumeCache | None = None):  # -> medsegr.slicing.SliceView
+    def slice_view(self, cache: VolumeCache | None = None):  # -> medsegr.imaging.slicing.SliceView
         """How this record's slice is shown to the model (display orientation).
 
         2-D images use numpy axis 0, index 0; otherwise ``axis``/``slice`` are resolved
         against the image's direction matrix.
         """
-        from medsegr.slicing import resolve_axis, slice_view
+        from medsegr.imaging.slicing import resolve_axis, slice_view
 
         image = self.load_image(cache)
         if image.is_2d and self.slice is None:
@@ -283,7 +283,7 @@ class Record:
         """The record's slice in display orientation: the raw intensities
         ``(rows, cols)`` float32 and mask key -> ``bool (rows, cols)``.
 
-        Display orientation (radiological convention, :mod:`medsegr.slicing`): for an
+        Display orientation (radiological convention, :mod:`medsegr.imaging.slicing`): for an
         axial slice, rows run anterior -> posterior and columns patient right -> left.
         """
         view = self.slice_view(cache)
@@ -576,7 +576,7 @@ def parse_record(obj: Any, *, window_names: Sequence[str] | None = None) -> tupl
 
     Returns ``(record, problems)``; ``record`` is None when the record is unusable.
     Every problem found is listed (not only the first). ``window_names`` are the
-    accepted CT window presets (default: :data:`medsegr.preprocess.CT_WINDOWS`).
+    accepted CT window presets (default: :data:`medsegr.imaging.preprocess.CT_WINDOWS`).
     """
     problems: list[str] = []
     if not isinstance(obj, dict):
@@ -656,7 +656,7 @@ def parse_record(obj: Any, *, window_names: Sequence[str] | None = None) -> tupl
 
 
 def _ct_window_names() -> tuple[str, ...]:
-    from medsegr.preprocess import CT_WINDOWS  # imports torch: only when a window is used
+    from medsegr.imaging.preprocess import CT_WINDOWS  # imports torch: only when a window is used
 
     return tuple(CT_WINDOWS)
 

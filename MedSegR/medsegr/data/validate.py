@@ -230,7 +230,7 @@ def _check_record_files(record: Record, files: _Files, images: bool) -> list[str
 
 
 def _record_view(record: Record, image: MedicalImage, problems: list[str]):  # -> SliceView | None
-    from medsegr.slicing import resolve_axis, slice_view
+    from medsegr.imaging.slicing import resolve_axis, slice_view
 
     if record.slice is None:
         if not image.is_2d:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsegr.preprocess import letterbox, letterbox_geometry, unletterbox
+from medsegr.imaging.preprocess import letterbox, letterbox_geometry, unletterbox
 
 
 def otsu_floor(slice01: np.ndarray) -> np.ndarray:

@@ -396,7 +396,7 @@ def write_planned(folder: Path, plan: DicomSegPlan | None, segments: Sequence[Se
 
 def staged_writer(plan: DicomSegPlan | None, segments: Sequence[SegmentInput], info: dict,
                   record_name: str = "answer.json"):
-    """A writer for :func:`medsegr.outputs.write_results` (its ``extra``): writes
+    """A writer for :func:`medsegr.cli.outputs.write_results` (its ``extra``): writes
     ``segmentation.dcm`` into the staging folder when planned and adds the outcome
     (file, or why there is none; uncoded segments) to the JSON record there."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from medsegr.config import MedSegRConfig
-from medsegr.device import resolve_device
+from medsegr.modeling.device import resolve_device
 from medsegr.modeling.language import add_special_tokens, apply_lora, load_language_model
 from medsegr.modeling.medsegr_model import MedSegRModel
 from medsegr.modeling.vision import build_vision
@@ -16,7 +16,7 @@ def build_model(config: MedSegRConfig | None = None, device: str = "auto",
     """Load the base parts named by ``config`` and join them.
 
     The projectors are freshly initialised (seeded by ``config.model.seed``):
-    without a fine-tuned checkpoint (:func:`medsegr.checkpoint.from_pretrained`) the
+    without a fine-tuned checkpoint (:func:`medsegr.modeling.checkpoint.from_pretrained`) the
     model is *not* trained to ground text in pixels. ``with_lora`` wraps the LLM in
     peft LoRA adapters for training, with a trainable ``[SEG]`` embedding row. ``llm_skeleton`` leaves the LLM's weights
     unread (see :func:`medsegr.modeling.inference_opt.optimise_for_inference`).

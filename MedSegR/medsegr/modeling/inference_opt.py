@@ -69,7 +69,7 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None,
         log.debug("fused GELU/add kernels in %d encoder modules", fuse_tinyvit(encoder))
     precision = "float32"
     if model.device.type == "cpu":
-        from medsegr.device import cpu_llm_precision
+        from medsegr.modeling.device import cpu_llm_precision
 
         precision = cpu_llm_precision(model.config.llm.cpu_bf16, model.config.llm.cpu_int8)
     if precision == "bfloat16":

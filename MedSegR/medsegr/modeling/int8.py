@@ -101,7 +101,7 @@ class Int8State:
 
 def int8_cache_file(key: dict[str, Any]) -> Path:
     """Where the int8 LLM for ``key`` (see :func:`int8_cache_key`) is cached."""
-    from medsegr.weights import cache_dir
+    from medsegr.modeling.weights import cache_dir
 
     blob = json.dumps(key, sort_keys=True).encode()
     return cache_dir() / "int8" / f"llm-{hashlib.sha256(blob).hexdigest()[:24]}.safetensors"

@@ -11,7 +11,7 @@ from torch import nn
 
 from medsegr.config import BUNDLED_LLM, TINY_RANDOM, LLMConfig, LoraConfig
 from medsegr.errors import WeightError
-from medsegr.weights import SMOLLM2_GGUF, converted_gguf_dir, folder_hashes
+from medsegr.modeling.weights import SMOLLM2_GGUF, converted_gguf_dir, folder_hashes
 
 log = logging.getLogger(__name__)
 

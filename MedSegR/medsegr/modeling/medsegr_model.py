@@ -66,7 +66,7 @@ class MedSegRModel(nn.Module):
         self.seg_projector = SegProjector(hidden, mcfg.seg_projector_hidden or hidden, vision.embed_dim)
         #: the full-resolution refinement of the decoder's logits (``[model] pixel_refiner``)
         self.pixel_refiner = PixelRefiner(mcfg.pixel_refiner) if mcfg.pixel_refiner > 0 else None
-        #: True once fine-tuned heads were loaded (see medsegr.checkpoint)
+        #: True once fine-tuned heads were loaded (see medsegr.modeling.checkpoint)
         self.fine_tuned = False
         #: set by medsegr.modeling.inference_opt: the model can no longer be trained/saved
         self.inference_only = False

@@ -4,7 +4,7 @@
 of the engine does not care which SAM variant is underneath. Shapes:
 
 - encoder input: ``(B, 1, S, S)`` float in ``[0, 1]``, letterboxed (see
-  :mod:`medsegr.preprocess`); :meth:`SamParts.encode` makes the 3-channel input
+  :mod:`medsegr.imaging.preprocess`); :meth:`SamParts.encode` makes the 3-channel input
   the encoder expects;
 - image embedding: ``(B, C, h, w)`` (LiteMedSAM: ``C = 256``, ``h = w = 64``);
 - sparse prompts: ``(B, K, C)``; box corners and points are in encoder-input
@@ -29,7 +29,7 @@ from torch import nn
 
 from medsegr.config import BUNDLED_VISION, TINY_RANDOM, VisionConfig
 from medsegr.errors import WeightError
-from medsegr.weights import LITEMEDSAM, cached_sha256, folder_hashes, locate
+from medsegr.modeling.weights import LITEMEDSAM, cached_sha256, folder_hashes, locate
 
 
 class SamParts(nn.Module):

@@ -33,7 +33,7 @@ from starlette.types import Scope
 from medsegr import __version__
 from medsegr.client import API_VERSION
 from medsegr.io.images import image_from_array
-from medsegr.nrrd_codec import NrrdTooLarge, decode_nrrd, encode_nrrd
+from medsegr.io.nrrd_codec import NrrdTooLarge, decode_nrrd, encode_nrrd
 from medsegr.pipeline import Hints, MedSegRPipeline
 from medsegr.prompts import validate_question
 from medsegr.server.errors import ApiError, install_error_handlers
@@ -110,7 +110,7 @@ class Engine:
         if body.volume and image.is_2d:
             raise ApiError(400, "bad_input", "volume mode needs a 3-D image; this image is 2-D")
         if not body.volume and body.slice_index is not None:
-            from medsegr.slicing import resolve_axis
+            from medsegr.imaging.slicing import resolve_axis
 
             axis = 0 if image.is_2d else resolve_axis(body.axis, image.direction)
             if body.slice_index >= image.shape[axis]:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from medsegr.errors import InputError
 from medsegr.io.limits import add_limit_options
-from medsegr.model_options import add_model_options, chosen_checkpoint
+from medsegr.cli.model_options import add_model_options, chosen_checkpoint
 from medsegr.server.settings import DEFAULT_PORT, MIB
 
 log = logging.getLogger("medsegr.server")
@@ -123,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
     config = MedSegRConfig.from_file(args.config) if args.config else None
-    from medsegr.load_status import listening, print_to_stdout
+    from medsegr.modeling.load_status import listening, print_to_stdout
 
     with listening(print_to_stdout):
         pipe = MedSegRPipeline.load(checkpoint, config=config, device=args.device)

@@ -317,7 +317,7 @@ class ModelWorker:
         """Encode a volume's slices before asking, a few at a time, so that a cancel or
         the deadline stops it between encoder calls and a volume that cannot fit in
         the session memory bound is refused early. Returns the slices encoded."""
-        from medsegr.slicing import resolve_axis
+        from medsegr.imaging.slicing import resolve_axis
 
         session = job.entry.session
         if session.image.is_2d:

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from medsegr.checkpoint import from_pretrained
+    from medsegr.modeling.checkpoint import from_pretrained
     from medsegr.training.config import TrainConfig
     from medsegr.training.decoder_stage import STAGE_PREFIXES, autocast, decoder_loss, seg_states
     from medsegr.training.decoder_stage import _batch, _samples, _shuffled, validate_masks

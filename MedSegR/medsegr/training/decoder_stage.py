@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from medsegr.modeling.medsegr_model import pass_losses
+from medsegr.training.batches import ExampleDataset, collate
 from medsegr.training.config import TrainConfig
 from medsegr.training.encoder_cache import EncoderCache
 from medsegr.training.examples import Example
+from medsegr.training.resumable import lr_lambda, save_resumable
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +64,6 @@ def seg_states(model: Any, examples: list[Example], cache: EncoderCache, pad: in
                progress: bool = False) -> list[torch.Tensor]:
     """Per example, the ``(K, H)`` float32 hidden states that produce its K ``[SEG]``."""
     from tqdm import tqdm
-
-    from medsegr.training.trainer import ExampleDataset, collate
 
     was_training = model.training
     model.eval()
@@ -179,8 +179,6 @@ def run_decoder_stage(model: Any, config: TrainConfig, train_examples: list[Exam
     stage; returns the number of stage steps done. Metrics go to ``metrics_file`` as
     ``kind = "decoder"`` / ``"decoder_val"`` lines."""
     from tqdm import tqdm
-
-    from medsegr.training.trainer import lr_lambda, save_resumable
 
     stage = config.decoder_stage
     mp = config.optim.mixed_precision

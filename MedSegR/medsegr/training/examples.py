@@ -1,8 +1,8 @@
 """Dataset records -> training examples: the slice the encoder sees, the masks on the
 encoder's input grid, and the token sequence with its answer labels.
 
-The slice goes through exactly the inference path (:mod:`medsegr.slicing` display
-orientation, :func:`medsegr.preprocess.normalise`, letterboxing), so the model is
+The slice goes through exactly the inference path (:mod:`medsegr.imaging.slicing` display
+orientation, :func:`medsegr.imaging.preprocess.normalise`, letterboxing), so the model is
 trained on what it is later shown.
 """
 
@@ -18,9 +18,9 @@ import numpy as np
 
 from medsegr.data.records import VolumeCache
 from medsegr.errors import InputError
-from medsegr.preprocess import Letterbox, letterbox, letterbox_geometry, normalise
+from medsegr.imaging.preprocess import Letterbox, letterbox, letterbox_geometry, normalise
 from medsegr.prompts import Turn, render
-from medsegr.slicing import SliceView
+from medsegr.imaging.slicing import SliceView
 
 IGNORE = -100
 

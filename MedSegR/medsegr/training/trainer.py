@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,15 +28,16 @@ import numpy as np
 import torch
 
 from medsegr.errors import CheckpointError, InputError
-from medsegr.io.atomic import atomic_folder
+from medsegr.training.batches import ExampleDataset, collate
 from medsegr.training.config import TrainConfig
 from medsegr.training.curves import read_metrics
 from medsegr.training.encoder_cache import EncoderCache, encoder_digest
-from medsegr.training.examples import IGNORE, Example, ImageStore, make_example, slice_input
+from medsegr.training.examples import Example, ImageStore, make_example, slice_input
+from medsegr.training.resumable import (STATE_NAME, latest_checkpoint, lr_lambda,
+                                        save_resumable)
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "training_state.pt"
 TRAINABLE_PREFIXES = ("visual_projector.", "seg_projector.", "pixel_refiner.", "vision.mask_decoder.")
 
 
@@ -78,39 +78,6 @@ def load_examples(config: TrainConfig, model: Any, split: str) -> tuple[list[Exa
     return examples, inputs
 
 
-class ExampleDataset(torch.utils.data.Dataset):
-    def __init__(self, examples: list[Example], cache: EncoderCache) -> None:
-        self.examples = examples
-        self.cache = cache
-
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        ex = self.examples[i]
-        return {"input_ids": ex.input_ids, "labels": ex.labels, "masks": ex.masks,
-                "embedding": self.cache.get(ex.cache_key), "pixels": ex.pixels}
-
-
-def collate(pad_id: int):
-    def fn(batch: list[dict[str, Any]]) -> dict[str, Any]:
-        length = max(len(b["input_ids"]) for b in batch)
-        ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), length), IGNORE, dtype=torch.long)
-        attention = torch.zeros((len(batch), length), dtype=torch.long)
-        for row, b in enumerate(batch):
-            n = len(b["input_ids"])
-            ids[row, :n] = torch.tensor(b["input_ids"])
-            labels[row, :n] = torch.tensor(b["labels"])
-            attention[row, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": attention,
-                "image_embeddings": torch.stack([b["embedding"] for b in batch]).float(),
-                "gt_masks": [torch.from_numpy(b["masks"]).float() for b in batch],
-                "pixels": (torch.stack([torch.from_numpy(b["pixels"]) for b in batch]).float()
-                           if all(b.get("pixels") is not None for b in batch) else None)}
-    return fn
-
-
 # -- model ---------------------------------------------------------------------
 def mark_trainable(model: Any) -> list[torch.nn.Parameter]:
     """Freeze everything but LoRA, the ``[SEG]`` token row, the projectors and the mask
@@ -128,7 +95,7 @@ def mark_trainable(model: Any) -> list[torch.nn.Parameter]:
 
 
 def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
-    from medsegr.checkpoint import from_pretrained, read_checkpoint_config
+    from medsegr.modeling.checkpoint import from_pretrained, read_checkpoint_config
     from medsegr.modeling.builder import build_model
 
     engine = config.engine_config()
@@ -147,47 +114,6 @@ def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
     model.train()
     model.vision.image_encoder.eval()
     return model
-
-
-def lr_lambda(warmup: int, total: int):
-    def fn(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return fn
-
-
-# -- checkpoints ----------------------------------------------------------------
-def _checkpoints(output_dir: Path) -> list[Path]:
-    return sorted(p for p in output_dir.glob("checkpoint-*") if (p / STATE_NAME).is_file())
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = _checkpoints(output_dir)
-    return found[-1] if found else None
-
-
-def save_resumable(output_dir: Path, name: str, model: Any, state: dict[str, Any], config: TrainConfig,
-                   keep: int, pattern: str = "checkpoint-[0-9]*") -> Path:
-    """Write ``output_dir/name`` (a MedSegR checkpoint in ``model/`` and ``state`` with the
-    random states in ``training_state.pt``), atomically; keep the ``keep`` newest folders
-    matching ``pattern``."""
-    from medsegr.checkpoint import save_pretrained
-
-    target = output_dir / name
-    with atomic_folder(target) as tmp:
-        save_pretrained(model, tmp / "model", extra={"training": {
-            "step": state.get("step"), **({"decoder_stage_step": state["stage_step"]}
-                                          if "stage_step" in state else {})}})
-        torch.save({**state, "config": config.to_dict(),
-                    "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                            "torch": torch.get_rng_state()}},
-                   tmp / STATE_NAME)
-    found = sorted(p for p in output_dir.glob(pattern) if (p / STATE_NAME).is_file())
-    for old in found[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def _save_resumable(output_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
@@ -218,7 +144,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
     from accelerate.utils import set_seed
     from tqdm import tqdm
 
-    from medsegr.checkpoint import save_pretrained
+    from medsegr.modeling.checkpoint import save_pretrained
 
     accelerator = Accelerator(
         mixed_precision=config.optim.mixed_precision,
@@ -355,7 +281,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
             "train_examples": len(train_examples),
             "final_loss": last_loss if math.isfinite(last_loss) else None}
         if config.engine.init_checkpoint:
-            from medsegr.checkpoint import read_checkpoint_config
+            from medsegr.modeling.checkpoint import read_checkpoint_config
 
             earlier = read_checkpoint_config(config.path(config.engine.init_checkpoint))
             training["init_checkpoint"] = {"name": Path(config.engine.init_checkpoint).name,

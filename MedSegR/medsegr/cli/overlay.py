@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medsegr.slicing import SliceView
+from medsegr.imaging.slicing import SliceView
 
 
 def render_overlay(path: str | Path, slice01: np.ndarray, masks: list[np.ndarray],

@@ -2,7 +2,7 @@
 first-run GGUF conversion, packing or quantising the int8 language model).
 
 Those steps have no natural count, so each one reports a line when it starts. The
-lines are logged (``medsegr.load_status`` at INFO) and handed to the listeners that
+lines are logged (``medsegr.modeling.load_status`` at INFO) and handed to the listeners that
 :func:`listening` installs: the CLI prints them on stderr (through ``tqdm.write`` so
 they never break a progress bar), ``medsegr serve`` prints them into its output, which
 the 3D Slicer module shows as the engine's status while it starts.

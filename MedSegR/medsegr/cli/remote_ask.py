@@ -25,13 +25,13 @@ class RemoteImageView:
     slice views), for an image whose question a remote engine answered."""
 
     def __init__(self, image: MedicalImage, window: str | None) -> None:
-        from medsegr.preprocess import normalise
+        from medsegr.imaging.preprocess import normalise
 
         self.image = image
         self.volume01 = normalise(image.array, image.modality, window)
 
     def view(self, axis: int, index: int) -> Any:
-        from medsegr.slicing import slice_view
+        from medsegr.imaging.slicing import slice_view
 
         return slice_view(self.image.shape, self.image.spacing, self.image.direction, axis, index)
 
@@ -108,7 +108,7 @@ def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hin
                 client.delete_session(session_id)
             except EngineError:
                 pass  # it expires on its own
-    from medsegr.outputs import write_results
+    from medsegr.cli.outputs import write_results
     from medsegr.pipeline import Answer, Segment
 
     answer = Answer(text=remote.text, raw_text=remote.raw_text,
@@ -127,7 +127,7 @@ def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hin
 
     paths = write_results(args.out, view, question, answer, model,  # type: ignore[arg-type]
                           extra=staged_writer(dicom_seg, answer_segments(answer), model))
-    from medsegr.cli import print_answer, print_warnings
+    from medsegr.cli.outputs import print_answer, print_warnings
 
     print_warnings(dicom_seg.messages() if dicom_seg is not None else [])
 

@@ -142,7 +142,7 @@ def adapter_card(adapter_config: dict[str, Any], meta: dict[str, Any]) -> str:
         "checkpoint: the folder above holds `heads.safetensors` (visual and [SEG] projectors, "
         "prompt encoder, mask decoder, pixel refiner, added-token rows) and "
         "`medsegr_config.json` (the model configuration and the base parts with their hashes). "
-        "Load the whole checkpoint with `medsegr.checkpoint.from_pretrained(folder)` or "
+        "Load the whole checkpoint with `medsegr.modeling.checkpoint.from_pretrained(folder)` or "
         "`medsegr ask --checkpoint folder`; the adapter alone does not segment.", "",
         "## Base parts", "",
         f"- language model: {part(llm)}",
@@ -261,7 +261,7 @@ def checkpoint_digest(path: str | Path) -> str:
     """SHA-256 over the files of a checkpoint folder (identifies its fine-tuned weights)."""
     import hashlib
 
-    from medsegr.weights import cached_sha256
+    from medsegr.modeling.weights import cached_sha256
 
     digest = hashlib.sha256()
     for file in sorted(p for p in Path(path).rglob("*") if p.is_file()):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from medsegr.io.atomic import atomic_files
 from medsegr.io.images import MedicalImage
 from medsegr.io.segmentation_files import (
     SegmentSpec, coded_segment, write_labelmap_nrrd, write_seg_nrrd)
-from medsegr.overlay import render_overlay
+from medsegr.cli.overlay import render_overlay
 from medsegr.pipeline import Answer, ChatSession
 from medsegr.vocabulary import segment_terminology
 
@@ -103,3 +104,31 @@ def write_results(out_dir: str | Path, session: ChatSession, question: str, answ
         if extra is not None:
             names.update(extra(stage))
     return {key: out / name for key, name in names.items()}
+
+
+def print_answer(answer: "Answer", paths: dict[str, Path], as_json: bool,
+                 time_text: str) -> None:
+    """Print an answer (``medsegr.pipeline.Answer``) and the result files written for it:
+    the JSON record with ``as_json``, else the text, its segments, the files and
+    ``time_text``."""
+    if as_json:
+        print(json.dumps({**answer.summary(), "files": {k: str(v) for k, v in paths.items()}},
+                         indent=2))
+        return
+    print(answer.text or "(no answer text)")
+    print()
+    for seg in answer.segments:
+        print(f"  segment {seg.index + 1}: {seg.name} ({seg.voxels} voxels)")
+    if not answer.segments:
+        print("  no segment in this answer")
+    print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, "
+          f"{paths['answer'].name}, {paths['overlay'].name}")
+    if "dicom_seg" in paths:
+        print(f"  wrote the DICOM SEG {paths['dicom_seg'].name}")
+    print(f"  time: {time_text}")
+
+
+def print_warnings(lines: Sequence[str]) -> None:
+    """One ``medsegr: warning:`` line on stderr per message."""
+    for line in lines:
+        print(f"medsegr: warning: {line}", file=sys.stderr)

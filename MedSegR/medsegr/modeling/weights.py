@@ -174,7 +174,7 @@ def converted_gguf_dir(weight: WeightFile = SMOLLM2_GGUF) -> Path:
     marker = target / "medsegr_source.json"
     if marker.is_file():
         return target
-    from medsegr.load_status import report
+    from medsegr.modeling.load_status import report
 
     report(f"converting {gguf_path.name} to safetensors (first run only; about 15-30 s)")
     from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy; only here

@@ -16,17 +16,14 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, Sequence
+from typing import NoReturn, Sequence
 
 from medsegr import __version__
 from medsegr.errors import InputError, MedSegRError
+from medsegr.cli.model_options import add_model_options, chosen_checkpoint
 from medsegr.io.limits import LIMIT_OPTIONS, ImageTooLarge, add_limit_options, limits_from_args
-from medsegr.model_options import add_model_options, chosen_checkpoint
 from medsegr.option_types import (axis_name, box_hint, device_name, new_tokens, point_hint,
                                   slice_index)
-
-if TYPE_CHECKING:  # the CLI starts without torch; the pipeline is imported when used
-    from medsegr.pipeline import Answer
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -58,7 +55,7 @@ def one_line(text: str) -> str:
 
 
 def _window_name(text: str) -> str:
-    from medsegr.preprocess import CT_WINDOWS
+    from medsegr.imaging.preprocess import CT_WINDOWS
 
     if text not in CT_WINDOWS:
         raise argparse.ArgumentTypeError(f"unknown CT window {text!r} (known: "
@@ -147,7 +144,7 @@ def _check_hints_fit(args: argparse.Namespace, shape: tuple[int, int, int], axis
 
 def _load_input_image(args: argparse.Namespace):  # -> MedicalImage
     from medsegr.io.images import load_image
-    from medsegr.samples import resolve
+    from medsegr.cli.samples import resolve
 
     try:
         return load_image(resolve(args.image), modality=args.modality,
@@ -165,14 +162,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     _check_output_folder(Path(args.out))
     image = _load_input_image(args)
     from medsegr.io.dicom_seg import plan_dicom_seg
-    from medsegr.samples import resolve
+    from medsegr.cli.samples import resolve
 
     dicom_plan = plan_dicom_seg(resolve(args.image), image.geometry, args.dicom_seg)
     if args.volume and image.is_2d:
         raise InputError("--volume needs a 3-D image; this image is 2-D")
     axis = 0
     if not image.is_2d:
-        from medsegr.slicing import resolve_axis
+        from medsegr.imaging.slicing import resolve_axis
 
         axis = resolve_axis(args.axis, image.direction)
         if args.slice is not None and not 0 <= args.slice < image.shape[axis]:
@@ -182,21 +179,21 @@ def cmd_ask(args: argparse.Namespace) -> int:
         raise InputError(f"slice index {args.slice} is out of range (a 2-D image has slice 0)")
     _check_hints_fit(args, image.shape, axis)
     if args.server:
-        from medsegr.remote_ask import ask_remote
+        from medsegr.cli.remote_ask import ask_remote
 
         return ask_remote(args, image, question, hints, dicom_seg=dicom_plan)
     checkpoint = chosen_checkpoint(args)
     config = MedSegRConfig.from_file(args.config) if args.config else None
 
-    from medsegr.outputs import write_results
+    from medsegr.cli.outputs import print_answer, print_warnings, write_results
     from medsegr.pipeline import MedSegRPipeline
 
     t0 = time.perf_counter()
     if args.window is not None:
-        from medsegr.preprocess import normalise
+        from medsegr.imaging.preprocess import normalise
 
         normalise(image.array[:1, :1, :1], image.modality, args.window)  # validate early
-    from medsegr.load_status import listening, print_to_stderr
+    from medsegr.modeling.load_status import listening, print_to_stderr
 
     with listening(print_to_stderr):
         pipe = MedSegRPipeline.load(checkpoint, config=config, device=args.device)
@@ -218,34 +215,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
     print_answer(answer, paths, args.json,
                  f"{answer.timings['total']:.2f} s answer, {load_s:.2f} s model load")
     return EXIT_OK
-
-
-def print_answer(answer: "Answer", paths: dict[str, Path], as_json: bool,
-                 time_text: str) -> None:
-    """Print an answer (``medsegr.pipeline.Answer``) and the result files written for it:
-    the JSON record with ``as_json``, else the text, its segments, the files and
-    ``time_text``."""
-    if as_json:
-        print(json.dumps({**answer.summary(), "files": {k: str(v) for k, v in paths.items()}},
-                         indent=2))
-        return
-    print(answer.text or "(no answer text)")
-    print()
-    for seg in answer.segments:
-        print(f"  segment {seg.index + 1}: {seg.name} ({seg.voxels} voxels)")
-    if not answer.segments:
-        print("  no segment in this answer")
-    print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, "
-          f"{paths['answer'].name}, {paths['overlay'].name}")
-    if "dicom_seg" in paths:
-        print(f"  wrote the DICOM SEG {paths['dicom_seg'].name}")
-    print(f"  time: {time_text}")
-
-
-def print_warnings(lines: Sequence[str]) -> None:
-    """One ``medsegr: warning:`` line on stderr per message."""
-    for line in lines:
-        print(f"medsegr: warning: {line}", file=sys.stderr)
 
 
 def _check_output_folder(out: Path) -> None:
@@ -278,7 +247,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_samples() -> int:
-    from medsegr.samples import SAMPLES, sample_path
+    from medsegr.cli.samples import SAMPLES, sample_path
 
     for name, (_, _, text) in SAMPLES.items():
         try:
