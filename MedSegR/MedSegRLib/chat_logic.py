@@ -28,7 +28,6 @@ known to the engine.
 from __future__ import annotations
 
 import os
-import tempfile
 import threading
 import uuid
 from collections.abc import Callable
@@ -37,15 +36,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from medsegr.client import (EngineClient, EngineError, EngineUnavailable, Progress, RemoteAnswer,
-                            RequestCancelled)
+from medsegr.answers import Answer, Hints
+from medsegr.client import EngineClient, EngineError, EngineUnavailable, Progress, RequestCancelled
 from medsegr.errors import InputError
+from medsegr.io.atomic import atomic_write_text
 from medsegr.prompts import validate_question
 
 from MedSegRLib import dicom_export, scene_store, segmentation_results, study_placement, transcript
 from MedSegRLib.background import BackgroundTask
 from MedSegRLib.conversation import Conversation, SegmentRecord, Turn, make_title, now_iso
-from MedSegRLib.current_slice import Hints, SliceSelection, hints_from_markups, hovered_slice_node, slice_node_by_view, slice_selection
+from MedSegRLib.current_slice import SliceSelection, hints_from_markups, hovered_slice_node, slice_node_by_view, slice_selection
 from MedSegRLib.volume_geometry import VolumeGeometry, check_volume, engine_geometry, ijk_to_ras, modality_hint, volume_array
 
 SCOPES = ("slice", "volume")
@@ -98,7 +98,7 @@ class PreparedQuestion:
 class AskResult:
     """What :meth:`MedSegRChatLogic.ask` returns."""
 
-    answer: RemoteAnswer
+    answer: Answer
     conversation_node: Any
     segmentation_node: Any | None
     segment_ids: list[str]
@@ -251,7 +251,7 @@ class MedSegRChatLogic:
     def execute(self, prepared: PreparedQuestion, on_text: Callable[[str], None] | None = None,
                 cancel_event: threading.Event | None = None,
                 on_main: Callable[[Callable[[], Any]], Any] | None = None,
-                on_progress: Callable[[Progress], None] | None = None) -> tuple[PreparedQuestion, RemoteAnswer]:
+                on_progress: Callable[[Progress], None] | None = None) -> tuple[PreparedQuestion, Answer]:
         """Ask the engine (any thread). Returns the question as finally sent (it may have
         needed a new session) and the answer. ``on_main(fn)`` runs ``fn`` on the main
         thread and returns its result (default: call it here); ``on_progress`` gets the
@@ -267,7 +267,7 @@ class MedSegRChatLogic:
 
     def _execute_once(self, prepared: PreparedQuestion, on_text: Callable[[str], None] | None,
                       cancel_event: threading.Event | None,
-                      on_progress: Callable[[Progress], None] | None = None) -> RemoteAnswer:
+                      on_progress: Callable[[Progress], None] | None = None) -> Answer:
         client = self._require_client()
         session_id = prepared.session_id
         if prepared.upload is not None:
@@ -318,7 +318,7 @@ class MedSegRChatLogic:
             raise SessionExpired(exc.message, code=exc.code, status=exc.status) from None
 
     # -- step 3: write the scene --------------------------------------------------
-    def apply(self, prepared: PreparedQuestion, answer: RemoteAnswer) -> AskResult:
+    def apply(self, prepared: PreparedQuestion, answer: Answer) -> AskResult:
         """Add the answer to the scene (main thread); all or nothing."""
         volume = self.scene.GetNodeByID(prepared.volume_node_id)
         if volume is None:
@@ -418,12 +418,12 @@ class MedSegRChatLogic:
                 raise box["error"]
             return box["value"]
 
-        def work(cancel_event: threading.Event) -> tuple[PreparedQuestion, RemoteAnswer]:
+        def work(cancel_event: threading.Event) -> tuple[PreparedQuestion, Answer]:
             streamed = (lambda piece: dispatch(on_text, piece)) if on_text else None
             progress = (lambda report: dispatch(on_progress, report)) if on_progress else None
             return self.execute(prepared, streamed, cancel_event, on_main, progress)
 
-        def finished(result: tuple[PreparedQuestion, RemoteAnswer]) -> None:
+        def finished(result: tuple[PreparedQuestion, Answer]) -> None:
             try:
                 applied = self.apply(*result)
             except Exception as exc:  # noqa: BLE001 - reported like any other failure
@@ -519,20 +519,12 @@ class MedSegRChatLogic:
         return dicom_export.export_conversation(conversation_node, path, file_for_instance)
 
     def export_transcript(self, conversation_node: Any, path: str | os.PathLike[str]) -> Path:
-        """Write the conversation as Markdown (atomically: a temporary file, then rename)."""
+        """Write the conversation as Markdown (atomically: :func:`medsegr.io.atomic.atomic_write_text`)."""
         target = Path(path)
         text = self.transcript(conversation_node)
         if not target.parent.is_dir():
             raise InputError(f"folder {str(target.parent)!r} does not exist")
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        return atomic_write_text(target, text)
 
 
 def volume_stamp(volume_node: Any) -> tuple:

@@ -9,17 +9,18 @@ select the nearest voxel-aligned slice, and say how oblique they are. A RAS offs
 never used as an index.
 
 Axes are reported as numpy axes of the ``(z, y, x)`` array: 0 = k, 1 = j, 2 = i, as
-the engine expects. Hints use the engine's in-plane order (:class:`medsegr.pipeline.Hints`):
+the engine expects. Hints use the engine's in-plane order (:class:`medsegr.answers.Hints`):
 slicing numpy axis 0 gives ``(i, j)``, axis 1 ``(i, k)``, axis 2 ``(j, k)``.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from medsegr.answers import Hints
 from medsegr.errors import InputError
 
 from MedSegRLib.volume_geometry import RAS_TO_LPS, check_volume, ijk_to_ras, vtk_to_numpy_matrix, world_to_ijk, world_to_local_points
@@ -51,18 +52,6 @@ class SliceSelection:
         if self.oblique:
             text += f"; the view is oblique by {self.obliquity_deg:.1f} degrees, the nearest voxel slice is used"
         return text
-
-
-@dataclass(frozen=True)
-class Hints:
-    """Box and point hints in the sliced plane's voxel indices."""
-
-    box: tuple[float, float, float, float] | None = None
-    points: list[tuple[float, float, int]] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return self.box is None and not self.points
 
 
 def slice_node_by_view(scene: Any, view_name: str) -> Any:

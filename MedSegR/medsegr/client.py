@@ -18,7 +18,7 @@ started, slices encoded of the total, answering, masks decoded).
 
 Conventions: ``array`` is numpy ``(z, y, x)``; ``spacing`` ``(x, y, z)`` mm, ``origin``
 LPS mm, ``direction`` the row-major ITK 3x3 matrix (see :mod:`medsegr.io.nrrd_codec`).
-Box and point hints use the in-plane voxel indices of :class:`medsegr.pipeline.Hints`
+Box and point hints use the in-plane voxel indices of :class:`medsegr.answers.Hints`
 (axial: ``(i, j)``, coronal: ``(i, k)``, sagittal: ``(j, k)``).
 
 Every failure is an :class:`EngineError` (``.code``, ``.status``, ``.message``):
@@ -41,32 +41,31 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from medsegr import __version__
+from medsegr.answers import API_VERSION, NRRD_MEDIA_TYPE, Answer, Segment
 from medsegr.io.nrrd_codec import NrrdError, decode_nrrd, encode_nrrd
 
 __all__ = [
     "API_VERSION",
+    "Answer",
     "EngineBusy",
     "EngineClient",
     "EngineError",
     "EngineUnavailable",
+    "NRRD_MEDIA_TYPE",
     "Progress",
     "RemoteAnswer",
     "RemoteSegment",
     "RequestCancelled",
+    "Segment",
     "VersionMismatch",
 ]
 
-#: the HTTP API version (the ``/v1`` prefix); client and server share it
-API_VERSION = "1"
-
-#: media type of NRRD bodies (uploads and mask downloads)
-NRRD_MEDIA_TYPE = "application/x-nrrd"
 #: after a cancel was asked for, how long to wait for the server to confirm it
 _CANCEL_GRACE_S = 5.0
 
@@ -122,44 +121,9 @@ class EngineBusy(EngineError):
         self.retry_after = retry_after
 
 
-@dataclass
-class RemoteSegment:
-    """One segment of an answer."""
-
-    id: str  # server-side segment id
-    name: str  # e.g. "left kidney"
-    index: int  # order in the answer
-    mask: np.ndarray  # bool (z, y, x) on the uploaded image's exact grid
-    #: the coded description (``medsegr.vocabulary.segment_terminology``); None from
-    #: an engine that does not send one
-    terminology: dict[str, Any] | None = None
-
-    @property
-    def coded(self) -> bool:
-        """True when the segment's name has a standard code."""
-        return bool(self.terminology and self.terminology.get("coded"))
-
-    @property
-    def voxels(self) -> int:
-        return int(self.mask.sum())
-
-
-@dataclass
-class RemoteAnswer:
-    """The engine's answer to one question."""
-
-    request_id: str
-    text: str  # clinician-readable answer (no [SEG] markers)
-    raw_text: str
-    segments: list[RemoteSegment]
-    mode: str  # "slice" | "volume"
-    axis: int
-    slice_index: int | None
-    fine_tuned: bool
-    timings: dict[str, float]
-    encoded_slices: int  # 0 when every embedding was reused
-    key_slices: list[int] = field(default_factory=list)
-    tokens: dict[str, int] = field(default_factory=dict)
+#: the answer types of the wire, by their earlier names (see :mod:`medsegr.answers`)
+RemoteAnswer = Answer
+RemoteSegment = Segment
 
 
 @dataclass
@@ -309,11 +273,11 @@ class EngineClient:
             cancel_event: threading.Event | None = None,
             request_id: str | None = None, max_new_tokens: int | None = None,
             stream: bool = True,
-            on_progress: Callable[[Progress], None] | None = None) -> RemoteAnswer:
+            on_progress: Callable[[Progress], None] | None = None) -> Answer:
         """Ask a question in a session and download the answer's masks.
 
         ``on_text(piece)`` receives the raw answer text as it is generated (it may
-        contain ``<p>`` and ``[SEG]`` markers; ``RemoteAnswer.text`` is the clean
+        contain ``<p>`` and ``[SEG]`` markers; ``Answer.text`` is the clean
         version). Setting ``cancel_event`` cancels the request on the server and
         raises :class:`RequestCancelled`. ``on_progress(Progress)`` receives the
         server's progress events in order (queued, started, encoding slices done of
@@ -390,16 +354,16 @@ class EngineClient:
         finally:
             response.close()
 
-    def _answer(self, session_id: str, record: dict) -> RemoteAnswer:
+    def _answer(self, session_id: str, record: dict) -> Answer:
         grid = self._grids.get(session_id)
         segments = []
         for seg in record.get("segments", []):
             mask = self._mask(session_id, str(seg["id"]), grid)
             coded = seg.get("terminology")
-            segments.append(RemoteSegment(id=str(seg["id"]), name=str(seg["name"]),
-                                          index=int(seg["index"]), mask=mask,
-                                          terminology=coded if isinstance(coded, dict) else None))
-        return RemoteAnswer(
+            segments.append(Segment(id=str(seg["id"]), name=str(seg["name"]),
+                                    index=int(seg["index"]), mask=mask,
+                                    terminology=coded if isinstance(coded, dict) else None))
+        return Answer(
             request_id=str(record["request_id"]), text=str(record["text"]),
             raw_text=str(record["raw_text"]), segments=segments, mode=str(record["mode"]),
             axis=int(record["axis"]),

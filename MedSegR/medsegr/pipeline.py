@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 
 from medsegr import __version__
+from medsegr.answers import Answer, Hints, Segment, Turn
 from medsegr.config import MedSegRConfig
 from medsegr.errors import InputError, MedSegRError
 from medsegr.io.images import MedicalImage
@@ -34,23 +34,22 @@ from medsegr.modeling.generation import ConversationState, generate
 from medsegr.modeling.medsegr_model import Key, MedSegRModel
 from medsegr.imaging.postprocess import keep_connected
 from medsegr.imaging.preprocess import Letterbox, letterbox, letterbox_geometry, normalise, unletterbox
-from medsegr.prompts import Turn, clean_answer, render, segment_names, validate_question
+from medsegr.prompts import clean_answer, render, segment_names, validate_question
 from medsegr.imaging.slicing import SliceView, resolve_axis, slice_view
-from medsegr.vocabulary import segment_terminology
 
 log = logging.getLogger(__name__)
 
 
 def bundled_checkpoint(package_dir: Path = Path(__file__).resolve().parent) -> Path | None:
-    """The bundled fine-tuned checkpoint beside the engine package ``package_dir``:
-    ``Resources/checkpoint`` at the top of a source checkout (``MedSegR/medsegr/``), or
-    in the module folder of an installed 3D Slicer extension, where ``medsegr/`` sits
-    next to the module's own ``Resources/``. None when neither holds one."""
-    for candidate in (package_dir.parents[1] / "Resources" / "checkpoint",
-                      package_dir.parent / "Resources" / "checkpoint"):
-        if (candidate / "medsegr_config.json").is_file():
-            return candidate
-    return None
+    """The bundled fine-tuned checkpoint: ``Resources/checkpoint`` in the 3D Slicer module
+    folder that holds the engine package ``package_dir``, or None when it holds none.
+
+    This is the one place it lives, and the layout is the same in a source checkout
+    (``MedSegR/medsegr/`` beside ``MedSegR/Resources/checkpoint/``) and in an installed
+    extension (``qt-scripted-modules/medsegr/`` beside
+    ``qt-scripted-modules/Resources/checkpoint/``, where CMake installs it)."""
+    candidate = package_dir.parent / "Resources" / "checkpoint"
+    return candidate if (candidate / "medsegr_config.json").is_file() else None
 
 
 class Cancelled(MedSegRError):
@@ -67,69 +66,6 @@ def default_checkpoint() -> Path | None:
     return bundled_checkpoint()
 
 
-@dataclass
-class Hints:
-    """Optional explicit prompts, in voxel coordinates of the slice plane.
-
-    For a slice along numpy axis ``a``, ``(x, y)`` are the two remaining ITK
-    indices in order (axial: ``(i, j)``, coronal: ``(i, k)``, sagittal: ``(j, k)``).
-    ``box`` is ``(x0, y0, x1, y1)``; ``points`` is a list of ``(x, y, label)``,
-    label 1 = inside, 0 = outside. In volume mode they apply to every slice.
-    """
-
-    box: tuple[float, float, float, float] | None = None
-    points: list[tuple[float, float, int]] = field(default_factory=list)
-
-    @property
-    def empty(self) -> bool:
-        return self.box is None and not self.points
-
-
-@dataclass
-class Segment:
-    name: str
-    #: bool ``(z, y, x)`` on the session image grid
-    mask: np.ndarray
-    index: int
-
-    @property
-    def voxels(self) -> int:
-        return int(self.mask.sum())
-
-
-@dataclass
-class Answer:
-    text: str
-    raw_text: str
-    segments: list[Segment]
-    mode: str
-    axis: int
-    slice_index: int | None
-    key_slices: list[int]
-    fine_tuned: bool
-    timings: dict[str, float]
-    tokens: dict[str, int]
-    #: slices whose embedding was computed for this answer (0: all reused)
-    encoded_slices: int
-
-    def summary(self) -> dict[str, Any]:
-        """JSON-ready description (no mask data)."""
-        return {
-            "answer": self.text,
-            "raw_answer": self.raw_text,
-            "mode": self.mode,
-            "axis": self.axis,
-            "slice_index": self.slice_index,
-            "key_slices": self.key_slices,
-            "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels,
-                          "terminology": segment_terminology(s.name)} for s in self.segments],
-            "fine_tuned": self.fine_tuned,
-            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
-            "tokens": self.tokens,
-            "encoded_slices": self.encoded_slices,
-        }
-
-
 class MedSegRPipeline:
     """A loaded model plus everything needed to run questions on images."""
 
@@ -142,15 +78,34 @@ class MedSegRPipeline:
         #: optional ``fn(step, logits)`` applied to every generated token's logits, in
         #: place (benchmarks use it to place a [SEG]); None in normal use
         self.adjust_logits: Callable[[int, torch.Tensor], None] | None = None
+        #: seconds per phase of :meth:`load` (vision, llm, hashing, conversion, optimise,
+        #: total; a phase that did not run is absent); empty for a pipeline built otherwise
+        self.load_timings: dict[str, float] = {}
+        #: how many times each of those phases ran (e.g. ``hashing``: files hashed)
+        self.load_calls: dict[str, int] = {}
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = "default", config: MedSegRConfig | None = None,
              device: str = "auto") -> "MedSegRPipeline":
         """Load a fine-tuned checkpoint folder, or (``checkpoint=None``, or no bundled
-        checkpoint) the base parts named by ``config``."""
+        checkpoint) the base parts named by ``config``. Where the time went is kept in
+        ``load_timings`` and ``load_calls`` (:mod:`medsegr.modeling.load_timings`)."""
+        from medsegr.modeling.load_timings import recording
+
+        with recording() as timings:
+            t0 = time.perf_counter()
+            pipeline = cls._load(checkpoint, config, device)
+            timings.add("total", time.perf_counter() - t0)
+        pipeline.load_timings, pipeline.load_calls = timings.seconds, timings.calls
+        return pipeline
+
+    @classmethod
+    def _load(cls, checkpoint: str | Path | None, config: MedSegRConfig | None,
+              device: str) -> "MedSegRPipeline":
         from medsegr.modeling.checkpoint import from_pretrained
         from medsegr.modeling.builder import build_model
         from medsegr.modeling.inference_opt import optimise_for_inference
+        from medsegr.modeling.load_timings import phase
 
         path = default_checkpoint() if checkpoint == "default" else (
             Path(checkpoint) if checkpoint else None)
@@ -179,7 +134,9 @@ class MedSegRPipeline:
         if cache is not None:
             report("reading the int8 language model" if skeleton else
                    "quantising the language model to int8 (first run only; cached afterwards)")
-        pipeline = cls(optimise_for_inference(model, int8_cache=cache, int8_read=read), checkpoint=path)
+        with phase("optimise"):
+            optimised = optimise_for_inference(model, int8_cache=cache, int8_read=read)
+        pipeline = cls(optimised, checkpoint=path)
         report("the model is ready")
         return pipeline
 

@@ -4,23 +4,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
 from typing import Any
 
+from medsegr.answers import Turn
 from medsegr.errors import InputError
 
 MAX_QUESTION_CHARS = 2000
 _NAME_RE = re.compile(r"<p>(.*?)</p>", re.DOTALL)
-
-
-@dataclass
-class Turn:
-    """One question and (once answered) its raw answer text."""
-
-    question: str
-    #: the image shown with this question, or None when it is the one already shown
-    image_id: str | None
-    answer: str | None = None
 
 
 def validate_question(question: Any, reserved: tuple[str, ...]) -> str:

@@ -1,5 +1,6 @@
-"""``medsegr bench``: the CI smoke run (tiny model, ``--quick``, every workload, the real
-engine server on loopback) and its bad-input errors."""
+"""``medsegr bench``: the CI smoke runs on the tiny model (the comparison: ``--quick``,
+every workload, the real engine server on loopback; the engine suite: ``--engine
+--quick``, each workload in its own process) and the bad-input errors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from medsegr.cli.commands import main
+from medsegr.modeling.load_timings import phase, recording
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +62,82 @@ def test_bench_smoke_on_the_tiny_model(tmp_path: Path):
         assert (plots / name).read_bytes()[:8] == PNG_MAGIC
 
 
+#: the engine suite's JSON record, as ``benchmarks/engine_bench.py`` wrote it
+ENGINE_JSON_KEYS = {"mode", "plan", "device", "machine", "bench_wall_s", "summary", "targets",
+                    "targets_limits", "raw"}
+
+
+def test_engine_suite_on_the_tiny_model(tmp_path: Path):
+    out_json = tmp_path / "engine.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "medsegr.cli", "bench", "--engine", "--model", "tiny", "--quick",
+         "--workloads", "slice,cold-cached,followup,volume", "--wait-idle", "0",
+         "--retries", "0", "--json", str(out_json)],
+        capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for heading in ("## MedSegR engine benchmark — QUICK mode", "### Results", "### Targets",
+                    "tiny random model", "2. Cold start, cached", "5. Volume, 16 axial slices"):
+        assert heading in proc.stdout
+    assert "Missing" not in proc.stdout and "failed" not in proc.stdout
+
+    data = json.loads(out_json.read_text(encoding="utf-8"))
+    assert set(data) == ENGINE_JSON_KEYS
+    assert data["plan"] == {"mode": "quick", "slice_reps": 2, "followup_reps": 1,
+                            "cached_runs": 1, "volume_slices": 16}
+    summary = data["summary"]
+    assert set(summary) == {"cold_cached", "slice", "followup", "volume"}
+    assert [run["worker"] for run in
+            (r["result"] for runs in data["raw"].values() for r in runs)] == \
+        ["slice", "cold-cached", "followup", "volume"]
+    for runs in data["raw"].values():
+        assert all(r["error"] is None and r["result"]["peak_rss_mib"] > 100 for r in runs)
+
+    # the load phases are the pipeline's own load_timings
+    cold = summary["cold_cached"]
+    phases = sum(cold[k]["median"] for k in ("vision_s", "llm_s", "optimise_s"))
+    assert all(cold[k]["median"] > 0 for k in ("vision_s", "llm_s", "optimise_s"))
+    assert phases <= cold["load_s"]["median"] <= cold["total_s"]["median"]
+    assert cold["import_s"]["median"] > 0
+    raw_cold = data["raw"]["cold-cached"][0]["result"]
+    assert raw_cold["converted"] is False and isinstance(raw_cold["hash_calls"], int)
+
+    sl = summary["slice"]
+    assert sl["runs"] == 2 and sl["generated_tokens"] == [30, 30]
+    assert sl["encoded_slices"] == [1, 1]  # a new session each time: the encoder runs
+    assert sl["timings"]["total"]["median"] >= sl["timings"]["decode"]["median"] > 0
+    fu = summary["followup"]
+    assert fu["encoded_slices"] == [0] and fu["reused_tokens"][0] > 0
+    assert fu["ratio"]["median"] < 1
+    vol = summary["volume"]
+    # [SEG] forced through adjust_logits: one segment, decoded on every slice
+    assert vol["forced_seg"] is True and vol["segments"] == 1
+    assert vol["slices"] == vol["encoded_slices"] == 16 and vol["masks_s"] > 0
+    assert vol["rss_milestones_mib"]["after_encode"] <= vol["rss_milestones_mib"]["end"]
+    assert {t["target"].split(" (")[0] for t in data["targets"]} >= {"cached cold start"}
+
+
+def test_load_timings_are_recorded_only_inside_recording():
+    with phase("vision"):  # not recording: nothing to record into
+        pass
+    with recording() as timings:
+        with phase("llm"):
+            with phase("hashing"):
+                pass
+            with phase("hashing"):
+                pass
+    with phase("optimise"):
+        pass
+    assert set(timings.seconds) == {"llm", "hashing"}
+    assert timings.calls == {"llm": 1, "hashing": 2}
+    assert timings.seconds["llm"] >= timings.seconds["hashing"] >= 0
+
+
 @pytest.mark.parametrize("args, message", [
+    (["--engine", "--workloads", "slice,nonsense"], "unknown engine workload"),
+    (["--engine", "--plots", "out"], "--plots: not for --engine"),
+    (["--engine", "--base"], "--base: not for --engine"),
+    (["--engine", "--retries", "-1"], "--retries"),
     (["--workloads", "slice,nonsense"], "unknown workload"),
     (["--workloads", "server", "--no-server"], "leaves no workload"),
     (["--repeats", "0"], "--repeats"),

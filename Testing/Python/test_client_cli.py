@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import force_seg
+from helpers import force_seg, heavy_modules_after
 from medsegr.cli.commands import main
 from medsegr.io.images import image_from_array, load_image, write_image
 from server_harness import TOKEN, free_port, live_server, oblique_volume
@@ -60,6 +60,22 @@ def test_ask_server_writes_the_same_files_as_a_local_run(server, tiny_pipeline, 
     with force_seg(tiny_pipeline.model, {1}):
         expected = local.ask(question, slice_index=2, max_new_tokens=4)
     assert np.array_equal(sitk.GetArrayFromImage(labels) == 1, expected.segments[0].mask)
+
+
+def test_ask_server_loads_no_model_code(server, image_file, tmp_path):
+    """``medsegr ask --server`` only talks HTTP: in a fresh interpreter it answers and
+    writes its files without importing torch or the model libraries (SimpleITK reads the
+    image; that one is allowed)."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN, encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["ask", str(image_file), "Segment the organ.", "--slice", "2", "--server", server.url,
+            "--token-file", str(token_file), "--out", str(out), "--max-new-tokens", "4",
+            "--modality", "MR"]
+    code = ("from medsegr.cli.commands import main\n"
+            f"assert main({argv!r}) == 0\n")
+    assert heavy_modules_after(code, ("torch", "transformers", "peft", "timm")) == []
+    assert (out / "answer.json").is_file() and (out / "labels.nrrd").is_file()
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -48,7 +48,7 @@ def test_tiny_encoder_fused_matches_the_original():
 @torch.no_grad()
 def test_real_encoder_fused_matches_the_original_on_an_mri_slice():
     from medsegr.io.images import load_image
-    from medsegr.imaging.preprocess import normalise
+    from medsegr.imaging.intensity import normalise
     from medsegr.cli.samples import sample_path
 
     plain = _folded("litemedsam")

@@ -59,7 +59,8 @@ def test_hf_sam_parts_shapes(sam_model):
 
 def test_hf_sam_in_the_pipeline(sam_model, anisotropic_volume, tmp_path):
     from medsegr.modeling.checkpoint import from_pretrained, save_pretrained
-    from medsegr.pipeline import Hints, MedSegRPipeline
+    from medsegr.answers import Hints
+    from medsegr.pipeline import MedSegRPipeline
 
     img, _ = anisotropic_volume
     session = MedSegRPipeline(sam_model).new_session(img)

@@ -208,7 +208,7 @@ def test_fast_llama_matches_the_hugging_face_forward(tiny_model, bank):
         add_special_tokens=False)
     runs = {}
     for fast in (False, True):
-        tiny_model.fast_llm = FastLlama(tiny_model.llm, capacity=16) if fast else None
+        tiny_model.use_fast_llm(FastLlama(tiny_model.llm, capacity=16) if fast else None)
         try:
             state = ConversationState()
             handle = tiny_model.llm.get_output_embeddings().register_forward_hook(
@@ -219,7 +219,7 @@ def test_fast_llama_matches_the_hugging_face_forward(tiny_model, bank):
             finally:
                 handle.remove()
         finally:
-            tiny_model.fast_llm = None
+            tiny_model.use_fast_llm(None)
         runs[fast] = (first, second, state)
     (a1, a2, _), (b1, b2, fast_state) = runs[False], runs[True]
     assert isinstance(fast_state.cache, StaticKVCache) and fast_state.cache.capacity > 16  # grew

@@ -16,7 +16,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[2]
-CHECKPOINT = ROOT / "Resources" / "checkpoint"
+CHECKPOINT = ROOT / "MedSegR" / "Resources" / "checkpoint"
 
 
 def _pyproject() -> dict:

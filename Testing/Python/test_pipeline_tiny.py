@@ -7,7 +7,8 @@ import pytest
 
 from helpers import force_seg
 from medsegr.errors import InputError
-from medsegr.pipeline import Cancelled, Hints
+from medsegr.answers import Hints
+from medsegr.pipeline import Cancelled
 
 
 def test_slice_answer_masks_live_on_the_source_grid(tiny_pipeline, anisotropic_volume):
@@ -107,7 +108,7 @@ def test_shared_prompt_prefix_gives_the_same_answer(anisotropic_volume):
 
     img, _ = anisotropic_volume
     model = build_model(MedSegRConfig.tiny(), device="cpu")
-    model.fast_llm = FastLlama(model.llm)
+    model.use_fast_llm(FastLlama(model.llm))
     pipe = MedSegRPipeline(model)
     session = pipe.new_session(img)  # computes the prefix (outside the [SEG] hook)
     with force_seg(model, {2}):

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from helpers import force_seg
 from medsegr.io.images import image_from_array, load_image
 from medsegr.io.segmentation_files import read_seg_nrrd
-from medsegr.pipeline import Hints
+from medsegr.answers import Hints
 from medsegr.cli.samples import sample_path
 from medsegr.modeling.weights import LITEMEDSAM, SMOLLM2_GGUF
 
@@ -142,11 +142,12 @@ def test_real_fast_decoder_matches_the_hugging_face_forward(real_pipeline):
         "<|im_start|>user\nWhat organ is shown?<|im_end|>\n<|im_start|>assistant\n",
         add_special_tokens=False)
     fast = generate(model, keys, visual, 16)
-    saved, model.fast_llm = model.fast_llm, None
+    saved = model.fast_llm
+    model.use_fast_llm(None)
     try:
         reference = generate(model, keys, visual, 16)
     finally:
-        model.fast_llm = saved
+        model.use_fast_llm(saved)
     assert fast.token_ids == reference.token_ids
 
 
@@ -156,7 +157,7 @@ def test_info_command(capsys):
     assert main(["info", "--device", "cpu"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["device"] == "cpu"
-    assert info["fine_tuned"] is True  # the bundled checkpoint in Resources/checkpoint
+    assert info["fine_tuned"] is True  # the bundled checkpoint in MedSegR/Resources/checkpoint
     assert Path(info["checkpoint"]).name == "checkpoint"
     from medsegr.modeling.device import cpu_has_native_bf16
 

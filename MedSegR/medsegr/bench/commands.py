@@ -1,4 +1,6 @@
-"""``medsegr bench``: MedSegR against a LISA-style reference, side by side.
+"""``medsegr bench``: the benchmarks. By default MedSegR against a LISA-style reference,
+side by side; with ``--engine``, the engine suite (cold start, slice question,
+follow-up, volume, HTTP path; every workload in a fresh process).
 
 ::
 
@@ -7,17 +9,22 @@
                   [--checkpoint DIR | --base [--config FILE]] [--model bundled|tiny]
                   [--cpu-int8] [--compile]
                   [--repeats N] [--profile FILE]
+    medsegr bench --engine [--quick] [--json FILE] [--device cpu|cuda[:N]]
+                  [--workloads cold-first,slice,cold-cached,followup,volume,http]
+                  [--model bundled|tiny] [--retries N] [--retry-wait S] [--wait-idle S]
 
 Prints the report (Markdown) on stdout and progress on stderr. Exit status 0 when
-both paths gave equal answers in every workload (performance targets met or not:
-they are reported, not enforced), 1 when an equality check failed, 2 on bad input.
-Nothing heavy is imported until the command runs.
+both paths gave equal answers in every workload (engine suite: when every workload
+ran; performance targets met or not: they are reported, not enforced), 1 when an
+equality check failed (a workload failed), 2 on bad input. Nothing heavy is
+imported until the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from medsegr.errors import InputError
@@ -33,15 +40,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "LISA-style reference on the same loaded model (no KV cache, image re-encoded at "
         "every turn, the whole model once per slice in volume mode), check that both give "
         "the same answers, and report latency, tokens/s, peak memory and the ratio.")
+    parser.add_argument("--engine", action="store_true",
+                        help="run the engine suite instead: cold start (empty and filled "
+                        "cache), slice question, follow-up, volume and (asked for) the HTTP "
+                        "path, each workload in a fresh process; base parts only")
     parser.add_argument("--quick", action="store_true",
-                        help="a short run: 2 repetitions, 3 turns, an 8-slice volume")
+                        help="a short run: 2 repetitions, 3 turns, an 8-slice volume "
+                        "(--engine: 2 repetitions, a 16-slice volume)")
     parser.add_argument("--json", metavar="FILE", type=Path, default=None,
                         help="also write every number (raw repetitions included) as JSON")
     parser.add_argument("--plots", metavar="DIR", type=Path, default=None,
                         help="write latency_vs_turns.png and latency_vs_slices.png here")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--workloads", default=",".join(WORKLOADS), metavar="LIST",
-                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all)")
+    parser.add_argument("--device", default=None,
+                        help="auto (the default), cpu, cuda or cuda:N (--engine: cpu default)")
+    parser.add_argument("--workloads", default=None, metavar="LIST",
+                        help=f"comma-separated, from {', '.join(WORKLOADS)} (default: all; "
+                        "--engine: from cold-first, slice, cold-cached, followup, volume, "
+                        "http; default: all but http)")
     parser.add_argument("--server", action=argparse.BooleanOptionalAction, default=True,
                         help="run the concurrent-sessions workload through a real engine "
                         "server on loopback (default: on; --no-server leaves it out)")
@@ -62,11 +77,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
                         help="also profile one slice question on each path (torch profiler) "
                         "and write the operator tables to FILE")
+    parser.add_argument("--retries", type=int, default=1, metavar="N",
+                        help="--engine: re-run a failed workload N times (default 1)")
+    parser.add_argument("--retry-wait", type=float, default=60.0, metavar="S",
+                        help="--engine: seconds to wait before a retry (default 60)")
+    parser.add_argument("--wait-idle", type=float, default=30.0, metavar="S",
+                        help="--engine: before each workload, wait up to S seconds for other "
+                        "processes to stop using the CPU (default 30; 0: do not check)")
     parser.set_defaults(handler=cmd_bench)
 
 
 def _workloads(args: argparse.Namespace) -> tuple[str, ...]:
-    names = tuple(n.strip() for n in args.workloads.split(",") if n.strip())
+    listed = ",".join(WORKLOADS) if args.workloads is None else args.workloads
+    names = tuple(n.strip() for n in listed.split(",") if n.strip())
     if not names:
         raise InputError("--workloads is empty")
     unknown = [n for n in names if n not in WORKLOADS]
@@ -95,7 +118,55 @@ def _check_output(path: Path | None, what: str, folder: bool = False) -> None:
         raise InputError(f"{what}: {parent} is not a folder")
 
 
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cmd_engine(args: argparse.Namespace) -> int:
+    """``medsegr bench --engine``: the engine suite."""
+    from medsegr.bench.engine_plan import engine_workloads
+
+    workloads = engine_workloads(args.workloads)
+    given = [flag for flag, used in (
+        ("--plots", args.plots is not None), ("--profile", args.profile is not None),
+        ("--compile", args.compile), ("--cpu-int8", args.cpu_int8),
+        ("--repeats", args.repeats is not None), ("--no-server", not args.server),
+        ("--checkpoint", args.checkpoint != "default"), ("--base", args.base),
+        ("--config", args.config is not None)) if used]
+    if given:
+        raise InputError(f"{', '.join(given)}: not for --engine (it runs the base parts)")
+    if args.retries < 0:
+        raise InputError("--retries must be 0 or more")
+    _check_output(args.json, "--json")
+
+    from medsegr.bench.engine_report import machine_facts, render, summarise, to_json
+    from medsegr.bench.engine_runner import EngineOptions, run_engine
+    from medsegr.bench.machine import host_facts
+    from medsegr.bench.report import write_json_data
+
+    options = EngineOptions(quick=args.quick, device=args.device or "cpu", model=args.model,
+                            workloads=workloads, retries=args.retries,
+                            retry_wait_s=args.retry_wait, wait_idle_s=args.wait_idle)
+    host = host_facts()
+    t0 = time.monotonic()
+    bench = run_engine(options, _progress)
+    elapsed = time.monotonic() - t0
+    machine = machine_facts(host, bench)
+    summary = summarise(bench)
+    sys.stdout.write(render(bench, summary, machine) + "\n")
+    sys.stdout.write(f"_Benchmark wall time: {elapsed:.0f} s._\n")
+    sys.stdout.flush()
+    if args.json is not None:
+        written = write_json_data(to_json(bench, summary, machine, elapsed), args.json)
+        _progress(f"JSON written to {written}")
+    return 1 if any(r.error for runs in bench.runs.values() for r in runs) else 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+    if args.engine:
+        return cmd_engine(args)
+    if args.device is None:
+        args.device = "auto"
     workloads = _workloads(args)
     if args.repeats is not None and not 1 <= args.repeats <= 100:
         raise InputError("--repeats must be between 1 and 100")
@@ -119,9 +190,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     checkpoint_path(options)  # a clear error for a folder that is not a checkpoint
 
-    def progress(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
+    progress = _progress
     progress(f"loading the {options.model} model on {options.device} ...")
     pipeline, load_s = load_pipeline(options, options.plan())
     result = run_bench(options, progress, pipeline=pipeline, load_s=load_s)
@@ -134,7 +203,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             progress(f"wrote {path}")
     if args.profile is not None:
         from medsegr.bench.profiling import write_profile
-        from medsegr.bench.workloads import PATHS, BenchContext, SAMPLE
+        from medsegr.bench.context import PATHS, SAMPLE, BenchContext
         from medsegr.io.images import load_image
         from medsegr.cli.samples import resolve
 

@@ -69,7 +69,8 @@ def _reset_hwm() -> bool:
     return True
 
 
-def _maxrss_mib() -> float:
+def process_peak_rss_mib() -> float:
+    """Peak resident set size of this whole process so far (``ru_maxrss``), MiB."""
     value = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return value / (1024.0 * 1024.0) if sys.platform == "darwin" else value / 1024.0
 
@@ -127,7 +128,7 @@ class PeakMemory:
             cuda.synchronize(self.device)
             cuda_peak = cuda.max_memory_allocated(self.device) / 2**20
         hwm = _status_kib("VmHWM") if self._scope == "block" else None
-        peak = hwm / 1024.0 if hwm is not None else _maxrss_mib()
+        peak = hwm / 1024.0 if hwm is not None else process_peak_rss_mib()
         self.reading = MemoryReading(peak_rss_mib=peak, start_rss_mib=self._start,
                                      scope=self._scope if hwm is not None else "process",
                                      cuda_peak_mib=cuda_peak)

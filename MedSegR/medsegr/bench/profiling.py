@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medsegr.bench.workloads import QUESTION, SLICE_INDEX, BenchContext
+from medsegr.bench.context import QUESTION, SLICE_INDEX, BenchContext
 from medsegr.io.images import atomic_output
 
 #: rows of each operator table

@@ -38,10 +38,11 @@ import torch
 from medsegr.errors import InputError
 from medsegr.io.images import MedicalImage
 from medsegr.modeling.generation import ConversationState, generate, reference_forward
-from medsegr.pipeline import Answer, ChatSession, Hints, MedSegRPipeline, Segment
+from medsegr.answers import Answer, Hints, Segment, Turn
+from medsegr.pipeline import ChatSession, MedSegRPipeline
 from medsegr.imaging.postprocess import keep_connected
 from medsegr.imaging.preprocess import letterbox
-from medsegr.prompts import Turn, clean_answer, segment_names, validate_question
+from medsegr.prompts import clean_answer, segment_names, validate_question
 
 
 class ReferenceSession(ChatSession):
@@ -109,7 +110,7 @@ class ReferenceSession(ChatSession):
             slice_index: int | None = None, volume: bool = False, hints: Hints | None = None,
             max_new_tokens: int | None = None) -> Answer:
         """Answer ``question`` like :meth:`ChatSession.ask` (same arguments, same
-        :class:`~medsegr.pipeline.Answer`), recomputing everything."""
+        :class:`~medsegr.answers.Answer`), recomputing everything."""
         cfg = self.model.config
         question = validate_question(question, (cfg.model.seg_token, cfg.model.image_token))
         hints = hints or Hints()

@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from medsegr.bench.equality import DICE_MIN
-from medsegr.bench.timing import PathRun, Spread
-from medsegr.bench.workloads import MEDSEGR, PATHS, REFERENCE, WorkloadResult
+from medsegr.bench.stats import Spread
+from medsegr.bench.timing import PathRun
+from medsegr.bench.context import MEDSEGR, PATHS, REFERENCE, WorkloadResult
 from medsegr.io.images import atomic_output
 
 #: issue targets (ratios are measured in the same run on the same machine)
@@ -292,10 +293,15 @@ def to_json(result: Any) -> dict[str, Any]:
 
 
 def write_json(result: Any, path: str | os.PathLike[str]) -> Path:
+    return write_json_data(to_json(result), path)
+
+
+def write_json_data(data: Any, path: str | os.PathLike[str]) -> Path:
+    """Write ``data`` as indented JSON to ``path`` (folders made, replaced atomically)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(target) as tmp:
-        tmp.write_text(json.dumps(to_json(result), indent=2) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return target
 
 

@@ -17,10 +17,6 @@ differs. On CUDA both paths run in bfloat16.
 
 from __future__ import annotations
 
-import datetime as _dt
-import os
-import platform
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +24,11 @@ from typing import Any, Callable
 
 import torch
 
+from medsegr.bench.machine import host_facts, torch_facts
 from medsegr.bench.memory import rss_mib
-from medsegr.bench.workloads import (FULL, QUICK, SAMPLE, BenchContext, Plan, SegAtStep,
-                                     WorkloadResult, run_workload, warm_up, workload_names)
+from medsegr.bench.context import (FULL, QUICK, SAMPLE, BenchContext, Plan, SegAtStep,
+                                   WorkloadResult)
+from medsegr.bench.workloads import run_workload, warm_up, workload_names
 from medsegr.config import MedSegRConfig
 from medsegr.errors import InputError
 from medsegr.pipeline import MedSegRPipeline
@@ -130,53 +128,14 @@ def compile_vision(pipeline: MedSegRPipeline) -> None:
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:
-    """The machine and software a result belongs to."""
-    import medsegr
-
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    facts: dict[str, Any] = {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "medsegr": medsegr.__version__,
-        "platform": platform.platform(),
-        "device": str(device),
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "git": _git_head(),
-    }
-    try:
-        facts["loadavg_before"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        pass
-    if device.type == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(device)
-        facts["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory
-                                        / 2**30, 1)
+    """The machine and software a result belongs to (:mod:`medsegr.bench.machine`)."""
+    facts = host_facts()
+    load = facts.pop("loadavg")
+    facts.update(torch_facts(device))
+    del facts["torch_interop_threads"]
+    if load is not None:
+        facts["loadavg_before"] = load
     return facts
-
-
-def _git_head() -> str:
-    root = Path(__file__).resolve().parents[3]
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=False,
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=root, check=False, capture_output=True, text=True,
-                               timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (head or "unknown") + (" (modified)" if head and dirty else "")
 
 
 def checkpoint_path(options: BenchOptions) -> Path | None:

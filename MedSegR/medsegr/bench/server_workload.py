@@ -30,8 +30,8 @@ import numpy as np
 
 from medsegr.bench.equality import AnswerDigest
 from medsegr.bench.timing import Measured, PathRun, add_phases
-from medsegr.bench.workloads import (FOLLOW_UPS, MEDSEGR, QUESTION, REFERENCE, BenchContext,
-                                     WorkloadResult, interleave)
+from medsegr.bench.context import (FOLLOW_UPS, MEDSEGR, QUESTION, REFERENCE, BenchContext,
+                                   WorkloadResult, interleave)
 from medsegr.client import EngineClient
 from medsegr.io.images import MedicalImage
 from medsegr.imaging.slicing import resolve_axis

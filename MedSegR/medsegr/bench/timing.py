@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -69,21 +68,3 @@ def add_phases(total: dict[str, float], timings: dict[str, Any]) -> None:
     for name in ("encode", "prefill", "decode", "reread", "masks"):
         if name in timings:
             total[name] = total.get(name, 0.0) + float(timings[name])
-
-
-@dataclass
-class Spread:
-    """Median and spread of repeated measurements."""
-
-    median: float
-    low: float
-    high: float
-    count: int
-
-    @classmethod
-    def of(cls, values: Sequence[float]) -> "Spread":
-        if not values:
-            nan = float("nan")
-            return cls(nan, nan, nan, 0)
-        return cls(float(statistics.median(values)), float(min(values)), float(max(values)),
-                   len(values))

@@ -55,7 +55,7 @@ def one_line(text: str) -> str:
 
 
 def _window_name(text: str) -> str:
-    from medsegr.imaging.preprocess import CT_WINDOWS
+    from medsegr.imaging.intensity import CT_WINDOWS
 
     if text not in CT_WINDOWS:
         raise argparse.ArgumentTypeError(f"unknown CT window {text!r} (known: "
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _hints(args: argparse.Namespace):  # -> Hints
-    from medsegr.pipeline import Hints
+    from medsegr.answers import Hints
 
     return Hints(box=args.box, points=list(args.point))
 
@@ -190,7 +190,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     if args.window is not None:
-        from medsegr.imaging.preprocess import normalise
+        from medsegr.imaging.intensity import normalise
 
         normalise(image.array[:1, :1, :1], image.modality, args.window)  # validate early
     from medsegr.modeling.load_status import listening, print_to_stderr

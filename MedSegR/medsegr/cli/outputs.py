@@ -13,16 +13,32 @@ import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import numpy as np
+
+from medsegr.answers import Answer
 from medsegr.errors import InputError
 from medsegr.io.atomic import atomic_files
 from medsegr.io.images import MedicalImage
 from medsegr.io.segmentation_files import (
     SegmentSpec, coded_segment, write_labelmap_nrrd, write_seg_nrrd)
 from medsegr.cli.overlay import render_overlay
-from medsegr.pipeline import Answer, ChatSession
+from medsegr.imaging.slicing import SliceView
 from medsegr.vocabulary import segment_terminology
+
+
+
+class ImageView(Protocol):
+    """What result writing reads from a chat session: the image, its copy normalised to
+    ``[0, 1]``, and slice views (:class:`medsegr.pipeline.ChatSession` is one, and so is
+    :class:`medsegr.cli.remote_ask.RemoteImageView` for an answer from a remote engine)."""
+
+    image: MedicalImage
+    volume01: np.ndarray
+
+    def view(self, axis: int, index: int) -> SliceView: ...
+
 
 FILES = {
     "segmentation": "segmentation.seg.nrrd",
@@ -57,7 +73,7 @@ def result_folder(out_dir: str | Path) -> Iterator[Path]:
         raise InputError(f"could not write the results to {out}: {exc}") from None
 
 
-def write_result_files(folder: Path, session: ChatSession, question: str, answer: Answer,
+def write_result_files(folder: Path, session: ImageView, question: str, answer: Answer,
                        info: dict[str, Any]) -> dict[str, str]:
     """Write the four result files into ``folder`` (a staging folder of
     :func:`result_folder`); returns their names by key."""
@@ -90,7 +106,7 @@ def write_result_files(folder: Path, session: ChatSession, question: str, answer
     return dict(FILES)
 
 
-def write_results(out_dir: str | Path, session: ChatSession, question: str, answer: Answer,
+def write_results(out_dir: str | Path, session: ImageView, question: str, answer: Answer,
                   info: dict[str, Any],
                   extra: Callable[[Path], dict[str, str]] | None = None) -> dict[str, Path]:
     """Write the result files into ``out_dir`` as one set; returns their paths.
@@ -108,7 +124,7 @@ def write_results(out_dir: str | Path, session: ChatSession, question: str, answ
 
 def print_answer(answer: "Answer", paths: dict[str, Path], as_json: bool,
                  time_text: str) -> None:
-    """Print an answer (``medsegr.pipeline.Answer``) and the result files written for it:
+    """Print an answer (:class:`medsegr.answers.Answer`) and the result files written for it:
     the JSON record with ``as_json``, else the text, its segments, the files and
     ``time_text``."""
     if as_json:

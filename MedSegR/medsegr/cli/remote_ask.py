@@ -25,7 +25,7 @@ class RemoteImageView:
     slice views), for an image whose question a remote engine answered."""
 
     def __init__(self, image: MedicalImage, window: str | None) -> None:
-        from medsegr.imaging.preprocess import normalise
+        from medsegr.imaging.intensity import normalise
 
         self.image = image
         self.volume01 = normalise(image.array, image.modality, window)
@@ -96,7 +96,7 @@ def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hin
         session_id = client.create_session(image.array, image.spacing, image.origin,
                                            image.direction, modality=image.modality,
                                            window=args.window)
-        remote = client.ask(session_id, question, volume=args.volume, axis=args.axis,
+        answer = client.ask(session_id, question, volume=args.volume, axis=args.axis,
                             slice_index=args.slice, box=hints.box, points=hints.points or None,
                             max_new_tokens=args.max_new_tokens, on_progress=progress)
     except EngineError as exc:
@@ -109,15 +109,7 @@ def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hin
             except EngineError:
                 pass  # it expires on its own
     from medsegr.cli.outputs import write_results
-    from medsegr.pipeline import Answer, Segment
 
-    answer = Answer(text=remote.text, raw_text=remote.raw_text,
-                    segments=[Segment(name=s.name, mask=s.mask, index=s.index)
-                              for s in remote.segments],
-                    mode=remote.mode, axis=remote.axis, slice_index=remote.slice_index,
-                    key_slices=remote.key_slices, fine_tuned=remote.fine_tuned,
-                    timings=remote.timings, tokens=remote.tokens,
-                    encoded_slices=remote.encoded_slices)
     model = {**info["model"], "server": client.url, "api_version": info["api_version"],
              "engine_version": info["engine_version"]}
     if not answer.fine_tuned:
@@ -125,7 +117,7 @@ def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hin
               "in the image and masks are not meaningful.", file=sys.stderr)
     from medsegr.io.dicom_seg import answer_segments, staged_writer
 
-    paths = write_results(args.out, view, question, answer, model,  # type: ignore[arg-type]
+    paths = write_results(args.out, view, question, answer, model,
                           extra=staged_writer(dicom_seg, answer_segments(answer), model))
     from medsegr.cli.outputs import print_answer, print_warnings
 

@@ -296,7 +296,7 @@ def load_source(name: str) -> RealVolume:
 # test cases (CT and MR with manual lesion labels), the MNI ICBM 2009c template of
 # niworkflows and Colin27 + AAL of Debian's mricron-data.
 
-#: CT windows of chest records (all names of :data:`medsegr.imaging.preprocess.CT_WINDOWS`)
+#: CT windows of chest records (all names of :data:`medsegr.imaging.intensity.CT_WINDOWS`)
 _CHEST_WINDOWS = ("lung", "soft_tissue", "wide", "bone", "abdomen")
 
 

@@ -576,7 +576,7 @@ def parse_record(obj: Any, *, window_names: Sequence[str] | None = None) -> tupl
 
     Returns ``(record, problems)``; ``record`` is None when the record is unusable.
     Every problem found is listed (not only the first). ``window_names`` are the
-    accepted CT window presets (default: :data:`medsegr.imaging.preprocess.CT_WINDOWS`).
+    accepted CT window presets (default: :data:`medsegr.imaging.intensity.CT_WINDOWS`).
     """
     problems: list[str] = []
     if not isinstance(obj, dict):
@@ -656,7 +656,7 @@ def parse_record(obj: Any, *, window_names: Sequence[str] | None = None) -> tupl
 
 
 def _ct_window_names() -> tuple[str, ...]:
-    from medsegr.imaging.preprocess import CT_WINDOWS  # imports torch: only when a window is used
+    from medsegr.imaging.intensity import CT_WINDOWS
 
     return tuple(CT_WINDOWS)
 

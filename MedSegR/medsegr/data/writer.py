@@ -8,7 +8,6 @@ nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -22,6 +21,7 @@ import numpy as np
 from medsegr.data.records import (FORMAT_VERSION, SPLIT_NAMES, DatasetError, Problem, Record,
                                   relative_path_problem, write_split)
 from medsegr.errors import InputError
+from medsegr.io.atomic import replace_folder
 from medsegr.io.images import MedicalImage, atomic_output, write_image
 
 __all__ = ["DatasetWriter", "INFO_FILE", "pack_layers"]
@@ -165,25 +165,10 @@ class DatasetWriter:
         payload = {"format_version": FORMAT_VERSION, **info, "records": counts, "subjects": subjects}
         with atomic_output(self.root / INFO_FILE) as temporary:
             temporary.write_text(json.dumps(payload, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        self._move_into_place()
+        replace_folder(self.root, self.out)
         self._committed = True
         return self.out
 
     def _split_order(self) -> list[str]:
         known = [s for s in SPLIT_NAMES if s in self.splits]
         return known + sorted(s for s in self.splits if s not in SPLIT_NAMES)
-
-    def _move_into_place(self) -> None:
-        old: Path | None = None
-        if self.out.exists():
-            old = self.out.parent / f".{self.out.name}.old-{secrets.token_hex(4)}"
-            os.replace(self.out, old)
-        try:
-            os.replace(self.root, self.out)
-        except OSError:
-            if old is not None:
-                os.replace(old, self.out)
-            raise
-        if old is not None:
-            with contextlib.suppress(OSError):
-                shutil.rmtree(old)

@@ -1,34 +1,110 @@
-"""Writing a whole folder so that readers never see it half-written."""
+"""Writing files and folders so that readers never see them half-written.
+
+Everything here writes beside the destination under a hidden temporary name and
+renames into place (``os.replace``, atomic within one file system); on any error
+the temporary file or folder is deleted and the destination is left as it was.
+
+* :func:`atomic_write_bytes` / :func:`atomic_write_text`: a whole file from memory;
+* :func:`atomic_path`: a temporary path for writers that need one (SimpleITK,
+  safetensors ``save_file``, matplotlib);
+* :func:`atomic_folder`: a whole folder; :func:`replace_folder` moves a finished one
+  into place;
+* :func:`atomic_files`: several files into one folder together.
+
+Files are not fsync'ed: after a power cut the newest version may be missing, but a
+reader never sees a torn file under the destination's name. New files get the
+permissions a plain ``open()`` would give them (umask applies).
+
+Standard library only: the 3D Slicer module and the client import this without numpy
+or torch.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+__all__ = ["atomic_files", "atomic_folder", "atomic_path", "atomic_write_bytes",
+           "atomic_write_text", "replace_folder"]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is moved onto ``path``.
+
+    The temporary name starts with a dot and ends in ``suffix`` (by default the last
+    extension of ``path``, so writers that choose the format by extension work); the
+    caller creates the file there. The folder of ``path`` must exist. On any exception
+    the temporary file is deleted and ``path`` is untouched.
+    """
+    target = Path(path)
+    ending = target.suffix if suffix is None else suffix
+    temporary = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp{ending}"
+    try:
+        yield temporary
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`); returns the path."""
+    target = Path(path)
+    with atomic_path(target) as temporary, temporary.open("xb") as handle:
+        handle.write(data)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8") -> Path:
+    """Write ``text`` to ``path`` atomically (:func:`atomic_path`), newlines translated as
+    :meth:`pathlib.Path.write_text` does; returns the path."""
+    target = Path(path)
+    with atomic_path(target) as temporary, temporary.open("x", encoding=encoding) as handle:
+        handle.write(text)
+    return target
+
+
+def replace_folder(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """Move the folder ``source`` onto ``target`` (same file system).
+
+    An existing ``target`` is moved aside first, put back if the move fails, and
+    deleted only once ``source`` is in place.
+    """
+    new, destination = Path(source), Path(target)
+    old: Path | None = None
+    if destination.exists():
+        old = destination.with_name(f".{destination.name}.old-{secrets.token_hex(4)}")
+        os.replace(destination, old)
+    try:
+        os.replace(new, destination)
+    except BaseException:
+        if old is not None:
+            os.replace(old, destination)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
 
 @contextlib.contextmanager
 def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``.
+    """Yield an empty temporary folder beside ``path``; on success it replaces ``path``
+    (:func:`replace_folder`).
 
-    An existing ``path`` is moved aside first and deleted only once the new folder is in
-    place. On any exception the temporary folder is deleted and ``path`` is untouched.
+    On any exception the temporary folder is deleted and ``path`` is untouched.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -417,5 +417,5 @@ def staged_writer(plan: DicomSegPlan | None, segments: Sequence[SegmentInput], i
 
 
 def answer_segments(answer) -> list[SegmentInput]:
-    """The segments of an answer (``medsegr.pipeline.Answer`` or a remote answer), in order."""
+    """The segments of an answer (:class:`medsegr.answers.Answer`, local or remote), in order."""
     return [SegmentInput(str(s.name), np.asarray(s.mask, dtype=bool)) for s in answer.segments]

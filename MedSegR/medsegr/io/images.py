@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medsegr.errors import InputError
+from medsegr.io.atomic import atomic_path
 from medsegr.io.limits import ImageLimits
 
 __all__ = [
@@ -629,7 +629,8 @@ def _vector3(values: Sequence[float]) -> Vector3:
 
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path in the folder of ``path``; move it onto ``path`` on success.
+    """Yield a temporary path in the folder of ``path``; move it onto ``path`` on success
+    (:func:`medsegr.io.atomic.atomic_path`).
 
     The temporary name keeps the extension of ``path`` (so writers that choose the
     format by extension work) and starts with a dot. On any exception it is
@@ -640,14 +641,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     if not folder.is_dir():
         raise InputError(f"output folder does not exist: {folder}")
     extension = ".seg.nrrd" if target.name.lower().endswith(".seg.nrrd") else file_extension(target)
-    temporary = folder / f".{target.name}.{secrets.token_hex(6)}.tmp{extension}"
-    try:
+    with atomic_path(target, suffix=extension) as temporary:
         yield temporary
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-        raise
 
 
 def write_image(

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -45,6 +45,9 @@ __all__ = [
     "NrrdTooLarge",
     "decode_nrrd",
     "encode_nrrd",
+    "nrrd_header",
+    "short_number",
+    "space_directions",
 ]
 
 #: the most voxels :func:`decode_nrrd` accepts unless told otherwise (1024^3)
@@ -134,25 +137,11 @@ def encode_nrrd(array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
     if encoding not in ("gzip", "raw"):
         raise NrrdError(f"encoding must be 'gzip' or 'raw', not {encoding!r}")
 
-    columns = [[dirs[r * 3 + c] * sp[c] for r in range(3)] for c in range(3)]
     z, y, x = (int(n) for n in data.shape)
-    lines = [
-        "NRRD0004",
-        "# Complete NRRD file format specification at:",
-        "# http://teem.sourceforge.net/nrrd/format.html",
-        f"type: {type_name}",
-        "dimension: 3",
-        f"space: {_LPS}",
-        f"sizes: {x} {y} {z}",
-        "space directions: " + " ".join(_vector(v) for v in columns),
-        "kinds: domain domain domain",
-        "endian: little",
-        f"encoding: {encoding}",
-        f"space origin: {_vector(org)}",
-        f"medsegr_spacing:={' '.join(repr(v) for v in sp)}",
-        f"medsegr_direction:={' '.join(repr(v) for v in dirs)}",
-    ]
-    header = ("\n".join(lines) + "\n\n").encode("ascii")
+    header = nrrd_header(type_name, (x, y, z), ("domain", "domain", "domain"),
+                         space_directions(sp, dirs), org, encoding=encoding,
+                         fields=[("medsegr_spacing", " ".join(repr(v) for v in sp)),
+                                 ("medsegr_direction", " ".join(repr(v) for v in dirs))])
     payload = np.ascontiguousarray(data).astype(base.newbyteorder("<"), copy=False).tobytes()
     if encoding == "gzip":
         compressor = zlib.compressobj(int(compresslevel), zlib.DEFLATED, 16 + zlib.MAX_WBITS)
@@ -160,8 +149,60 @@ def encode_nrrd(array: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0),
     return header + payload
 
 
-def _vector(values: Sequence[float]) -> str:
-    return "(" + ",".join(repr(float(v)) for v in values) + ")"
+def nrrd_header(type_name: str, sizes: Sequence[int], kinds: Sequence[str],
+                directions: Sequence[Sequence[float] | None], origin: Sequence[float], *,
+                encoding: str, endian: bool = True, fields: Sequence[tuple[str, str]] = (),
+                number: Callable[[float], str] = repr) -> bytes:
+    """An attached-header NRRD0004 header in LPS space, ending in its blank line.
+
+    The one header writer of the project (:func:`encode_nrrd`, and the 3D Slicer
+    segmentations of :mod:`medsegr.io.segmentation_files`).
+
+    Args:
+        type_name: the NRRD type as written, e.g. ``"uint8"`` or ``"unsigned char"``.
+        sizes: the size of each axis, fastest first (``dimension`` is their count).
+        kinds: the kind of each axis, e.g. ``"domain"`` or ``"list"``.
+        directions: per axis its LPS direction vector in mm (:func:`space_directions`),
+            or ``None`` for a non-spatial axis (written ``none``).
+        origin: LPS position of the first voxel, mm.
+        encoding: ``"gzip"`` or ``"raw"``.
+        endian: write ``endian: little`` (required for types wider than one byte).
+        fields: ``key:=value`` pairs, written in this order after the standard fields;
+            each one line of text.
+        number: how a coordinate is written (applied to ``float(value)``; ``repr``
+            or :func:`short_number`).
+    """
+    def vector(values: Sequence[float]) -> str:
+        return "(" + ",".join(number(float(v)) for v in values) + ")"
+
+    lines = [
+        "NRRD0004",
+        "# Complete NRRD file format specification at:",
+        "# http://teem.sourceforge.net/nrrd/format.html",
+        f"type: {type_name}",
+        f"dimension: {len(sizes)}",
+        f"space: {_LPS}",
+        "sizes: " + " ".join(str(int(n)) for n in sizes),
+        "space directions: " + " ".join("none" if d is None else vector(d) for d in directions),
+        "kinds: " + " ".join(kinds),
+        *(["endian: little"] if endian else []),
+        f"encoding: {encoding}",
+        f"space origin: {vector(origin)}",
+        *(f"{key}:={value}" for key, value in fields),
+    ]
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+def space_directions(spacing: Sequence[float], direction: Sequence[float]) -> list[list[float]]:
+    """The NRRD ``space directions`` of the three index axes: column ``c`` of the
+    row-major ITK ``direction`` matrix times ``spacing[c]``."""
+    return [[float(direction[r * 3 + c]) * float(spacing[c]) for r in range(3)] for c in range(3)]
+
+
+def short_number(value: float) -> str:
+    """Shortest text that reads back as the same float (``1`` rather than ``1.0``)."""
+    number = float(value)
+    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else repr(number)
 
 
 def _finite(values: Sequence[float], count: int, what: str) -> tuple[float, ...]:
@@ -419,10 +460,8 @@ def _exact_geometry(keyvalues: dict[str, str], vectors: list[list[float]],
         return spacing, direction
     if len(exact_spacing) != 3 or len(exact_direction) != 9:
         return spacing, direction
-    for c in range(3):
-        for r in range(3):
-            if exact_direction[r * 3 + c] * exact_spacing[c] != vectors[c][r]:
-                return spacing, direction  # edited by another tool: trust the vectors
+    if space_directions(exact_spacing, exact_direction) != vectors:
+        return spacing, direction  # edited by another tool: trust the vectors
     return tuple(exact_spacing), exact_direction
 
 

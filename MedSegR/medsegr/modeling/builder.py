@@ -7,6 +7,7 @@ import torch
 from medsegr.config import MedSegRConfig
 from medsegr.modeling.device import resolve_device
 from medsegr.modeling.language import add_special_tokens, apply_lora, load_language_model
+from medsegr.modeling.load_timings import phase
 from medsegr.modeling.medsegr_model import MedSegRModel
 from medsegr.modeling.vision import build_vision
 
@@ -24,9 +25,11 @@ def build_model(config: MedSegRConfig | None = None, device: str = "auto",
     config = config or MedSegRConfig()
     dev, dtype = resolve_device(device)
     torch.manual_seed(config.model.seed)
-    vision, vision_provenance = build_vision(config.vision)  # small: fail fast on bad weights
-    llm, tokenizer, llm_provenance = load_language_model(config.llm, torch.float32,
-                                                          skeleton=llm_skeleton)
+    with phase("vision"):  # small: fail fast on bad weights
+        vision, vision_provenance = build_vision(config.vision)
+    with phase("llm"):
+        llm, tokenizer, llm_provenance = load_language_model(config.llm, torch.float32,
+                                                              skeleton=llm_skeleton)
     seg_id, image_id = add_special_tokens(
         llm, tokenizer, [config.model.seg_token, config.model.image_token], skeleton=llm_skeleton)
     if with_lora:

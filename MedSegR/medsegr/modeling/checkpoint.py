@@ -215,7 +215,7 @@ def from_pretrained(path: str | Path, device: str = "auto", trainable: bool = Fa
         llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=trainable)
         model.llm = llm if trainable else llm.merge_and_unload()
     model.to(model.device)
-    model.fine_tuned = True
+    model.mark_fine_tuned()
     model.eval()
     return model
 

@@ -68,13 +68,14 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None,
 
         log.debug("fused GELU/add kernels in %d encoder modules", fuse_tinyvit(encoder))
     precision = "float32"
+    quantized: str | None = None
     if model.device.type == "cpu":
         from medsegr.modeling.device import cpu_llm_precision
 
         precision = cpu_llm_precision(model.config.llm.cpu_bf16, model.config.llm.cpu_int8)
     if precision == "bfloat16":
         model.llm.to(torch.bfloat16)
-        model.llm_quantized = "bfloat16"
+        quantized = "bfloat16"
     elif precision == "int8":
         from medsegr.modeling.int8 import load_int8_llm, quantize_llm_int8
 
@@ -83,9 +84,8 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None,
         else:
             model.llm = quantize_llm_int8(model.llm, model.config.llm.cpu_int8_keep_float,
                                           cache=int8_cache)
-        model.llm_quantized = "int8-dynamic"
+        quantized = "int8-dynamic"
     from medsegr.modeling.fast_llama import FastLlama, supports
 
-    model.fast_llm = FastLlama(model.llm) if supports(model.llm) else None
-    model.inference_only = True
+    model.enter_inference(quantized, FastLlama(model.llm) if supports(model.llm) else None)
     return model

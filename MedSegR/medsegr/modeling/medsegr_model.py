@@ -16,7 +16,7 @@ output token is ``[SEG]``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Hashable, Sequence
+from typing import TYPE_CHECKING, Any, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +26,9 @@ from medsegr.config import MedSegRConfig
 from medsegr.modeling.mask_head import PixelRefiner, boxes_from_logits, jitter_boxes, mask_boxes
 from medsegr.modeling.projectors import SegProjector, VisualProjector
 from medsegr.modeling.vision import SamParts
+
+if TYPE_CHECKING:
+    from medsegr.modeling.fast_llama import FastLlama
 
 #: keys of a token sequence: an ``int`` token id, or ``ImageKey`` for a visual token
 ImageKey = tuple[str, str, int]  # ("img", image id, index within the image's tokens)
@@ -66,13 +69,53 @@ class MedSegRModel(nn.Module):
         self.seg_projector = SegProjector(hidden, mcfg.seg_projector_hidden or hidden, vision.embed_dim)
         #: the full-resolution refinement of the decoder's logits (``[model] pixel_refiner``)
         self.pixel_refiner = PixelRefiner(mcfg.pixel_refiner) if mcfg.pixel_refiner > 0 else None
-        #: True once fine-tuned heads were loaded (see medsegr.modeling.checkpoint)
-        self.fine_tuned = False
-        #: set by medsegr.modeling.inference_opt: the model can no longer be trained/saved
-        self.inference_only = False
-        self.llm_quantized: str | None = None
-        #: lean decoder over the LLM's modules (set by inference_opt), or None
-        self.fast_llm: Any = None
+        # state set only by the methods below (see their docstrings)
+        self._fine_tuned = False
+        self._inference_only = False
+        self._llm_quantized: str | None = None
+        self._fast_llm: FastLlama | None = None
+
+    # -- state: fine-tuned heads, optimised inference ----------------------------
+    @property
+    def fine_tuned(self) -> bool:
+        """True once fine-tuned heads were loaded (:meth:`mark_fine_tuned`)."""
+        return self._fine_tuned
+
+    def mark_fine_tuned(self) -> None:
+        """Record that this model's heads (and adapter) come from a fine-tuned checkpoint
+        (called by :func:`medsegr.modeling.checkpoint.from_pretrained`)."""
+        self._fine_tuned = True
+
+    @property
+    def inference_only(self) -> bool:
+        """True once optimised for inference (:meth:`enter_inference`): the LLM may be
+        quantised and the encoder fused, so the model can no longer be trained or saved."""
+        return self._inference_only
+
+    @property
+    def llm_quantized(self) -> str | None:
+        """How the LLM's weights were lowered for inference (``"bfloat16"``,
+        ``"int8-dynamic"``), or None when they are as loaded."""
+        return self._llm_quantized
+
+    @property
+    def fast_llm(self) -> FastLlama | None:
+        """The lean decoder over the LLM's modules that generation uses, or None (the
+        LLM's own forward)."""
+        return self._fast_llm
+
+    def enter_inference(self, llm_quantized: str | None, fast_llm: FastLlama | None) -> None:
+        """Record that the model was optimised for inference
+        (:func:`medsegr.modeling.inference_opt.optimise_for_inference`): how its LLM was
+        lowered and the lean decoder to generate with. There is no way back."""
+        self._inference_only = True
+        self._llm_quantized = llm_quantized
+        self._fast_llm = fast_llm
+
+    def use_fast_llm(self, fast_llm: FastLlama | None) -> None:
+        """Generate with ``fast_llm`` (None: with the LLM's own forward), e.g. to compare
+        the two decoders on one model."""
+        self._fast_llm = fast_llm
 
     # -- basic properties ----------------------------------------------------
     @property

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medsegr.errors import WeightError
+from medsegr.modeling.load_timings import phase
+from medsegr.io.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +78,7 @@ def cache_dir() -> Path:
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with phase("hashing"), open(path, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
@@ -152,14 +154,10 @@ def _load_stamps() -> dict[str, dict[str, object]]:
 
 
 def _save_stamps(stamps: dict[str, dict[str, object]]) -> None:
-    path = _stamps_path()
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(stamps, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(_stamps_path(), json.dumps(stamps, indent=1))
     except OSError as exc:  # a read-only cache only costs speed
         log.debug("cannot record weight verification: %s", exc)
-        tmp.unlink(missing_ok=True)
 
 
 def converted_gguf_dir(weight: WeightFile = SMOLLM2_GGUF) -> Path:
@@ -170,6 +168,12 @@ def converted_gguf_dir(weight: WeightFile = SMOLLM2_GGUF) -> Path:
     renamed into place, so an interrupted conversion leaves nothing half-done.
     """
     gguf_path = locate(weight)
+    with phase("conversion"):  # (the hash check above is not part of it)
+        return _convert_once(gguf_path, weight)
+
+
+def _convert_once(gguf_path: Path, weight: WeightFile) -> Path:
+    """The cached conversion of the verified ``gguf_path`` (made now if missing)."""
     target = cache_dir() / "llm" / f"{Path(weight.filename).stem}-{weight.sha256[:16]}"
     marker = target / "medsegr_source.json"
     if marker.is_file():

@@ -31,10 +31,10 @@ from fastapi import FastAPI
 from starlette.types import Scope
 
 from medsegr import __version__
-from medsegr.client import API_VERSION
+from medsegr.answers import API_VERSION, Hints
 from medsegr.io.images import image_from_array
 from medsegr.io.nrrd_codec import NrrdTooLarge, decode_nrrd, encode_nrrd
-from medsegr.pipeline import Hints, MedSegRPipeline
+from medsegr.pipeline import MedSegRPipeline
 from medsegr.prompts import validate_question
 from medsegr.server.errors import ApiError, install_error_handlers
 from medsegr.server.routes import api, public, root

@@ -18,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from medsegr import __version__
-from medsegr.client import API_VERSION, NRRD_MEDIA_TYPE
+from medsegr.answers import API_VERSION, NRRD_MEDIA_TYPE
 from medsegr.server.errors import ApiError
 from medsegr.server.schemas import (
     STREAM_DESCRIPTION, AnswerRecord, AskRequest, CancelRecord, ErrorBody, HealthRecord,

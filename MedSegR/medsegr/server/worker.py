@@ -29,7 +29,8 @@ from typing import Any
 import torch
 
 from medsegr.errors import MedSegRError
-from medsegr.pipeline import Cancelled, Hints, MedSegRPipeline
+from medsegr.answers import Hints
+from medsegr.pipeline import Cancelled, MedSegRPipeline
 from medsegr.server.errors import ApiError, from_engine_error
 from medsegr.server.sessions import SessionEntry, SessionStore
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from medsegr.io.atomic import atomic_path
 from medsegr.training.examples import SliceInput
 
 
@@ -80,15 +79,8 @@ class EncoderCache:
             with torch.no_grad():
                 emb = encode(pixels).to(torch.float16).cpu()
             for item, e in zip(chunk, emb):
-                target = self._file(item.cache_key)
-                fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=self.folder)
-                os.close(fd)
-                try:
-                    save_file({"embedding": e.contiguous()}, tmp, metadata={"key": item.cache_key})
-                    os.replace(tmp, target)
-                except BaseException:
-                    Path(tmp).unlink(missing_ok=True)
-                    raise
+                with atomic_path(self._file(item.cache_key)) as tmp:
+                    save_file({"embedding": e.contiguous()}, str(tmp), metadata={"key": item.cache_key})
             self.computed += len(chunk)
             bar.update(len(chunk))
         bar.close()

@@ -2,7 +2,7 @@
 encoder's input grid, and the token sequence with its answer labels.
 
 The slice goes through exactly the inference path (:mod:`medsegr.imaging.slicing` display
-orientation, :func:`medsegr.imaging.preprocess.normalise`, letterboxing), so the model is
+orientation, :func:`medsegr.imaging.intensity.normalise`, letterboxing), so the model is
 trained on what it is later shown.
 """
 
@@ -19,7 +19,8 @@ import numpy as np
 from medsegr.data.records import VolumeCache
 from medsegr.errors import InputError
 from medsegr.imaging.preprocess import Letterbox, letterbox, letterbox_geometry, normalise
-from medsegr.prompts import Turn, render
+from medsegr.answers import Turn
+from medsegr.prompts import render
 from medsegr.imaging.slicing import SliceView
 
 IGNORE = -100

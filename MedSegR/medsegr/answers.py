@@ -1,0 +1,119 @@
+"""What an answer is, everywhere: the engine's API version and media types, the prompt
+hints of a question, the turns of a conversation, and the answer with its segments.
+
+The pipeline returns these types, the server serialises them, the client decodes its
+replies into them, the output writers and the 3D Slicer module read them. The module
+needs only numpy and the standard library (no torch, no SimpleITK), so a remote client
+or 3D Slicer's Python can import it.
+
+Conventions: masks are bool numpy ``(z, y, x)`` on the grid of the image asked about;
+hints use the in-plane voxel indices of the sliced plane (axial ``(i, j)``, coronal
+``(i, k)``, sagittal ``(j, k)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from medsegr.vocabulary import segment_terminology
+
+__all__ = ["API_VERSION", "NRRD_MEDIA_TYPE", "Answer", "Hints", "Segment", "Turn"]
+
+#: the HTTP API version (the ``/v1`` prefix); the server serves it, the client checks it
+API_VERSION = "1"
+
+#: media type of NRRD bodies (image uploads and mask downloads)
+NRRD_MEDIA_TYPE = "application/x-nrrd"
+
+
+@dataclass(frozen=True)
+class Hints:
+    """Optional explicit prompts, in voxel coordinates of the slice plane.
+
+    For a slice along numpy axis ``a``, ``(x, y)`` are the two remaining ITK
+    indices in order (axial: ``(i, j)``, coronal: ``(i, k)``, sagittal: ``(j, k)``).
+    ``box`` is ``(x0, y0, x1, y1)``; ``points`` is a list of ``(x, y, label)``,
+    label 1 = inside, 0 = outside. In volume mode they apply to every slice.
+    """
+
+    box: tuple[float, float, float, float] | None = None
+    points: list[tuple[float, float, int]] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return self.box is None and not self.points
+
+
+@dataclass
+class Turn:
+    """One question of a conversation and (once answered) its raw answer text, as the
+    language model sees it."""
+
+    question: str
+    #: the image shown with this question, or None when it is the one already shown
+    image_id: str | None
+    answer: str | None = None
+
+
+@dataclass
+class Segment:
+    """One segment of an answer: the structure the answer names, and its mask."""
+
+    name: str  # e.g. "left kidney"
+    #: bool ``(z, y, x)`` on the grid of the image asked about
+    mask: np.ndarray
+    index: int  # order in the answer
+    #: the server-side segment id (empty for an answer that did not cross the wire)
+    id: str = ""
+    #: the coded description (:func:`medsegr.vocabulary.segment_terminology`); None from
+    #: an engine that does not send one
+    terminology: dict[str, Any] | None = None
+
+    @property
+    def coded(self) -> bool:
+        """True when the segment's name has a standard code."""
+        return bool(self.terminology and self.terminology.get("coded"))
+
+    @property
+    def voxels(self) -> int:
+        return int(self.mask.sum())
+
+
+@dataclass
+class Answer:
+    """The engine's answer to one question."""
+
+    text: str  # clinician-readable answer (no [SEG] markers)
+    raw_text: str
+    segments: list[Segment]
+    mode: str  # "slice" | "volume"
+    axis: int
+    slice_index: int | None
+    key_slices: list[int] = field(default_factory=list)
+    fine_tuned: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    #: slices whose embedding was computed for this answer (0: all reused)
+    encoded_slices: int = 0
+    #: the server's id of the request that answered (empty for a local answer)
+    request_id: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready description (no mask data)."""
+        return {
+            "answer": self.text,
+            "raw_answer": self.raw_text,
+            "mode": self.mode,
+            "axis": self.axis,
+            "slice_index": self.slice_index,
+            "key_slices": self.key_slices,
+            "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels,
+                          "terminology": segment_terminology(s.name)} for s in self.segments],
+            "fine_tuned": self.fine_tuned,
+            "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
+            "tokens": self.tokens,
+            "encoded_slices": self.encoded_slices,
+        }

@@ -1,0 +1,26 @@
+"""The median and spread of repeated measurements (standard library only, so that a
+suite's parent process can summarise without importing torch)."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass
+class Spread:
+    """Median and spread of repeated measurements."""
+
+    median: float
+    low: float
+    high: float
+    count: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> "Spread":
+        if not values:
+            nan = float("nan")
+            return cls(nan, nan, nan, 0)
+        return cls(float(statistics.median(values)), float(min(values)), float(max(values)),
+                   len(values))
