@@ -28,6 +28,8 @@ def test_the_bundled_checkpoint_is_small_safetensors_on_the_pinned_base():
     training = meta["training"]  # the joint stage here or in the checkpoint it started from
     joint = training["steps"] or (training.get("init_checkpoint") or {}).get("training", {}).get("steps", 0)
     assert joint > 0 and training["decoder_stage_steps"] > 0
+    # on a CPU without native bfloat16 its LLM runs in float32: int8 changes its answers
+    assert meta["config"]["llm"]["cpu_int8"] is False
 
 
 @pytest.mark.real
