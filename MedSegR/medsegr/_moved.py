@@ -39,14 +39,23 @@ class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return None
         return importlib.machinery.ModuleSpec(fullname, self)
 
+    def __init__(self) -> None:
+        #: new module name -> its own spec, which the import system overwrites with the
+        #: old name's spec after :meth:`create_module`; :meth:`exec_module` puts it back
+        self._specs: dict[str, importlib.machinery.ModuleSpec | None] = {}
+
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
         new = MOVED[spec.name]
         warnings.warn(f"{spec.name} moved to {new}; the old path goes in the next release",
                       DeprecationWarning, stacklevel=2)
-        return importlib.import_module(new)
+        module = importlib.import_module(new)
+        self._specs[module.__name__] = module.__spec__
+        return module
 
     def exec_module(self, module: ModuleType) -> None:
-        """Nothing to run: the module was fully imported under its new name."""
+        """Nothing to run (the module was fully imported under its new name): give it
+        back its own spec."""
+        module.__spec__ = self._specs.pop(module.__name__, module.__spec__)
 
 
 def install() -> None:

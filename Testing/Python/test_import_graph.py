@@ -145,3 +145,35 @@ def test_the_wire_needs_no_engine(name: str) -> None:
                 seen.add(target)
                 todo.append(target)
     assert not {m for m in seen if layer_of(m) >= layer_of("medsegr.modeling")} - {name}
+
+
+def test_old_import_paths_still_work_with_a_warning() -> None:
+    """Modules that moved keep their old path for one release: the same module object,
+    its own name and spec, and a DeprecationWarning naming the new path (in a fresh
+    interpreter, where nothing was imported yet)."""
+    import subprocess
+    import sys
+
+    from medsegr._moved import MOVED
+
+    code = f"""
+import importlib, warnings
+moved = {MOVED!r}
+for old, new in moved.items():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        module = importlib.import_module(old)
+    assert module is importlib.import_module(new), old
+    assert module.__name__ == new and module.__spec__.name == new, (old, module.__spec__)
+    assert any(issubclass(w.category, DeprecationWarning) and new in str(w.message)
+               for w in caught), (old, [str(w.message) for w in caught])
+from medsegr.cli import main
+from medsegr.client import RemoteAnswer, RemoteSegment
+from medsegr.answers import Answer, Segment
+assert callable(main) and RemoteAnswer is Answer and RemoteSegment is Segment
+print("ok", len(moved))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["ok", str(len(MOVED))] and len(MOVED) >= 13
