@@ -161,3 +161,19 @@ def test_bench_refuses_unusable_outputs(tmp_path: Path, capsys):
     plain.write_text("x", encoding="utf-8")
     assert main(["bench", "--plots", str(plain)]) == 2
     assert "not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workloads, engine_tables", [(("http",), False), (("slice",), True)])
+def test_the_engine_report_shows_the_engine_tables_only_when_they_ran(workloads, engine_tables):
+    """Asking for the HTTP workload alone gives its own section, not empty engine tables
+    and n/a targets; an engine workload that failed is reported as missing."""
+    from medsegr.bench.engine_report import machine_facts, render, summarise
+    from medsegr.bench.engine_runner import EngineBench, EngineOptions
+    from medsegr.bench.machine import host_facts
+
+    options = EngineOptions(quick=True, model="tiny", workloads=workloads)
+    bench = EngineBench(options=options, plan=options.plan())  # no run finished
+    text = render(bench, summarise(bench), machine_facts(host_facts(), bench))
+    assert ("### Results" in text) is engine_tables and ("### Targets" in text) is engine_tables
+    assert ("**Plan**" in text) is engine_tables
+    assert ("Missing (worker failed): 3. slice question" in text) is engine_tables

@@ -213,6 +213,7 @@ def render(bench: EngineBench, summary: dict[str, Any], machine: dict[str, Any])
     title = "MedSegR engine benchmark" + (" — QUICK mode (reduced workloads)"
                                           if plan.mode == "quick" else "")
     lines += [f"## {title}", ""]
+    engine_ran = any(name != "http" for name in bench.options.workloads)
     lines += [
         (f"- **CPU**: {machine['cpu_model']}, {machine['logical_cores']} logical cores "
          f"({machine['usable_cores']} usable by this process)"),
@@ -225,103 +226,104 @@ def render(bench: EngineBench, summary: dict[str, Any], machine: dict[str, Any])
         f"- **Date**: {machine['date']}; load average before the run: {machine['loadavg']}",
         (f"- **Model**: {_model(bench)}, "
          f"`MedSegRPipeline.load(None, ...)`; sample `{SAMPLE}` (MNI152 T1)"),
-        (f"- **Plan**: {plan.mode}: slice question x{plan.slice_reps}, follow-up pairs "
-         f"x{plan.followup_reps}, cached cold starts x{plan.cached_runs}, volume of "
-         f"{plan.volume_slices} slices"),
-        "",
     ]
-    mem = "Peak RSS MiB (≤ 2 GiB)"
-    lines += ["### Results", "",
-              (f"| Workload | Runs | Median (s) | Min–max (s) | Split (medians, s) | {mem} "
-               "| Other CPU (cores) |"),
-              "|---|---:|---:|---:|---|---:|---:|"]
-
-    def memcell(d: dict[str, Any]) -> str:
-        p = d.get("peak_rss_mib")
-        return f"{_f(p, 0)} {ok(p, TARGET_PEAK_MIB)}" if p is not None else "n/a"
-
-    def busy(d: dict[str, Any]) -> str:
-        cell = _f(d.get("foreign_cores"), 2)
-        if d.get("steal_cores", 0.0) > 0.05:
-            cell += f" (steal {_f(d['steal_cores'], 2)})"
-        return cell + (" ⚠" if d.get("foreign_cores", 0.0) > BUSY_CORES else "")
-
-    missing = []
-    c1 = summary.get("cold_first")
-    if c1:
-        split = (f"interpreter {_f(c1['interpreter_s'])} (not in total) · import "
-                 f"{_f(c1['import_s'])} · load {_f(c1['load_s'])} = "
-                 f"{_phases(c1, lambda k: c1.get(k))}; inside: GGUF→safetensors "
-                 f"conversion {_f(c1['conversion_s'])}, hashing {_f(c1['hashing_s'])} in "
-                 f"{c1['hash_calls']} file(s){'' if c1['converted'] else '; NO conversion ran!'}")
-        lines.append(f"| 1. Cold start, first run (empty cache) | 1 | {_f(c1['total_s'])} | – "
-                     f"| {split} | {memcell(c1)} | {busy(c1)} |")
-    else:
-        missing.append("1. cold start, first run")
+    if engine_ran:
+        lines.append(f"- **Plan**: {plan.mode}: slice question x{plan.slice_reps}, follow-up "
+                     f"pairs x{plan.followup_reps}, cached cold starts x{plan.cached_runs}, "
+                     f"volume of {plan.volume_slices} slices")
+    lines.append("")
+    # the engine workloads' tables (absent when only the HTTP workload ran)
+    missing: list[str] = []
+    s, fu, v = summary.get("slice"), summary.get("followup"), summary.get("volume")
     c2: dict[str, Any] = summary.get("cold_cached") or {}
-    if c2:
-        split = (f"interpreter {_f(c2['interpreter_s']['median'])} (not in total) · import "
-                 f"{_f(c2['import_s']['median'])} · load {_f(c2['load_s']['median'])} "
-                 f"= {_phases(c2, lambda k: c2.get(k, {}).get('median'))} (hashing "
-                 f"{_f(c2['hashing_s']['median'])})")
-        lines.append(f"| 2. Cold start, cached | {c2['runs']} | {_f(c2['total_s']['median'])} "
-                     f"| {_mm(c2['total_s'])} | {split} | {memcell(c2)} | {busy(c2)} |")
-    else:
-        missing.append("2. cold start, cached")
-    s = summary.get("slice")
-    if s:
-        t = s["timings"]
-        split = (f"encode {_f(t['encode']['median'])} · prefill {_f(t['prefill']['median'])} "
-                 f"({s['prompt_tokens']} prompt tokens) · decode {_f(t['decode']['median'])} "
-                 f"({_f(s['decode_tok_per_s']['median'], 1)} tok/s, "
-                 f"{_mm(s['decode_tok_per_s'], 1)}) · masks {_f(t['masks']['median'], 3)}")
-        lines.append(f"| 3. Slice question, {ANSWER_TOKENS}-token answer (new session each) "
-                     f"| {s['runs']} | {_f(t['total']['median'])} | {_mm(t['total'])} | {split} "
-                     f"| {memcell(s)} | {busy(s)} |")
-    else:
-        missing.append("3. slice question")
-    fu = summary.get("followup")
-    if fu:
-        ft = fu["followup_timings"]
-        split = (f"first {_f(fu['first_total_s']['median'])} → follow-up: encode "
-                 f"{_f(ft['encode'], 3)} · prefill {_f(ft['prefill'])} · decode "
-                 f"{_f(ft['decode'])}; ratio {_f(fu['ratio']['median'])} "
-                 f"({_mm(fu['ratio'])}); encoded_slices {fu['encoded_slices']}; reused "
-                 f"{fu['reused_tokens']} of {fu['prompt_tokens']} prompt tokens")
-        lines.append(f"| 4. Follow-up, same session & slice | {fu['runs']} "
-                     f"| {_f(fu['followup_total_s']['median'])} | {_mm(fu['followup_total_s'])} "
-                     f"| {split} | {memcell(fu)} | {busy(fu)} |")
-    else:
-        missing.append("4. follow-up")
-    v = summary.get("volume")
-    if v:
-        split = (f"encode {_f(v['encode_s'])} ({_f(v['encode_s_per_slice'])} s/slice, "
-                 f"{v['encoded_slices']} slices) · LLM {_f(v['llm_s'])} (prefill "
-                 f"{_f(v['prefill_s'])} + decode {_f(v['decode_s'])}) · masks "
-                 f"{_f(v['masks_s'])} ({_f(v['mask_slices_per_s'], 1)} slices/s) · other "
-                 f"{_f(v['other_s'])}")
-        label = (f"5. Volume, {v['slices']} axial slices "
-                 f"({v['first_slice']}..{v['first_slice'] + v['slices'] - 1})")
-        lines.append(f"| {label} | 1 | {_f(v['total_s'])} | – | {split} | {memcell(v)} "
-                     f"| {busy(v)} |")
-    else:
-        missing.append("5. volume")
-    lines.append("")
+    if engine_ran:
+        mem = "Peak RSS MiB (≤ 2 GiB)"
+        lines += ["### Results", "",
+                  (f"| Workload | Runs | Median (s) | Min–max (s) | Split (medians, s) | {mem} "
+                   "| Other CPU (cores) |"),
+                  "|---|---:|---:|---:|---|---:|---:|"]
 
-    lines += ["### Targets", "",
-              ("| Target | Value | Limit | Result | Quiet repetitions only (other CPU "
-               f"< {BUSY_CORES} cores) |"),
-              "|---|---:|---:|:---:|---|"]
-    for row in targets(summary):
-        digits = 0 if row["unit"] == "MiB" else 2
-        quiet_cell = "–"
-        if "quiet" in row:
-            quiet_cell = (f"{_f(row['quiet'], digits)} {row['unit']} ({row['quiet_runs']} runs): "
-                          f"{row['quiet_result']}")
-        lines.append(f"| {row['target']} | {_f(row['value'], digits)} {row['unit']} "
-                     f"| ≤ {_f(row['limit'], digits)} {row['unit']} | **{row['result']}** "
-                     f"| {quiet_cell} |")
-    lines.append("")
+        def memcell(d: dict[str, Any]) -> str:
+            p = d.get("peak_rss_mib")
+            return f"{_f(p, 0)} {ok(p, TARGET_PEAK_MIB)}" if p is not None else "n/a"
+
+        def busy(d: dict[str, Any]) -> str:
+            cell = _f(d.get("foreign_cores"), 2)
+            if d.get("steal_cores", 0.0) > 0.05:
+                cell += f" (steal {_f(d['steal_cores'], 2)})"
+            return cell + (" ⚠" if d.get("foreign_cores", 0.0) > BUSY_CORES else "")
+
+        c1 = summary.get("cold_first")
+        if c1:
+            split = (f"interpreter {_f(c1['interpreter_s'])} (not in total) · import "
+                     f"{_f(c1['import_s'])} · load {_f(c1['load_s'])} = "
+                     f"{_phases(c1, lambda k: c1.get(k))}; inside: GGUF→safetensors "
+                     f"conversion {_f(c1['conversion_s'])}, hashing {_f(c1['hashing_s'])} in "
+                     f"{c1['hash_calls']} file(s){'' if c1['converted'] else '; NO conversion ran!'}")
+            lines.append(f"| 1. Cold start, first run (empty cache) | 1 | {_f(c1['total_s'])} | – "
+                         f"| {split} | {memcell(c1)} | {busy(c1)} |")
+        else:
+            missing.append("1. cold start, first run")
+        if c2:
+            split = (f"interpreter {_f(c2['interpreter_s']['median'])} (not in total) · import "
+                     f"{_f(c2['import_s']['median'])} · load {_f(c2['load_s']['median'])} "
+                     f"= {_phases(c2, lambda k: c2.get(k, {}).get('median'))} (hashing "
+                     f"{_f(c2['hashing_s']['median'])})")
+            lines.append(f"| 2. Cold start, cached | {c2['runs']} | {_f(c2['total_s']['median'])} "
+                         f"| {_mm(c2['total_s'])} | {split} | {memcell(c2)} | {busy(c2)} |")
+        else:
+            missing.append("2. cold start, cached")
+        if s:
+            t = s["timings"]
+            split = (f"encode {_f(t['encode']['median'])} · prefill {_f(t['prefill']['median'])} "
+                     f"({s['prompt_tokens']} prompt tokens) · decode {_f(t['decode']['median'])} "
+                     f"({_f(s['decode_tok_per_s']['median'], 1)} tok/s, "
+                     f"{_mm(s['decode_tok_per_s'], 1)}) · masks {_f(t['masks']['median'], 3)}")
+            lines.append(f"| 3. Slice question, {ANSWER_TOKENS}-token answer (new session each) "
+                         f"| {s['runs']} | {_f(t['total']['median'])} | {_mm(t['total'])} | {split} "
+                         f"| {memcell(s)} | {busy(s)} |")
+        else:
+            missing.append("3. slice question")
+        if fu:
+            ft = fu["followup_timings"]
+            split = (f"first {_f(fu['first_total_s']['median'])} → follow-up: encode "
+                     f"{_f(ft['encode'], 3)} · prefill {_f(ft['prefill'])} · decode "
+                     f"{_f(ft['decode'])}; ratio {_f(fu['ratio']['median'])} "
+                     f"({_mm(fu['ratio'])}); encoded_slices {fu['encoded_slices']}; reused "
+                     f"{fu['reused_tokens']} of {fu['prompt_tokens']} prompt tokens")
+            lines.append(f"| 4. Follow-up, same session & slice | {fu['runs']} "
+                         f"| {_f(fu['followup_total_s']['median'])} | {_mm(fu['followup_total_s'])} "
+                         f"| {split} | {memcell(fu)} | {busy(fu)} |")
+        else:
+            missing.append("4. follow-up")
+        if v:
+            split = (f"encode {_f(v['encode_s'])} ({_f(v['encode_s_per_slice'])} s/slice, "
+                     f"{v['encoded_slices']} slices) · LLM {_f(v['llm_s'])} (prefill "
+                     f"{_f(v['prefill_s'])} + decode {_f(v['decode_s'])}) · masks "
+                     f"{_f(v['masks_s'])} ({_f(v['mask_slices_per_s'], 1)} slices/s) · other "
+                     f"{_f(v['other_s'])}")
+            label = (f"5. Volume, {v['slices']} axial slices "
+                     f"({v['first_slice']}..{v['first_slice'] + v['slices'] - 1})")
+            lines.append(f"| {label} | 1 | {_f(v['total_s'])} | – | {split} | {memcell(v)} "
+                         f"| {busy(v)} |")
+        else:
+            missing.append("5. volume")
+        lines.append("")
+
+        lines += ["### Targets", "",
+                  ("| Target | Value | Limit | Result | Quiet repetitions only (other CPU "
+                   f"< {BUSY_CORES} cores) |"),
+                  "|---|---:|---:|:---:|---|"]
+        for row in targets(summary):
+            digits = 0 if row["unit"] == "MiB" else 2
+            quiet_cell = "–"
+            if "quiet" in row:
+                quiet_cell = (f"{_f(row['quiet'], digits)} {row['unit']} ({row['quiet_runs']} runs): "
+                              f"{row['quiet_result']}")
+            lines.append(f"| {row['target']} | {_f(row['value'], digits)} {row['unit']} "
+                         f"| ≤ {_f(row['limit'], digits)} {row['unit']} | **{row['result']}** "
+                         f"| {quiet_cell} |")
+        lines.append("")
 
     notes: list[str] = []
     if plan.mode == "quick":
