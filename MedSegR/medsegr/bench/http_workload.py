@@ -34,17 +34,12 @@ from typing import Any, Callable
 from medsegr.bench.cpu_load import ForeignCpu, processes_cpu_s
 from medsegr.bench.engine_plan import ANSWER_TOKENS, HttpPlan, engine_config
 from medsegr.bench.questions import QUESTION, SAMPLE, SLICE_INDEX
-from medsegr.bench.stats import Spread
+from medsegr.bench.stats import spread
 
 #: the follow-up questions, cycled
 HTTP_FOLLOW_UPS = ("Where exactly is it on this slice?", "Is it symmetric?", "What surrounds it?",
                    "How large is it here?", "Name its main parts.", "Is anything abnormal?",
                    "What is its signal on T1?", "Summarise the answer.")
-
-
-def _spread(values: list[float]) -> dict[str, float]:
-    s = Spread.of(values)
-    return {"median": s.median, "min": s.low, "max": s.high, "n": s.count}
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -122,7 +117,8 @@ def http_workload(device: str, model: str, plan: HttpPlan) -> dict[str, Any]:
                 t, r = _timed(remote_new)
                 remote_t.append(t)
                 assert a.tokens["generated"] == r.tokens["generated"] == ANSWER_TOKENS
-        results["new_session"] = {"in_process": _spread(local_t), "http": _spread(remote_t),
+        results["new_session"] = {"in_process": spread(local_t, count=True),
+                                  "http": spread(remote_t, count=True),
                                   "other_cpu_cores": other.cores,
                                   "upload_mb": image.array.nbytes / 1e6}
 
@@ -150,8 +146,10 @@ def http_workload(device: str, model: str, plan: HttpPlan) -> dict[str, Any]:
                 assert a.raw_text == s.raw_text == p.raw_text  # same work on both paths
         for sid in (sid_stream, sid_plain):
             client.delete_session(sid)
-        results["follow_up"] = {"in_process": _spread(local_f), "http_stream": _spread(stream_f),
-                                "http_json": _spread(plain_f), "transport_s": _spread(transport),
+        results["follow_up"] = {"in_process": spread(local_f, count=True),
+                                "http_stream": spread(stream_f, count=True),
+                                "http_json": spread(plain_f, count=True),
+                                "transport_s": spread(transport, count=True),
                                 "other_cpu_cores": other.cores}
 
         print(f"http: throughput, {plan.clients} clients x {plan.questions} questions",
@@ -182,9 +180,10 @@ def http_workload(device: str, model: str, plan: HttpPlan) -> dict[str, Any]:
         results["throughput"] = {
             "clients": plan.clients, "questions_per_client": plan.questions,
             "sequential": {"wall_s": seq_wall, "questions_per_min": 60 * total / seq_wall,
-                           "latency": _spread(sequential), "other_cpu_cores": other_seq.cores},
+                           "latency": spread(sequential, count=True),
+                           "other_cpu_cores": other_seq.cores},
             "concurrent": {"wall_s": conc_wall, "questions_per_min": 60 * total / conc_wall,
-                           "latency": _spread(concurrent),
+                           "latency": spread(concurrent, count=True),
                            "latency_p95": sorted(concurrent)[int(0.95 * (len(concurrent) - 1))],
                            "other_cpu_cores": other_conc.cores}}
         results["engine_device"] = engine_device

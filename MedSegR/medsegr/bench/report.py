@@ -22,6 +22,7 @@ from medsegr.bench.equality import DICE_MIN
 from medsegr.bench.stats import Spread
 from medsegr.bench.timing import PathRun
 from medsegr.bench.context import MEDSEGR, PATHS, REFERENCE, WorkloadResult
+from medsegr.io.atomic import atomic_write_text
 from medsegr.io.images import atomic_output
 
 #: issue targets (ratios are measured in the same run on the same machine)
@@ -300,9 +301,7 @@ def write_json_data(data: Any, path: str | os.PathLike[str]) -> Path:
     """Write ``data`` as indented JSON to ``path`` (folders made, replaced atomically)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(target) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    return target
+    return atomic_write_text(target, json.dumps(data, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------------- plots

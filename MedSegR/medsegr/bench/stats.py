@@ -24,3 +24,10 @@ class Spread:
             return cls(nan, nan, nan, 0)
         return cls(float(statistics.median(values)), float(min(values)), float(max(values)),
                    len(values))
+
+
+def spread(values: Sequence[float], count: bool = False) -> dict[str, float]:
+    """The engine suite's JSON of a spread: ``median``, ``min``, ``max`` and, with
+    ``count``, ``n`` (the comparison's JSON is :class:`Spread` as it is)."""
+    s = Spread.of(values)
+    return {"median": s.median, "min": s.low, "max": s.high, **({"n": s.count} if count else {})}
