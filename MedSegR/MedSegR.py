@@ -649,9 +649,6 @@ class MedSegRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         accepted = box.clickedButton() == box.button(qt.QMessageBox.Ok)
         return accepted, checkbox.isChecked()
 
-    def confirmInstall(self, text: str) -> bool:
-        return slicer.util.confirmOkCancelDisplay(text, _("MedSegR: install the engine"))
-
     def ensureEngine(self, then: Callable[[], None]) -> None:
         """Run ``then`` once an engine is connected (connecting or starting one if needed)."""
         if self.logic.client is not None:
