@@ -24,7 +24,12 @@ direction matrices that are orthonormal only to float precision.
 Decoding is strict: a malformed header, an unsupported field value, data whose size
 does not match the header, or declared sizes above ``max_voxels`` raise
 :class:`NrrdError` (or :class:`NrrdTooLarge`) with a one-line reason, before any
-large allocation.
+large allocation. :func:`nrrd_info` reads the header alone (from the first bytes of a
+file or upload), so a caller learns the decoded size before any data is decoded.
+
+:func:`inflate_gzip` inflates concatenated gzip members in time linear in the input (a
+file of many tiny members costs no more than one member of the same size); the image
+readers of :mod:`medsegr.io.images` check ``.gz`` files with it too.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,11 +47,16 @@ from medsegr.io.limits import ImageLimits, ImageTooLarge
 
 __all__ = [
     "DEFAULT_MAX_VOXELS",
+    "GzipStreamError",
     "NrrdError",
+    "NrrdInfo",
     "NrrdTooLarge",
     "decode_nrrd",
     "encode_nrrd",
+    "inflate_gzip",
+    "nrrd_dtype",
     "nrrd_header",
+    "nrrd_info",
     "short_number",
     "space_directions",
 ]
@@ -220,23 +231,51 @@ def _finite(values: Sequence[float], count: int, what: str) -> tuple[float, ...]
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_MAX_VOXELS,
-                limits: ImageLimits | None = None) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float],
-                           tuple[float, ...]]:
-    """Read an attached-header NRRD from memory.
+@dataclass(frozen=True)
+class NrrdInfo:
+    """What an attached-header NRRD declares, read from its header alone."""
 
-    Returns ``(array, spacing, origin, direction)``: the array in numpy order
-    ``(z, y, x)`` with a native-endian dtype, and the geometry in ITK/LPS
-    conventions (see the module docstring). A 2-D NRRD becomes ``(1, y, x)`` with
-    unit spacing along the added axis.
+    #: axis sizes, fastest first (as in the header)
+    sizes: tuple[int, ...]
+    #: the voxel type, in the byte order of the data
+    dtype: np.dtype
+    #: ``"raw"`` or ``"gzip"``
+    encoding: str
+    #: where the data starts (bytes from the start of the file)
+    data_offset: int
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.sizes)
+
+    @property
+    def decoded_bytes(self) -> int:
+        """Bytes of voxel data once decoded (inflated), as the header declares them."""
+        return self.voxels * self.dtype.itemsize
+
+    @property
+    def float32_bytes(self) -> int:
+        """Bytes the image takes as float32 (the engine's working copy)."""
+        return self.voxels * 4
+
+
+def nrrd_info(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_MAX_VOXELS,
+              limits: ImageLimits | None = None) -> NrrdInfo:
+    """Read and check the header of an attached-header NRRD; the data is not touched.
+
+    ``data`` may be the whole file or only its first bytes (the header ends within
+    :data:`MAX_HEADER_BYTES`). Every field is checked (sizes positive, geometry finite)
+    and the sizes against ``max_voxels`` and ``limits`` before the caller allocates
+    anything: ``nrrd_info(body).decoded_bytes`` is the size of the decoded voxel data.
 
     Raises:
-        NrrdTooLarge: the header declares more than ``max_voxels`` voxels, or an image
-            beyond ``limits`` (voxels, longest side, decoded bytes; the same
-            :class:`medsegr.io.limits.ImageLimits` ``medsegr ask`` applies to files).
-        NrrdError: anything else that makes the file unreadable or inconsistent.
+        NrrdTooLarge: more than ``max_voxels`` voxels, or beyond ``limits``.
+        NrrdError: a malformed or unsupported header.
     """
-    raw = bytes(data)
+    raw = memoryview(data).cast("B")[:MAX_HEADER_BYTES + 4].tobytes()
     if not raw.startswith(b"NRRD000"):
         raise NrrdError("not an NRRD file (it must start with 'NRRD000N')")
     end, body_start = _header_end(raw)
@@ -275,7 +314,7 @@ def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_
                             "are not spatial")
 
     type_name = " ".join(_required(fields, "type").split()).lower()
-    dtype = _NRRD_TYPES.get(type_name)
+    dtype = nrrd_dtype(type_name)
     if dtype is None:
         raise NrrdError(f"unsupported NRRD type {type_name!r}")
     if limits is not None:
@@ -292,27 +331,64 @@ def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_
     for name in ("line skip", "lineskip", "byte skip", "byteskip"):
         if name in fields and fields[name].strip() != "0":
             raise NrrdError(f"'{name}' is not supported")
-
-    spacing, origin, direction = _geometry(fields, keyvalues, dimension)
-
-    payload = raw[body_start:]
-    expected = voxels * dtype.itemsize
     encoding = _required(fields, "encoding").strip().lower()
-    if encoding == "raw":
-        if len(payload) != expected:
-            raise NrrdError(f"the NRRD data has {len(payload):,} bytes but its header declares "
-                            f"{expected:,} ({' x '.join(map(str, sizes))} x {dtype.itemsize})")
-    elif encoding in ("gzip", "gz"):
-        payload = _gunzip_exactly(payload, expected)
-    else:
+    if encoding not in ("raw", "gzip", "gz"):
         raise NrrdError(f"unsupported NRRD encoding {encoding!r} (raw or gzip)")
 
-    shape = tuple(reversed(sizes))
-    array = np.frombuffer(payload, dtype=dtype).reshape(shape)
-    array = array.astype(dtype.newbyteorder("="), copy=True)  # native order, writable
-    if dimension == 2:
+    spacing, origin, direction = _geometry(fields, keyvalues, dimension)
+    return NrrdInfo(tuple(sizes), dtype, "raw" if encoding == "raw" else "gzip", body_start,
+                    spacing, origin, direction)
+
+
+def nrrd_dtype(type_name: str) -> np.dtype | None:
+    """The numpy dtype (native byte order) of an NRRD ``type`` value, any standard
+    spelling (``"unsigned short"``, ``"uint16"``...); None when unknown."""
+    return _NRRD_TYPES.get(" ".join(type_name.split()).lower())
+
+
+def decode_nrrd(data: bytes | bytearray | memoryview, max_voxels: int = DEFAULT_MAX_VOXELS,
+                limits: ImageLimits | None = None) -> tuple[np.ndarray, tuple[float, float, float], tuple[float, float, float],
+                           tuple[float, ...]]:
+    """Read an attached-header NRRD from memory.
+
+    Returns ``(array, spacing, origin, direction)``: the array in numpy order
+    ``(z, y, x)`` with a native-endian dtype, and the geometry in ITK/LPS
+    conventions (see the module docstring). A 2-D NRRD becomes ``(1, y, x)`` with
+    unit spacing along the added axis.
+
+    The header is checked first (:func:`nrrd_info`); raw data must be exactly the
+    declared size, and gzip data is inflated (linearly, also over many members) to
+    at most the declared size.
+
+    Raises:
+        NrrdTooLarge: the header declares more than ``max_voxels`` voxels, or an image
+            beyond ``limits`` (voxels, longest side, decoded bytes; the same
+            :class:`medsegr.io.limits.ImageLimits` ``medsegr ask`` applies to files).
+        NrrdError: anything else that makes the file unreadable or inconsistent.
+    """
+    view = memoryview(data).cast("B")
+    info = nrrd_info(view, max_voxels=max_voxels, limits=limits)
+    payload = view[info.data_offset:]
+    expected = info.decoded_bytes
+    shown = f"{' x '.join(map(str, info.sizes))} x {info.dtype.itemsize}"
+    if info.encoding == "raw":
+        if len(payload) != expected:
+            raise NrrdError(f"the NRRD data has {len(payload):,} bytes but its header declares "
+                            f"{expected:,} ({shown})")
+        decoded: bytes | bytearray | memoryview = payload
+    else:
+        decoded = _gunzip_exactly(payload, expected)
+
+    shape = tuple(reversed(info.sizes))
+    array = np.frombuffer(decoded, dtype=info.dtype).reshape(shape)
+    native = info.dtype.newbyteorder("=")
+    if isinstance(decoded, bytearray) and info.dtype == native:
+        pass  # a fresh, writable buffer of the decoder's own: no copy needed
+    else:
+        array = array.astype(native, copy=True)  # native order, writable, owns its data
+    if len(info.sizes) == 2:
         array = array[np.newaxis]
-    return array, spacing, origin, direction
+    return array, info.spacing, info.origin, info.direction
 
 
 def _check_limits(limits: ImageLimits, sizes: list[int], itemsize: int) -> None:
@@ -465,29 +541,117 @@ def _exact_geometry(keyvalues: dict[str, str], vectors: list[list[float]],
     return tuple(exact_spacing), exact_direction
 
 
-def _gunzip_exactly(payload: bytes, expected: int) -> bytes:
-    """Decompress gzip (or zlib) ``payload`` that must hold exactly ``expected`` bytes,
-    never inflating more than ``expected + 1`` bytes (no decompression bombs)."""
-    out = bytearray()
-    rest = payload
-    while True:
-        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header
-        try:
-            out += inflater.decompress(rest, expected + 1 - len(out))
-        except zlib.error as exc:
-            raise NrrdError(f"the NRRD's gzip data is corrupt: {exc}") from None
-        if len(out) > expected:
-            raise NrrdError(f"the NRRD's gzip data holds more than the {expected:,} bytes its "
-                            "header declares")
-        if not inflater.eof:
-            raise NrrdError(f"the NRRD's gzip data is truncated ({len(out):,} of {expected:,} "
-                            "bytes)")
-        rest = inflater.unused_data
-        if not rest.strip(b"\0"):  # end of data (zero padding is tolerated)
+class GzipStreamError(ValueError):
+    """gzip data that cannot be inflated; ``kind`` says why: ``"corrupt"``,
+    ``"truncated"`` (cut short), ``"trailing"`` (other bytes after the last member) or
+    ``"too_long"`` (it inflates past the allowed size)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+#: input fed to a fresh gzip member at first; doubled while the member goes on, so a
+#: member costs time in proportion to its own size (never to what follows it)
+_FIRST_FEED = 64
+_MAX_FEED = 1 << 20
+#: most bytes inflated per call
+_OUT_PIECE = 1 << 22
+
+
+def inflate_gzip(chunks: Iterable[bytes | bytearray | memoryview], max_out: int,
+                 ) -> Iterator[bytes]:
+    """Inflate gzip (or zlib) data arriving as ``chunks``, yielding the output in pieces.
+
+    Concatenated members are one stream (as ``gzip -c a b`` writes them); zero bytes
+    after the last member are padding. The work is linear in the input: each member is
+    fed in slices that start small and double, so no call copies the data that follows
+    the member (200,000 empty members take well under a second).
+
+    Raises:
+        GzipStreamError: corrupt data, data cut short, other bytes after the last member,
+            or more than ``max_out`` bytes of output (found before holding them).
+    """
+    inflater = None
+    feed = _FIRST_FEED
+    total = 0
+    members = 0
+    padding = False
+    for chunk in chunks:
+        view = memoryview(chunk).cast("B")
+        pos = 0
+        while pos < len(view):
+            if padding:
+                if view[pos:].tobytes().strip(b"\0"):
+                    raise GzipStreamError("other bytes follow the zero padding after the gzip "
+                                          "data", "trailing")
+                break
+            if inflater is None:
+                if view[pos] == 0 and members:
+                    padding = True
+                    continue
+                if members and view[pos] != 0x1F:
+                    raise GzipStreamError("unexpected bytes after the gzip data", "trailing")
+                inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib header
+                feed = _FIRST_FEED
+            piece = view[pos:pos + feed]
+            out = _decompress(inflater, piece)
+            total += len(out)
+            if total > max_out:
+                raise GzipStreamError(f"the gzip data inflates past {max_out:,} bytes", "too_long")
+            if out:
+                yield out
+            if inflater.eof:
+                pos += len(piece) - len(inflater.unused_data)
+                inflater = None
+                members += 1
+                continue
+            left = len(inflater.unconsumed_tail)
+            pos += len(piece) - left
+            if not left:
+                feed = min(2 * feed, _MAX_FEED)
+    while inflater is not None and not inflater.eof:  # output still held inside
+        out = _decompress(inflater, b"")
+        if not out:
             break
-        if not rest.startswith(b"\x1f\x8b"):
-            raise NrrdError("the NRRD has unexpected bytes after its gzip data")
-    if len(out) != expected:
-        raise NrrdError(f"the NRRD's gzip data holds {len(out):,} bytes but its header declares "
+        total += len(out)
+        if total > max_out:
+            raise GzipStreamError(f"the gzip data inflates past {max_out:,} bytes", "too_long")
+        yield out
+    if inflater is not None and not inflater.eof:
+        raise GzipStreamError(f"the gzip data is cut short (truncated) after {total:,} "
+                              "inflated bytes", "truncated")
+    if not members and inflater is None:
+        raise GzipStreamError("there is no gzip data", "truncated")
+
+
+def _decompress(inflater: zlib._Decompress, data: bytes | memoryview) -> bytes:
+    try:
+        return inflater.decompress(data, _OUT_PIECE)
+    except zlib.error as exc:
+        raise GzipStreamError(f"the gzip data is corrupt ({exc})", "corrupt") from None
+
+
+def _gunzip_exactly(payload: bytes | memoryview, expected: int) -> bytearray:
+    """Decompress gzip (or zlib) ``payload`` that must hold exactly ``expected`` bytes,
+    never inflating more than ``expected`` bytes and one piece (no decompression bombs)."""
+    out = bytearray(expected)
+    filled = 0
+    try:
+        for piece in inflate_gzip([payload], expected):
+            out[filled:filled + len(piece)] = piece
+            filled += len(piece)
+    except GzipStreamError as exc:
+        if exc.kind == "too_long":
+            raise NrrdError(f"the NRRD's gzip data holds more than the {expected:,} bytes its "
+                            "header declares") from None
+        if exc.kind == "truncated":
+            raise NrrdError(f"the NRRD's gzip data is truncated ({filled:,} of {expected:,} "
+                            "bytes)") from None
+        if exc.kind == "trailing":
+            raise NrrdError("the NRRD has unexpected bytes after its gzip data") from None
+        raise NrrdError(str(exc).replace("the gzip data", "the NRRD's gzip data", 1)) from None
+    if filled != expected:
+        raise NrrdError(f"the NRRD's gzip data holds {filled:,} bytes but its header declares "
                         f"{expected:,}")
-    return bytes(out)
+    return out
