@@ -13,16 +13,21 @@ Conventions used throughout MedSegR
   3D Slicer works in RAS: its IJK-to-RAS matrix is this one with the first two
   rows (x and y) negated.
 
-All file formats go through SimpleITK. Every problem a user can cause raises
+All file formats go through SimpleITK, after the header of each is checked here first
+(see "header proofs" below: every field, the sizes against the limits, and the data as
+long as the header says). Every problem a user can cause raises
 :class:`medsegr.errors.InputError` with a one-line message.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
+import mmap
 import os
 import re
-import zlib
+import struct
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,7 @@ import SimpleITK as sitk
 from medsegr.errors import InputError
 from medsegr.io.atomic import atomic_path
 from medsegr.io.limits import ImageLimits
+from medsegr.io.nrrd_codec import GzipStreamError, inflate_gzip
 
 __all__ = [
     "MODALITIES",
@@ -234,7 +240,7 @@ def load_image(path: str | os.PathLike[str], modality: str | None = None,
         image, dicom_modality = _read_file(source, io_name, bounds)
         is_raster = io_name in _RASTER_IO.values()
     image = _as_scalar_3d(image, str(source))
-    array = _checked_voxels(sitk.GetArrayFromImage(image), str(source))
+    array = _checked_voxels(sitk.GetArrayViewFromImage(image), str(source), copy=True)
     chosen = _modality_from_tag(dicom_modality) if dicom_modality is not None else requested
     if chosen is None:
         chosen = "OT" if is_raster else _guess_medical_modality(array)
@@ -286,18 +292,24 @@ def _has_dicom_preamble(path: Path) -> bool:
 def _read_file(path: Path, io_name: str, limits: ImageLimits) -> tuple[sitk.Image, str | None]:
     """Read one file; returns the image and its DICOM modality tag (None when absent).
 
-    The header is read first and checked against ``limits``; only then the voxels."""
+    The header is proven first (:func:`_proven_layout`: every field checked, the sizes
+    against ``limits``), then the data is shown to be as long as the header says
+    (:func:`_prove_data`, inflating compressed data in bounded chunks); only then are
+    the voxels read."""
     reader = sitk.ImageFileReader()
     reader.SetImageIO(io_name)
     reader.SetFileName(str(path))
     gzipped = path.name.lower().endswith(".gz")
     if gzipped and not _has_gzip_magic(path):
         raise InputError(f"could not read image {path}: not a valid gzip file (no gzip header)")
+    layout = _proven_layout(path, io_name, limits, gzipped)
     declared = _checked_header(reader, path, io_name, limits, count=1)
-    if gzipped:
-        _check_gzip_stream(path, declared + _GZIP_HEADER_SLACK)
-    elif io_name == "NrrdImageIO":
-        _check_nrrd_gzip(path, declared)
+    if io_name == "GDCMImageIO":
+        _prove_dicom_file(path)
+    elif io_name == "JPEGImageIO":
+        _prove_jpeg(path)
+    elif layout is not None:
+        _prove_data(layout, declared)
     try:
         with _itk_warnings_silenced():
             image = reader.Execute()
@@ -352,86 +364,486 @@ def _component_bytes(pixel_id: int) -> int:
             return 8
 
 
+# --------------------------------------------------------------------------- header proofs
+#
+# SimpleITK reads headers leniently: a NIfTI with a negative dim, a wrong sizeof_hdr or a
+# NaN vox_offset is read, data shorter than the header says comes back zero-filled
+# (NIfTI, plain or gzip), a DICOM file with half its pixel data or a cut-off JPEG gives
+# garbage voxels. So each format's header is parsed here first, its fields checked, and
+# the data shown to hold the bytes the header declares, before SimpleITK reads a voxel.
+
+
 #: bytes a gzip-compressed file may inflate to beyond its declared voxel data
 #: (the format header and, for NIfTI, its extensions)
 _GZIP_HEADER_SLACK = 16 * 1024 * 1024
+#: bytes read at once from a file being checked
+_READ_CHUNK = 1 << 20
 
 
-def _check_gzip_stream(path: Path, max_inflated: int, offset: int = 0) -> None:
-    """ITK reads a cut-off gzip stream without complaint (the missing voxels come back
-    as zeros), so the compressed data of ``path`` (from byte ``offset``) is checked to its
-    end first, inflating at most ``max_inflated`` bytes: a small file that inflates
-    further than its header declares is refused without holding the inflated data."""
-    chunk_out = 1 << 22
+@dataclass(frozen=True)
+class _DataLayout:
+    """Where a file's voxel data lies, as its (proven) header says."""
+
+    #: the file holding the data (the image file itself, or a detached data file)
+    data_path: Path
+    #: where the data starts: in ``data_path``, or in the inflated stream when
+    #: ``whole_gzip``
+    offset: int
+    #: the data (from ``offset``) is gzip/zlib compressed
+    compressed: bool = False
+    #: the whole file is gzip (``.nii.gz``): ``offset`` counts inflated bytes
+    whole_gzip: bool = False
+    #: bytes of voxel data the header declares (None: those SimpleITK reads from it)
+    expected: int | None = None
+    #: how the declared size is made up, for the message (e.g. "64 x 64 x 8 x 2 bytes")
+    shape: str = ""
+
+
+def _proven_layout(path: Path, io_name: str, limits: ImageLimits,
+                   gzipped: bool) -> _DataLayout | None:
+    """Check the header of ``path`` field by field; the layout of its data, or None
+    where it cannot be told from the header (SimpleITK then reads it unaided). DICOM
+    and JPEG files are proven after SimpleITK has read their header (and the limits
+    are checked): :func:`_prove_dicom_file`, :func:`_prove_jpeg`."""
+    if io_name == "NiftiImageIO":
+        return _nifti_layout(path, limits, gzipped)
+    if io_name == "NrrdImageIO":
+        return _nrrd_layout(path)
+    if io_name == "MetaImageIO":
+        return _metaimage_layout(path)
+    if io_name == "BMPImageIO":
+        return _bmp_layout(path)
+    return None
+
+
+def _refuse(path: Path, reason: str) -> InputError:
+    return InputError(f"could not read image {path}: {reason}")
+
+
+def _zero_axis(path: Path, sizes: str) -> InputError:
+    return _refuse(path, f"an axis size is zero ({sizes}): the image has a zero-size axis")
+
+
+def _prove_data(layout: _DataLayout, declared: int) -> None:
+    """Refuse data shorter than the header declares (naming both byte counts), and
+    compressed data that inflates past it."""
+    expected = layout.expected if layout.expected is not None else declared
+    path = layout.data_path
+    if layout.whole_gzip:
+        found = _inflated_size(path, 0, layout.offset + expected + _GZIP_HEADER_SLACK)
+        found -= layout.offset
+    elif layout.compressed:
+        found = _inflated_size(path, layout.offset, expected)
+    else:
+        try:
+            found = path.stat().st_size - layout.offset
+        except OSError as error:
+            raise _refuse(path, str(error.strerror or error)) from None
+    if found < expected:
+        shape = f" ({layout.shape})" if layout.shape else ""
+        where = "inflated data" if layout.whole_gzip or layout.compressed else "file"
+        raise _refuse(path, f"truncated: its header declares {expected:,} bytes of voxel data"
+                      f"{shape} from byte {layout.offset:,}, the {where} holds "
+                      f"{max(found, 0):,}; the file is cut short or its header is wrong")
+
+
+def _file_chunks(path: Path, offset: int) -> Iterator[bytes]:
+    with path.open("rb") as handle:
+        handle.seek(offset)
+        while chunk := handle.read(_READ_CHUNK):
+            yield chunk
+
+
+def _inflated_size(path: Path, offset: int, max_inflated: int) -> int:
+    """Bytes the gzip (or zlib) data of ``path`` from byte ``offset`` inflates to, checked
+    to its end without holding it; more than ``max_inflated`` is refused at once.
+
+    Linear in the file size, however many gzip members it holds."""
     total = 0
-    inflater = None
+    try:
+        for piece in inflate_gzip(_file_chunks(path, offset), max_inflated):
+            total += len(piece)
+    except GzipStreamError as error:
+        if error.kind == "too_long":
+            raise _refuse(path, f"its compressed data inflates past {max_inflated:,} bytes, "
+                          "more than its header declares") from None
+        if error.kind == "corrupt":
+            raise _refuse(path, f"not a valid gzip file ({error})") from None
+        raise _refuse(path, f"{error}; the compressed file is truncated or damaged") from None
+    except OSError as error:
+        raise _refuse(path, str(error.strerror or error)) from None
+    return total
+
+
+def _inflated_head(path: Path, size: int) -> bytes:
+    """The first ``size`` inflated bytes of the gzip file ``path`` (fewer when it holds
+    fewer); inflates little more than that."""
+    head = bytearray()
+    pieces = inflate_gzip(_file_chunks(path, 0), 1 << 62)
+    try:
+        for piece in pieces:
+            head += piece[:size - len(head)]
+            if len(head) >= size:
+                break
+    except GzipStreamError as error:
+        if error.kind != "truncated":
+            raise _refuse(path, f"not a valid gzip file ({error})") from None
+    except OSError as error:
+        raise _refuse(path, str(error.strerror or error)) from None
+    finally:
+        pieces.close()
+    return bytes(head)
+
+
+def _read_head(path: Path, size: int) -> bytes:
     try:
         with path.open("rb") as handle:
-            handle.seek(offset)
-            while chunk := handle.read(1 << 20):
-                data = chunk
-                while data or inflater is not None:
-                    if inflater is None:
-                        if not data.strip(b"\0"):  # zero padding after the data
-                            break
-                        inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib
-                    out = inflater.decompress(data, chunk_out)
-                    total += len(out)
-                    if total > max_inflated:
-                        raise InputError(f"could not read image {path}: its compressed data "
-                                         f"inflates past {max_inflated:,} bytes, more than its "
-                                         "header declares")
-                    if inflater.eof:
-                        data, inflater = inflater.unused_data, None
-                        continue
-                    data = inflater.unconsumed_tail
-                    if not data and len(out) < chunk_out:
-                        break  # needs more input
-    except zlib.error as error:
-        raise InputError(f"could not read image {path}: not a valid gzip file ({error})") from None
+            return handle.read(size)
     except OSError as error:
-        raise InputError(f"could not read image {path}: {error.strerror or error}") from None
-    if inflater is not None:
-        raise InputError(f"could not read image {path}: the compressed file is truncated")
+        raise _refuse(path, str(error.strerror or error)) from None
+
+
+def _finite_values(path: Path, what: str, values: Sequence[float]) -> None:
+    if not all(math.isfinite(v) for v in values):
+        shown = ", ".join(repr(float(v)) for v in values)
+        raise _refuse(path, f"{what} must be finite numbers, the header has {shown}; "
+                      "fix or re-export the file")
+
+
+# -- NIfTI
+
+
+#: NIfTI datatype code -> bytes per voxel
+_NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4,
+                1024: 8, 1280: 8, 1536: 16, 1792: 16, 2048: 32, 2304: 4}
+
+
+@dataclass(frozen=True)
+class _NiftiHeader:
+    sizeof_hdr: int
+    dim: tuple[int, ...]
+    datatype: int
+    pixdim: tuple[float, ...]
+    vox_offset: float
+    scl_slope: float
+    scl_inter: float
+    qform_code: int
+    sform_code: int
+    quatern: tuple[float, ...]
+    srow: tuple[float, ...]
+
+
+def _parse_nifti(head: bytes, path: Path) -> _NiftiHeader:
+    """The fields of a NIfTI-1 (348-byte) or NIfTI-2 (540-byte) header, either byte order."""
+    if len(head) < 348:
+        raise _refuse(path, f"its NIfTI header is cut short ({len(head)} of 348 bytes)")
+    for endian in "<>":
+        sizeof_hdr = struct.unpack_from(endian + "i", head, 0)[0]
+        if sizeof_hdr in (348, 540):
+            break
+    else:
+        raise _refuse(path, f"sizeof_hdr is {struct.unpack_from('<i', head, 0)[0]}, not 348 "
+                      "(NIfTI-1) or 540 (NIfTI-2): not a NIfTI file, or a damaged header")
+    if sizeof_hdr == 348:
+        def take(fmt: str, at: int) -> tuple:
+            return struct.unpack_from(endian + fmt, head, at)
+        return _NiftiHeader(348, take("8h", 40), take("h", 70)[0], take("8f", 76),
+                            take("f", 108)[0], *take("2f", 112), *take("2h", 252),
+                            take("6f", 256), take("12f", 280))
+    if len(head) < 540:
+        raise _refuse(path, f"its NIfTI-2 header is cut short ({len(head)} of 540 bytes)")
+
+    def take2(fmt: str, at: int) -> tuple:
+        return struct.unpack_from(endian + fmt, head, at)
+    return _NiftiHeader(540, take2("8q", 16), take2("h", 12)[0], take2("8d", 104),
+                        float(take2("q", 168)[0]), *take2("2d", 176), *take2("2i", 344),
+                        take2("6d", 352), take2("12d", 400))
+
+
+def _nifti_layout(path: Path, limits: ImageLimits, gzipped: bool) -> _DataLayout:
+    """Check a NIfTI header: sizeof_hdr, dim, datatype, pixdim, vox_offset, scaling and
+    the orientation in use; check its sizes against ``limits``."""
+    head = _inflated_head(path, 540) if gzipped else _read_head(path, 540)
+    header = _parse_nifti(head, path)
+    rank = header.dim[0]
+    if not 1 <= rank <= 7:
+        raise _refuse(path, f"NIfTI dim[0] is {rank}: the number of axes must be 1 to 7")
+    sizes = [int(n) for n in header.dim[1:rank + 1]]
+    for axis, size in enumerate(sizes, start=1):
+        if size < 0:
+            raise _refuse(path, f"NIfTI dim[{axis}] is {size}: sizes must be positive")
+    if 0 in sizes:
+        raise _zero_axis(path, f"NIfTI dim {tuple(sizes)}")
+    per_voxel = _NIFTI_BYTES.get(header.datatype)
+    if per_voxel is None:
+        raise _refuse(path, f"unsupported NIfTI datatype {header.datatype}")
+    _finite_values(path, f"NIfTI pixdim[1..{rank}] (voxel spacing)", header.pixdim[1:rank + 1])
+    _finite_values(path, "NIfTI vox_offset (where the voxels start)", [header.vox_offset])
+    _finite_values(path, "NIfTI scl_slope and scl_inter (intensity scaling)",
+                   [header.scl_slope, header.scl_inter])
+    if header.qform_code > 0:
+        _finite_values(path, "NIfTI quatern_b/c/d, qoffset_x/y/z and qfac (the qform)",
+                       [*header.quatern, header.pixdim[0]])
+    if header.sform_code > 0:
+        _finite_values(path, "NIfTI srow_x/y/z (the sform)", header.srow)
+    if header.vox_offset < 0:
+        raise _refuse(path, f"NIfTI vox_offset is {header.vox_offset}: it must not be negative")
+    limits.check(sizes, per_voxel, str(path))
+    offset = max(int(header.vox_offset), header.sizeof_hdr)  # as the NIfTI library reads it
+    shown = " x ".join(str(n) for n in sizes) + f" x {per_voxel} bytes"
+    return _DataLayout(path, offset, whole_gzip=gzipped,
+                       expected=math.prod(sizes) * per_voxel, shape=shown)
+
+
+# -- NRRD (read by SimpleITK: detached headers and vector images too)
 
 
 _NRRD_FIELD = re.compile(r"^([^:#][^:]*):[ \t]*(.*?)\s*$")
+_NRRD_VECTOR = re.compile(r"\(([^()]*)\)|none", re.IGNORECASE)
+_NRRD_SPATIAL_KINDS = {"domain", "space", "time", "???", "none"}
+
+#: the longest NRRD header read when checking its fields
+MAX_NRRD_HEADER_BYTES = 64 * 1024
 
 
-def _check_nrrd_gzip(path: Path, max_inflated: int) -> None:
-    """For a gzip-encoded NRRD, bound and check its compressed data like a ``.gz`` file
-    (attached data, or a detached ``data file`` beside the header)."""
-    try:
-        with path.open("rb") as handle:
-            head = handle.read(MAX_NRRD_HEADER_BYTES)
-    except OSError as error:
-        raise InputError(f"could not read image {path}: {error.strerror or error}") from None
-    end = head.find(b"\n\n")
-    if end < 0:
-        return  # ITK reports the malformed header
+def _nrrd_fields(path: Path) -> tuple[dict[str, str], int] | None:
+    """The fields of ``path``'s NRRD header (names lower case) and where its data
+    starts; None when no header end lies within :data:`MAX_NRRD_HEADER_BYTES` (SimpleITK
+    then reports the malformed header)."""
+    head = _read_head(path, MAX_NRRD_HEADER_BYTES)
+    match = re.search(rb"\r?\n\r?\n", head)
+    if match is None:
+        if path.suffix.lower() == ".nhdr":  # a detached header need not end in a blank line
+            end = len(head)
+            if end >= MAX_NRRD_HEADER_BYTES:
+                return None
+        else:
+            return None
+        start = end
+    else:
+        end, start = match.start(), match.end()
     fields = {}
     for line in head[:end].decode("latin-1").splitlines()[1:]:
-        match = _NRRD_FIELD.match(line)
-        if match and ":=" not in line:
-            fields[match.group(1).strip().lower()] = match.group(2)
-    if fields.get("encoding", "").strip().lower() not in ("gzip", "gz"):
-        return
-    if any(fields.get(name, "0").strip() != "0" for name in ("line skip", "lineskip",
-                                                              "byte skip", "byteskip")):
-        return  # skipped bytes: ITK's reader alone knows where the data starts
+        found = _NRRD_FIELD.match(line)
+        if found and ":=" not in line:
+            fields[found.group(1).strip().lower()] = found.group(2)
+    return fields, start
+
+
+def _nrrd_numbers(path: Path, what: str, text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise _refuse(path, f"NRRD '{what}' must be numbers, got {text[:80]!r}") from None
+
+
+def _nrrd_layout(path: Path) -> _DataLayout | None:
+    """Check a NRRD header's sizes and geometry (spacings, space directions, space
+    origin: finite); the layout of its data for raw and gzip encodings."""
+    parsed = _nrrd_fields(path)
+    if parsed is None:
+        return None
+    fields, start = parsed
+    if "sizes" in fields:
+        try:
+            sizes = [int(v) for v in fields["sizes"].split()]
+        except ValueError:
+            raise _refuse(path, f"NRRD 'sizes' must be whole numbers, got "
+                          f"{fields['sizes'][:80]!r}") from None
+        if any(s < 0 for s in sizes):
+            raise _refuse(path, f"NRRD 'sizes' must be positive, got {sizes}")
+        if 0 in sizes:
+            raise _zero_axis(path, f"NRRD sizes {tuple(sizes)}")
+    kinds = [k.lower() for k in fields.get("kinds", "").split()]
+    if "spacings" in fields:
+        values = _nrrd_numbers(path, "spacings", fields["spacings"])
+        spatial = [v for axis, v in enumerate(values)
+                   if axis >= len(kinds) or kinds[axis] in _NRRD_SPATIAL_KINDS]
+        _finite_values(path, "NRRD 'spacings' of the spatial axes", spatial)
+    if "space directions" in fields:
+        for match in _NRRD_VECTOR.finditer(fields["space directions"]):
+            if match.group(1) is not None:
+                _finite_values(path, "NRRD 'space directions'",
+                               _nrrd_numbers(path, "space directions", match.group(1)))
+    if "space origin" in fields:
+        _finite_values(path, "NRRD 'space origin'",
+                       _nrrd_numbers(path, "space origin", fields["space origin"].strip("() ")))
+    encoding = fields.get("encoding", "").strip().lower()
+    if encoding not in ("raw", "gzip", "gz"):
+        return None  # text or bzip2 data: SimpleITK counts what it reads
+    if any(fields.get(name, "0").strip() != "0" for name in ("line skip", "lineskip")):
+        return None  # skipped lines: the reader alone knows where the data starts
+    skip = fields.get("byte skip", fields.get("byteskip", "0")).strip()
+    if not skip.isdigit():
+        return None  # -1: the data ends the file
     detached = fields.get("data file") or fields.get("datafile")
     if detached is None:
-        _check_gzip_stream(path, max_inflated, offset=end + 2)
-        return
-    data_path = Path(detached.strip())
-    if not data_path.is_absolute():
-        data_path = path.parent / data_path
-    if data_path.is_file():
-        _check_gzip_stream(data_path, max_inflated)
+        data_path, offset = path, start + int(skip)
+    else:
+        name = detached.strip()
+        if name.upper().startswith("LIST") or "%" in name or " " in name:
+            return None  # several data files
+        data_path = Path(name) if Path(name).is_absolute() else path.parent / name
+        if not data_path.is_file():
+            return None  # SimpleITK names the missing file
+        offset = int(skip)
+    if encoding != "raw" and int(skip):
+        return None  # byte skip counts inflated bytes
+    return _DataLayout(data_path, offset, compressed=encoding != "raw")
 
 
-#: the longest NRRD header read when looking for its encoding
-MAX_NRRD_HEADER_BYTES = 64 * 1024
+# -- MetaImage
+
+
+def _metaimage_layout(path: Path) -> _DataLayout | None:
+    """Check a MetaImage header (NDims, DimSize, ElementSpacing, Offset, TransformMatrix)
+    and find its data (after the header, or in the detached file it names)."""
+    head = _read_head(path, MAX_NRRD_HEADER_BYTES)
+    fields: dict[str, str] = {}
+    end = None
+    position = 0
+    for raw_line in head.splitlines(keepends=True):
+        position += len(raw_line)
+        key, sep, value = raw_line.decode("latin-1").partition("=")
+        if not sep:
+            continue
+        fields[key.strip()] = value.strip()
+        if key.strip() == "ElementDataFile":
+            end = position
+            break
+    if end is None:
+        return None  # SimpleITK reports the malformed header
+    try:
+        rank = int(fields.get("NDims", "0"))
+        sizes = [int(v) for v in fields.get("DimSize", "").split()]
+    except ValueError:
+        raise _refuse(path, "MetaImage NDims and DimSize must be whole numbers") from None
+    if any(s < 0 for s in sizes) or (rank and len(sizes) != rank):
+        raise _refuse(path, f"MetaImage DimSize {sizes} must be {rank} positive sizes")
+    if 0 in sizes:
+        raise _zero_axis(path, f"MetaImage DimSize {tuple(sizes)}")
+    for names in (("ElementSpacing", "ElementSize"), ("Offset", "Position", "Origin"),
+                  ("TransformMatrix", "Rotation", "Orientation")):
+        for name in names:
+            if name in fields:
+                values = _nrrd_numbers(path, name, fields[name])
+                _finite_values(path, f"MetaImage {name}", values)
+                if name == "ElementSpacing" and any(v <= 0 for v in values):
+                    raise _refuse(path, f"MetaImage ElementSpacing must be positive, got {values}")
+    compressed = fields.get("CompressedData", "False").strip().lower() in ("true", "1")
+    target = fields["ElementDataFile"].strip()
+    if target.upper() == "LOCAL":
+        return _DataLayout(path, end, compressed=compressed)
+    if target.upper().startswith("LIST") or "%" in target or " " in target:
+        return None
+    data_path = Path(target) if Path(target).is_absolute() else path.parent / target
+    try:
+        skip = int(fields.get("HeaderSize", "0"))
+    except ValueError:
+        return None
+    if skip < 0 or not data_path.is_file():
+        return None  # data at the end of the file, or missing (SimpleITK says so)
+    return _DataLayout(data_path, skip, compressed=compressed)
+
+
+# -- DICOM
+
+
+#: DICOM attributes whose values must be finite numbers: keyword -> (count, positive)
+_DICOM_NUMBERS = {"PixelSpacing": (2, True), "ImagePositionPatient": (3, False),
+                  "ImageOrientationPatient": (6, False), "RescaleSlope": (1, False),
+                  "RescaleIntercept": (1, False)}
+
+
+def _prove_dicom_file(path: Path) -> tuple[int, int] | None:
+    """Check a DICOM file's geometry and scaling fields, and that its (uncompressed)
+    pixel data holds Rows x Columns x Samples x Frames x BitsAllocated/8 bytes; returns
+    (Rows, Columns). Needs pydicom (installed with the engine); None without it."""
+    try:
+        import pydicom
+        from pydicom.errors import InvalidDicomError
+    except ImportError:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dataset = pydicom.dcmread(path, defer_size=4096, force=True)
+            return _prove_dicom_dataset(dataset, path)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError,
+            OverflowError, struct.error, NotImplementedError) as error:
+        raise _refuse(path, f"not a readable DICOM file ({error})") from None
+    except OSError as error:
+        raise _refuse(path, str(error.strerror or error)) from None
+
+
+def _prove_dicom_dataset(dataset: object, path: Path) -> tuple[int, int] | None:
+    get = dataset.get  # type: ignore[attr-defined]
+    for keyword, (count, positive) in _DICOM_NUMBERS.items():
+        value = get(keyword)
+        if value is None or value == "":
+            continue
+        items = [value] if isinstance(value, (str, bytes, int, float)) else list(value)
+        values = [float(v) for v in items]
+        _finite_values(path, f"DICOM {keyword}", values)
+        if positive and any(v <= 0 for v in values):
+            raise _refuse(path, f"DICOM {keyword} must be positive, got {values}")
+    element = dataset.get_item(0x7FE00010, keep_deferred=True)  # type: ignore[attr-defined]
+    rows, columns = get("Rows"), get("Columns")
+    if element is None or rows is None or columns is None:
+        return None  # no (plain) pixel data: SimpleITK says what it makes of it
+    if int(rows) == 0 or int(columns) == 0:
+        raise _zero_axis(path, f"DICOM Rows {rows}, Columns {columns}")
+    length = getattr(element, "length", None)
+    if length is None:  # read, not deferred: a small value
+        value = element.value
+        length = len(value) if value is not None else 0
+    if length == 0xFFFFFFFF:
+        return int(rows), int(columns)  # encapsulated (compressed) frames: the codec checks
+    frames = int(get("NumberOfFrames") or 1)
+    samples = int(get("SamplesPerPixel") or 1)
+    bits = int(get("BitsAllocated") or 16)
+    expected = (int(rows) * int(columns) * samples * frames * bits + 7) // 8
+    tell = getattr(element, "value_tell", None)
+    found = length if tell is None else min(length, max(0, path.stat().st_size - tell))
+    if found < expected:
+        raise _refuse(path, f"truncated: its header declares {expected:,} bytes of pixel data "
+                      f"({rows} x {columns} x {samples} samples x {frames} frames x {bits} "
+                      f"bits), the file holds {found:,}; the file is cut short or damaged")
+    return int(rows), int(columns)
+
+
+# -- pictures
+
+
+def _prove_jpeg(path: Path) -> None:
+    """A JPEG cut short is decoded with grey filling the rest: refuse one whose
+    compressed scan has no end-of-image marker."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return  # SimpleITK reports the empty file
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            scan = data.find(b"\xff\xda")
+            if scan >= 0 and data.find(b"\xff\xd9", scan) < 0:
+                raise _refuse(path, f"truncated JPEG: no end-of-image marker after its "
+                              f"scan data ({size:,} bytes); the file is cut short")
+    except (OSError, ValueError) as error:
+        raise _refuse(path, str(getattr(error, "strerror", None) or error)) from None
+
+
+def _bmp_layout(path: Path) -> _DataLayout | None:
+    """An uncompressed BMP holds rows of ``ceil(width x bits / 32) x 4`` bytes."""
+    head = _read_head(path, 54)
+    if len(head) < 54 or head[:2] != b"BM":
+        return None
+    offset, info_size, width, height, _, bits, compression = struct.unpack_from("<I I i i H H I",
+                                                                                head, 10)
+    if info_size < 40 or compression not in (0, 3) or bits not in (1, 4, 8, 16, 24, 32):
+        return None
+    row = (abs(width) * bits + 31) // 32 * 4
+    expected = row * abs(height)
+    return _DataLayout(path, offset, expected=expected,
+                       shape=f"{abs(height)} rows of {row} bytes")
 
 
 def _read_dicom_series(folder: Path, limits: ImageLimits) -> tuple[sitk.Image, str | None]:
@@ -451,6 +863,7 @@ def _read_dicom_series(folder: Path, limits: ImageLimits) -> tuple[sitk.Image, s
     first.SetFileName(files[largest][0])
     _checked_header(first, Path(files[largest][0]), "GDCMImageIO", limits,
                     count=len(files[largest]))
+    _prove_dicom_series([Path(name) for name in files[largest]])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[largest])
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -460,6 +873,22 @@ def _read_dicom_series(folder: Path, limits: ImageLimits) -> tuple[sitk.Image, s
         raise InputError(f"could not read the DICOM series in {folder}: {itk_error_message(error)}") from None
     has_tag = reader.HasMetaDataKey(0, _DICOM_MODALITY_TAG)
     return image, reader.GetMetaData(0, _DICOM_MODALITY_TAG) if has_tag else None
+
+
+def _prove_dicom_series(paths: Sequence[Path]) -> None:
+    """Every file of a series proven (:func:`_prove_dicom_file`), all of one size."""
+    sizes = {}
+    for path in paths:
+        size = _prove_dicom_file(path)
+        if size is not None:
+            sizes[path] = size
+    if len(set(sizes.values())) > 1:
+        first, *_ = sizes
+        other = next(p for p in sizes if sizes[p] != sizes[first])
+        raise InputError(f"could not read the DICOM series in {first.parent}: {first.name} is "
+                         f"{sizes[first][0]} x {sizes[first][1]} but {other.name} is "
+                         f"{sizes[other][0]} x {sizes[other][1]} (Rows x Columns); read the "
+                         "files separately or fix the series")
 
 
 def _as_scalar_3d(image: sitk.Image, source: str) -> sitk.Image:
@@ -496,12 +925,24 @@ def _to_grayscale(image: sitk.Image, source: str) -> sitk.Image:
     return grey
 
 
-def _checked_voxels(values: np.ndarray, source: str) -> np.ndarray:
-    """``values`` as float32 after checking for empty axes and NaN/Inf."""
+#: voxels checked at once for NaN/Inf (bounds the temporary mask)
+_FINITE_CHUNK = 1 << 22
+
+
+def _checked_voxels(values: np.ndarray, source: str, copy: bool = False) -> np.ndarray:
+    """``values`` as float32 (a copy when ``copy``, e.g. of a view of a SimpleITK image)
+    after checking for empty axes and NaN/Inf; no temporary larger than a chunk."""
     if 0 in values.shape:
         raise InputError(f"image has a zero-size axis (shape {values.shape}): {source}")
-    array = np.ascontiguousarray(values, dtype=np.float32)
-    bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+    if copy:
+        array = np.array(values, dtype=np.float32, order="C", copy=True)
+    else:
+        array = np.ascontiguousarray(values, dtype=np.float32)
+    flat = array.reshape(-1)
+    bad = 0
+    for start in range(0, flat.size, _FINITE_CHUNK):
+        part = flat[start:start + _FINITE_CHUNK]
+        bad += int(part.size - np.count_nonzero(np.isfinite(part)))
     if bad:
         raise InputError(f"image contains {bad} NaN/Inf voxels: {source}")
     return array
