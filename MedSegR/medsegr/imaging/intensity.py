@@ -25,21 +25,64 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 DEFAULT_CT_WINDOW = "wide"
 
 
+#: voxels mapped at once (bounds the float64 temporaries of the mapping)
+_CHUNK = 1 << 20
+
+
 def normalise(array: np.ndarray, modality: str, window: str | None = None) -> np.ndarray:
-    """Map an image to float32 ``[0, 1]`` (see the module docstring)."""
-    data = np.asarray(array, dtype=np.float32)
+    """Map an image to float32 ``[0, 1]`` (see the module docstring).
+
+    Memory: besides the result (one float32 copy of the volume) only chunk-sized
+    temporaries; the percentiles are taken in place in the result's buffer, which is
+    then overwritten chunk by chunk. The values are those of the plain numpy formula
+    ``clip((data - low) / (high - low), 0, 1)`` on the float32 data, bit for bit.
+    """
+    flat = _flat_view(array)
     if modality == "CT":
         name = window or DEFAULT_CT_WINDOW
         if name not in CT_WINDOWS:
             raise InputError(f"unknown CT window {name!r} (known: {', '.join(CT_WINDOWS)})")
         level, width = CT_WINDOWS[name]
-        out = (data - (level - width / 2.0)) / width
+        low: float | np.floating = level - width / 2.0
+        span: float | np.floating = width
+        out = np.empty(flat.size, dtype=np.float32)
     else:
         if window is not None and window not in ("percentile", "auto"):
             raise InputError(f"a window preset applies to CT only (modality {modality})")
-        values = data[data != 0] if np.any(data != 0) else data.ravel()
-        low, high = np.percentile(values, [0.5, 99.5]) if values.size else (0.0, 1.0)
+        out = np.empty(flat.size, dtype=np.float32)
+        low, high = _nonzero_percentiles(flat, out)
         if high <= low:
             high = low + 1.0
-        out = (data - low) / (high - low)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+        span = high - low
+    for start in range(0, flat.size, _CHUNK):
+        part = np.asarray(flat[start:start + _CHUNK], dtype=np.float32)
+        out[start:start + _CHUNK] = np.clip((part - low) / span, 0.0, 1.0)
+    return out.reshape(np.shape(array))
+
+
+def _flat_view(array: np.ndarray) -> np.ndarray:
+    """``array`` as one flat axis: a view when it is C-contiguous, else a float32 copy."""
+    data = np.asarray(array)
+    if not data.flags.c_contiguous:
+        data = np.ascontiguousarray(data, dtype=np.float32)
+    return data.reshape(-1)
+
+
+def _nonzero_percentiles(flat: np.ndarray, scratch: np.ndarray,
+                         ) -> tuple[float | np.floating, float | np.floating]:
+    """The 0.5th and 99.5th percentiles of the non-zero voxels of ``flat`` (of all of
+    them when none is non-zero; 0 and 1 for no voxels), gathered as float32 into
+    ``scratch`` (as large as ``flat``) and selected there in place."""
+    if flat.size == 0:
+        return 0.0, 1.0
+    count = 0
+    for start in range(0, flat.size, _CHUNK):
+        part = np.asarray(flat[start:start + _CHUNK], dtype=np.float32)
+        kept = part[part != 0]
+        scratch[count:count + kept.size] = kept
+        count += kept.size
+    if count == 0:  # all zero: the percentiles of the zeros
+        scratch[:] = 0.0
+        count = flat.size
+    low, high = np.percentile(scratch[:count], [0.5, 99.5], overwrite_input=True)
+    return low, high
