@@ -33,15 +33,20 @@ from starlette.types import Scope
 from medsegr import __version__
 from medsegr.answers import API_VERSION, Hints
 from medsegr.io.images import image_from_array
+from medsegr.io.limits import ImageTooLarge
 from medsegr.io.nrrd_codec import NrrdTooLarge, decode_nrrd, encode_nrrd
 from medsegr.pipeline import MedSegRPipeline
 from medsegr.prompts import validate_question
+from medsegr.server.bodies import BodyGuardMiddleware
+from medsegr.server.context import check_context
 from medsegr.server.errors import ApiError, install_error_handlers
-from medsegr.server.routes import api, public, root
+from medsegr.server.redaction import install_redaction
+from medsegr.server.routes import PUBLIC_PATHS, api, public, root
 from medsegr.server.schemas import AskRequest
-from medsegr.server.security import BodyLimitMiddleware, TokenCheck
+from medsegr.server.security import AuthMiddleware, TokenCheck
 from medsegr.server.sessions import SessionEntry, SessionStore, StoredMask
 from medsegr.server.settings import ServerSettings
+from medsegr.server.uploads import MAX_HEADER_BYTES, DecodeBudget, declared_sizes, session_bytes
 from medsegr.server.worker import AskParams, Job, ModelWorker
 
 log = logging.getLogger("medsegr.server")
@@ -67,23 +72,44 @@ class Engine:
         self.worker = ModelWorker(pipeline, self.store, settings.max_queue,
                                   settings.retry_after_s)
         self.token_check = TokenCheck(settings.token)
+        self.decoding = DecodeBudget(settings.max_session_bytes, settings.retry_after_s)
         self.started = time.time()
 
     # -- sessions (run in a thread pool: decoding and normalising take a while) -------
-    def open_session(self, body: bytes, modality: str | None, window: str | None) -> SessionEntry:
-        try:
-            array, spacing, origin, direction = decode_nrrd(body, max_voxels=self.settings.max_voxels,
-                                                          limits=self.settings.image_limits())
-        except NrrdTooLarge as exc:
+    def check_upload_head(self, head: bytes) -> None:
+        """Refuse an upload from its NRRD header alone (413), before it is decoded: a
+        side above ``max_side``, more voxels than ``max_voxels``, or more session memory
+        than all sessions may hold. A header that cannot be read is left to the decoder to report."""
+        sizes = declared_sizes(head)
+        if sizes is None:
+            return
+        try:  # sides and voxels; decoded bytes need the type, which the decoder checks first
+            self.settings.image_limits().check(sizes, 1, "the NRRD")
+        except ImageTooLarge as exc:
             raise ApiError(413, "too_many_voxels", str(exc)) from None
-        image = image_from_array(array, spacing=spacing, origin=origin, direction=direction,
-                                 modality=modality)
-        needed = 2 * image.array.nbytes  # the image and its normalised copy
+        self._check_session_memory(session_bytes(sizes))
+
+    def _check_session_memory(self, needed: int) -> None:
         if needed > self.store.max_bytes:
             raise ApiError(413, "too_large", f"this image needs {needed / 2**20:.1f} MiB of session "
-                           f"memory; the engine allows {self.store.max_bytes / 2**20:.1f} MiB for "
-                           "all sessions together")
-        session = self.pipeline.new_session(image, window=window)
+                           f"memory once decoded (the image and its normalised copy, 32-bit "
+                           f"floats); the engine allows {self.store.max_bytes / 2**20:.1f} MiB for "
+                           "all sessions together (--max-session-memory)")
+
+    def open_session(self, body: bytes, modality: str | None, window: str | None) -> SessionEntry:
+        head = body[:MAX_HEADER_BYTES + 4]
+        self.check_upload_head(head)
+        sizes = declared_sizes(head)
+        with self.decoding.reserve(session_bytes(sizes) if sizes else 0):
+            try:
+                array, spacing, origin, direction = decode_nrrd(
+                    body, max_voxels=self.settings.max_voxels, limits=self.settings.image_limits())
+            except NrrdTooLarge as exc:
+                raise ApiError(413, "too_many_voxels", str(exc)) from None
+            image = image_from_array(array, spacing=spacing, origin=origin, direction=direction,
+                                     modality=modality)
+            self._check_session_memory(2 * image.array.nbytes)
+            session = self.pipeline.new_session(image, window=window)
         entry = self.store.add(session)
         log.info("session %s opened: %s voxels (z, y, x) %s, %s, %.1f MiB", entry.id,
                  f"{array.size:,}", image.shape, image.modality, entry.memory_bytes() / 2**20)
@@ -106,6 +132,8 @@ class Engine:
                            f"{self.settings.max_question_chars:,}")
         cfg = self.pipeline.model.config
         question = validate_question(question, (cfg.model.seg_token, cfg.model.image_token))
+        check_context(self.pipeline.model, list(entry.session.turns), question,
+                      body.max_new_tokens)
         image = entry.session.image
         if body.volume and image.is_2d:
             raise ApiError(400, "bad_input", "volume mode needs a 3-D image; this image is 2-D")
@@ -166,7 +194,7 @@ def _rss_bytes() -> int | None:
 def _base_app(lifespan: Any = None) -> FastAPI:
     app = FastAPI(title="MedSegR engine", version=__version__, description=_DESCRIPTION,
                   docs_url=None, redoc_url=None, openapi_url=f"/v{API_VERSION}/openapi.json",
-                  lifespan=lifespan)
+                  lifespan=lifespan, generate_unique_id_function=lambda route: route.name)
     app.include_router(root)
     app.include_router(public)
     app.include_router(api)
@@ -181,6 +209,7 @@ def create_app(pipeline: MedSegRPipeline, settings: ServerSettings | None = None
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_redaction(settings.token)  # uvicorn has configured its logging by now
         engine.worker.start()
         sweeper = asyncio.create_task(_sweep(engine))
         try:
@@ -198,7 +227,9 @@ def create_app(pipeline: MedSegRPipeline, settings: ServerSettings | None = None
             return settings.max_upload_bytes
         return settings.max_json_bytes
 
-    app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(BodyGuardMiddleware, limit_for=limit_for, timing=settings.body_timing())
+    # outermost: the token is checked before anything reads the body
+    app.add_middleware(AuthMiddleware, check=engine.token_check, public_paths=PUBLIC_PATHS)
     return app
 
 

@@ -4,20 +4,24 @@
 one-line message; :func:`install_error_handlers` maps it, the engine's own
 :class:`medsegr.errors.MedSegRError` (400), FastAPI's validation errors (400 for a
 body that is not JSON, 422 for one that does not fit the schema), Starlette's HTTP
-errors (404 for unknown paths, 405, …) and anything unexpected (500, details only
-in the log) to that shape.
+errors (404 for unknown paths, 405 with an ``Allow`` header listing every method the
+path supports, …) and anything unexpected (500, details only in the log) to that
+shape. :func:`send_error` sends the same shape from pure ASGI middleware.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
+from starlette.types import Send
 
 from medsegr.errors import MedSegRError
 
@@ -25,7 +29,8 @@ log = logging.getLogger("medsegr.server")
 
 #: status -> default code, for errors raised without one (e.g. Starlette's 404)
 _DEFAULT_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
-                  405: "method_not_allowed", 409: "conflict", 413: "too_large",
+                  405: "method_not_allowed", 408: "request_timeout", 409: "conflict",
+                  413: "too_large",
                   415: "unsupported_media_type", 422: "invalid_request", 500: "internal_error",
                   503: "busy", 504: "timeout", 507: "out_of_memory"}
 
@@ -55,6 +60,28 @@ def from_engine_error(exc: MedSegRError) -> ApiError:
 
 def error_body(status: int, code: str | None, message: str) -> dict[str, Any]:
     return {"error": {"code": code or _DEFAULT_CODES.get(status, "error"), "message": message}}
+
+
+async def send_error(send: Send, status: int, code: str, message: str,
+                     headers: Iterable[tuple[str, str]] = ()) -> None:
+    """Send a complete JSON error reply through a raw ASGI ``send``."""
+    body = json.dumps(error_body(status, code, message)).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode("ascii")),
+                            *((k.lower().encode("latin-1"), v.encode("latin-1"))
+                              for k, v in headers)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the application accepts on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        route_methods = getattr(route, "methods", None)
+        if route_methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route_methods)
+    return sorted(methods)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[int, str, str]:
@@ -90,12 +117,16 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = exc.detail if isinstance(exc.detail, str) else "request failed"
+        headers = dict(getattr(exc, "headers", None) or {})
         if exc.status_code == 404 and message == "Not Found":
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
-            message = f"{request.method} is not allowed on {request.url.path}"
-        return JSONResponse(error_body(exc.status_code, None, message),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+            allowed = allowed_methods(request)
+            headers["Allow"] = ", ".join(allowed)
+            message = (f"{request.method} is not allowed on {request.url.path}; allowed: "
+                       f"{', '.join(allowed)}")
+        return JSONResponse(error_body(exc.status_code, getattr(exc, "code", None), message),
+                            status_code=exc.status_code, headers=headers or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

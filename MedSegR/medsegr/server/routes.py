@@ -24,13 +24,47 @@ from medsegr.server.schemas import (
     STREAM_DESCRIPTION, AnswerRecord, AskRequest, CancelRecord, ErrorBody, HealthRecord,
     InfoRecord, ServiceRecord, SessionRecord)
 from medsegr.server.security import require_token
+from medsegr.server.uploads import read_upload
 
-#: media types accepted for an uploaded image
-UPLOAD_MEDIA_TYPES = (NRRD_MEDIA_TYPE, "application/nrrd", "application/octet-stream")
+#: media types accepted for an uploaded image (both name the NRRD format)
+UPLOAD_MEDIA_TYPES = (NRRD_MEDIA_TYPE, "application/nrrd")
+
+#: paths that need no token
+PUBLIC_PATHS = ("/", f"/v{API_VERSION}/health", f"/v{API_VERSION}/openapi.json")
+
+_ERROR_DESCRIPTIONS = {
+    400: "bad request; also a token in the URL's query string (`token_in_query`)",
+    401: "missing or wrong token (checked before the body is read)",
+    404: "no such session, segment or request",
+    408: "the request body did not arrive in time (`request_timeout`: no data for a while, "
+         "slower than the minimum upload rate, or not complete by the deadline); the "
+         "connection is closed",
+    409: "conflict: cancelled, duplicate request id, or the session is busy",
+    413: "too large: the body, the image's declared voxels, or the session memory it "
+         "would need once decoded (checked from the NRRD header, before decoding)",
+    415: "wrong Content-Type",
+    422: "the request does not fit the schema",
+    503: "busy (queue full, or other uploads being decoded; see `Retry-After`) or "
+         "shutting down",
+    504: "the request did not finish within the request timeout",
+    507: "out of GPU memory or session memory",
+}
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorBody} for s in statuses}
+    return {s: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS.get(s, "error")}
+            for s in statuses}
+
+
+def _session_links() -> dict[str, Any]:
+    """OpenAPI links: the new session's id feeds the operations on it."""
+    session_id = {"session_id": "$response.body#/session_id"}
+    return {name: {"operationId": operation, "parameters": session_id,
+                   "description": f"{operation} on the session just opened"}
+            for name, operation in (("GetSession", "get_session"),
+                                    ("DeleteSession", "delete_session"),
+                                    ("ResetSession", "reset_session"),
+                                    ("Ask", "ask"), ("AskStream", "ask_stream"))}
 
 
 def _engine(request: Request) -> Any:
@@ -48,8 +82,8 @@ async def json_body(request: Request) -> None:
                        "send the question as JSON (Content-Type: application/json)")
 
 
-public = APIRouter(prefix=f"/v{API_VERSION}", tags=["service"])
-root = APIRouter(tags=["service"])
+public = APIRouter(prefix=f"/v{API_VERSION}", tags=["service"], responses=_errors(400))
+root = APIRouter(tags=["service"], responses=_errors(400))
 
 
 @root.get("/", response_model=ServiceRecord, summary="Which API versions this engine speaks "
@@ -59,7 +93,7 @@ async def service() -> dict[str, Any]:
             "engine_version": __version__}
 
 api = APIRouter(prefix=f"/v{API_VERSION}", dependencies=[Depends(require_token)],
-                responses=_errors(401))
+                responses=_errors(400, 401))
 
 
 @public.get("/health", response_model=HealthRecord, summary="Is the engine up? (no token needed)")
@@ -75,12 +109,19 @@ async def info(request: Request) -> dict[str, Any]:
 
 @api.post("/sessions", status_code=201, response_model=SessionRecord, tags=["sessions"],
           summary="Upload an image (NRRD body) and open a chat session on it",
-          responses=_errors(400, 413, 415, 422),
+          responses={201: {"description": "the session", "links": _session_links()},
+                     **_errors(400, 408, 413, 415, 422, 503)},
           openapi_extra={"requestBody": {"required": True, "description": (
               "one attached-header NRRD file (raw or gzip), 2-D or 3-D scalar, in "
               "left-posterior-superior or right-anterior-superior space; its geometry is "
-              "kept exactly and every mask comes back on this grid"),
-              "content": {t: {"schema": {"type": "string", "format": "binary"}}
+              "kept exactly and every mask comes back on this grid. Only NRRD is accepted "
+              "(any other Content-Type: 415; bytes that are not such an NRRD: 400 "
+              "`bad_nrrd`). The header is checked before the data is decoded: declared "
+              "voxels above `max_voxels`, or session memory above the engine's bound, "
+              "give 413 at once"),
+              "content": {t: {"schema": {"type": "string", "format": "binary",
+                                         "contentMediaType": t,
+                                         "description": "an NRRD file (NRRD0001-NRRD0005)"}}
                           for t in UPLOAD_MEDIA_TYPES}}})
 async def create_session(
         request: Request,
@@ -93,10 +134,10 @@ async def create_session(
     if _media_type(request) not in UPLOAD_MEDIA_TYPES:
         raise ApiError(415, "unsupported_media_type", "upload the image as an NRRD file "
                        f"(Content-Type: {NRRD_MEDIA_TYPE})")
-    body = await request.body()
+    engine = _engine(request)
+    body = await read_upload(request.stream(), engine.check_upload_head)
     if not body:
         raise ApiError(400, "bad_nrrd", "the request has no body; send an NRRD file")
-    engine = _engine(request)
     entry = await run_in_threadpool(engine.open_session, body, modality, window)
     return entry.describe(engine.store.clock())
 
@@ -134,10 +175,10 @@ async def reset_session(session_id: str, request: Request) -> Response:
 @api.post("/sessions/{session_id}/ask", response_model=AnswerRecord, tags=["questions"],
           dependencies=[Depends(json_body)],
           summary="Ask a question; one JSON reply when the answer is complete",
-          responses=_errors(400, 404, 409, 413, 415, 422, 503, 504, 507))
+          responses=_errors(400, 404, 408, 409, 413, 415, 422, 503, 504, 507))
 async def ask(session_id: str, body: AskRequest, request: Request) -> dict[str, Any]:
     engine = _engine(request)
-    job = engine.make_job(session_id, body, emit=None)
+    job = await run_in_threadpool(engine.make_job, session_id, body, None)
     engine.worker.submit(job)
     future = _wrap(job.future)
     try:
@@ -159,7 +200,7 @@ async def ask(session_id: str, body: AskRequest, request: Request) -> dict[str, 
           summary="Ask a question; the answer text streams as server-sent events",
           responses={200: {"description": STREAM_DESCRIPTION,
                            "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                     **_errors(400, 404, 409, 413, 415, 422, 503)})
+                     **_errors(400, 404, 408, 409, 413, 415, 422, 503)})
 async def ask_stream(session_id: str, body: AskRequest, request: Request) -> StreamingResponse:
     engine = _engine(request)
     loop = asyncio.get_running_loop()
@@ -168,7 +209,7 @@ async def ask_stream(session_id: str, body: AskRequest, request: Request) -> Str
     def emit(kind: str, data: dict[str, Any]) -> None:  # called from the model thread
         loop.call_soon_threadsafe(events.put_nowait, (kind, data))
 
-    job = engine.make_job(session_id, body, emit=emit)
+    job = await run_in_threadpool(engine.make_job, session_id, body, emit)
     ahead = engine.worker.submit(job)
     return StreamingResponse(
         _event_stream(engine, job, events, ahead), media_type="text/event-stream",

@@ -16,6 +16,18 @@ MIN_TOKEN_CHARS = 16
 MIB = 1024 * 1024
 
 
+@dataclass(frozen=True)
+class BodyTiming:
+    """Deadlines for reading one request body (seconds; ``min_rate`` in bytes/s): no
+    data for ``read_timeout_s``, not complete within ``deadline_s``, or, after
+    ``rate_grace_s``, an average rate below ``min_rate``."""
+
+    read_timeout_s: float = 30.0
+    deadline_s: float = 600.0
+    min_rate: float = 16 * 1024
+    rate_grace_s: float = 10.0
+
+
 @dataclass
 class ServerSettings:
     """Everything the application needs besides the loaded pipeline.
@@ -55,6 +67,20 @@ class ServerSettings:
     ping_interval_s: float = 2.0
     #: seconds a 503 (queue full) tells the client to wait (``Retry-After``)
     retry_after_s: int = 2
+    #: a request's line and headers must arrive within this long of the connection
+    #: opening (or of the previous answer on a kept-alive connection); else 408 and close
+    header_timeout_s: float = 10.0
+    #: an idle kept-alive connection is closed after this long
+    keep_alive_s: float = 5.0
+    #: largest request line plus headers
+    max_header_bytes: int = 16 * 1024
+    #: a request body that sends nothing for this long gets 408 (the connection is closed)
+    body_read_timeout_s: float = 30.0
+    #: a request body must be complete within this long
+    body_deadline_s: float = 600.0
+    #: after ``upload_rate_grace_s``, a body must arrive at this average rate or more
+    min_upload_rate: float = 16 * 1024
+    upload_rate_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.token is not None:
@@ -67,7 +93,9 @@ class ServerSettings:
         positive = ("max_upload_bytes", "max_json_bytes", "max_voxels", "max_bytes", "max_side",
                     "max_question_chars",
                     "max_queue", "request_timeout_s", "session_idle_s", "max_session_bytes",
-                    "max_sessions", "keep_answers", "ping_interval_s", "retry_after_s")
+                    "max_sessions", "keep_answers", "ping_interval_s", "retry_after_s",
+                    "header_timeout_s", "keep_alive_s", "max_header_bytes", "body_read_timeout_s",
+                    "body_deadline_s", "min_upload_rate", "upload_rate_grace_s")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise InputError(f"server setting {name} must be positive, got {getattr(self, name)}")
@@ -85,4 +113,12 @@ class ServerSettings:
                 "max_queue": self.max_queue, "request_timeout_s": self.request_timeout_s,
                 "session_idle_s": self.session_idle_s,
                 "max_session_bytes": self.max_session_bytes, "max_sessions": self.max_sessions,
-                "keep_answers": self.keep_answers}
+                "keep_answers": self.keep_answers, "header_timeout_s": self.header_timeout_s,
+                "body_read_timeout_s": self.body_read_timeout_s,
+                "body_deadline_s": self.body_deadline_s, "min_upload_rate": self.min_upload_rate}
+
+    def body_timing(self) -> BodyTiming:
+        """The deadlines for reading request bodies."""
+        return BodyTiming(read_timeout_s=self.body_read_timeout_s,
+                          deadline_s=self.body_deadline_s, min_rate=self.min_upload_rate,
+                          rate_grace_s=self.upload_rate_grace_s)
