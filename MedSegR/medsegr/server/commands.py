@@ -135,8 +135,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     print(f"medsegr serve: listening on http://{shown}:{port} (API v1, device "
           f"{pipe.info()['device']}, {'token required' if token else 'no token'})", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=True,
-                                           timeout_graceful_shutdown=5))
+    from medsegr.server.protocol import uvicorn_config
+    from medsegr.server.redaction import install_redaction
+
+    config = uvicorn_config(app, settings, log_level=args.log_level, access_log=True)
+    install_redaction(token)  # uvicorn's handlers exist now; the app adds it again at start
+    server = uvicorn.Server(config)
     server.run(sockets=[sock])
     return 0
 
