@@ -151,6 +151,57 @@ def jpeg_with_size(path: Path, width: int, height: int) -> Path:
     return path
 
 
+def good_nifti(path: Path) -> Path:
+    """A real NIfTI-1 volume (6 x 16 x 16 int16, 3,072 bytes of voxel data from byte 352)."""
+    array = (np.arange(6 * 16 * 16).reshape(6, 16, 16) % 200 + 1).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path), useCompression=False)
+    return path
+
+
+def nifti_patched(name: str, fmt: str, offset: int, value: float) -> Callable[[Path], Path]:
+    """A real NIfTI file with one header field overwritten (little-endian ``fmt``)."""
+    def make(folder: Path) -> Path:
+        data = bytearray(good_nifti(folder / "good.nii").read_bytes())
+        struct.pack_into("<" + fmt, data, offset, value)
+        return write(folder / name, bytes(data))
+    return make
+
+
+def nifti_short(name: str) -> Callable[[Path], Path]:
+    """A real NIfTI file holding half the voxel data its header declares (an intact
+    gzip stream for ``.nii.gz``)."""
+    def make(folder: Path) -> Path:
+        data = good_nifti(folder / "whole.nii").read_bytes()[:352 + 1536]
+        return write(folder / name, gzip.compress(data) if name.endswith(".gz") else data)
+    return make
+
+
+def pydicom_ct_small() -> bytes:
+    """pydicom's own CT_small.dcm (128 x 128, 16 bits: 32,768 bytes of pixel data)."""
+    from pydicom.data import get_testdata_file
+
+    return Path(get_testdata_file("CT_small.dcm")).read_bytes()
+
+
+def dicom_half_pixels(name: str, consistent: bool) -> Callable[[Path], Path]:
+    """CT_small.dcm with half its pixel data: cut off (``consistent`` False), or with the
+    Pixel Data element's length halved to match (a well-formed file that lies)."""
+    def make(folder: Path) -> Path:
+        data = bytearray(pydicom_ct_small())
+        at = data.rfind(b"\xe0\x7f\x10\x00OW\0\0")
+        length = struct.unpack_from("<I", data, at + 8)[0]
+        data = data[:at + 12 + length // 2]
+        if consistent:
+            struct.pack_into("<I", data, at + 8, length // 2)
+        return write(folder / name, bytes(data))
+    return make
+
+
+def gzip_empty_members(count: int) -> bytes:
+    """``count`` empty gzip members (20 bytes each): nothing, many times over."""
+    return gzip.compress(b"", mtime=0) * count
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -385,6 +436,33 @@ IMAGE_CASES: list[ImageCase] = [
                                           "zero.raw", b""), ""),
     ImageCase("nhdr_missing_data", _detached("missing.nhdr", nrrd_header(
         (4, 4, 4), "uint8", "raw", "data file: nowhere.raw\n"), "nowhere.raw", None), "could not read"),
+    # data shorter than the header says, and header fields that cannot be true
+    ImageCase("nii_short_data", nifti_short("short.nii"), "holds 1,536"),
+    ImageCase("niigz_short_data", nifti_short("short.nii.gz"), "holds 1,536"),
+    ImageCase("nii_negative_dim", nifti_patched("negdim.nii", "h", 42, -16), "dim[1] is -16"),
+    ImageCase("nii_bad_sizeof_hdr", nifti_patched("sizeof.nii", "i", 0, 349), "sizeof_hdr"),
+    ImageCase("nii_nan_vox_offset", nifti_patched("nanoffset.nii", "f", 108, float("nan")),
+              "vox_offset"),
+    ImageCase("nii_nan_scl_slope", nifti_patched("nanslope.nii", "f", 112, float("nan")),
+              "scl_slope"),
+    ImageCase("nii_inf_pixdim", nifti_patched("infspacing.nii", "f", 84, float("inf")),
+              "pixdim"),
+    ImageCase("dicom_half_pixel_data", dicom_half_pixels("cut.dcm", False), "pixel data"),
+    ImageCase("dicom_half_pixel_element", dicom_half_pixels("short.dcm", True), "pixel data"),
+    ImageCase("gzip_nrrd_empty_members", _nrrd("members.nrrd", _SMALL,
+                                               lambda: gzip_empty_members(200_000)
+                                               + gzip.compress(b"\1" * 2048)), "4,096"),
+    ImageCase("jpeg_cut_short", _truncated("cut.jpg", good_picture, 0.5), "truncated JPEG"),
+    ImageCase("bmp_short_rows", _truncated("short.bmp", good_picture, 0.5), "truncated"),
+    ImageCase("mha_short_data", _truncated("short.mha", lambda p: good_volume(p), 0.6),
+              "truncated"),
+    ImageCase("mha_nan_spacing", lambda f: write(f / "nan.mha", b"ObjectType = Image\nNDims = 3\n"
+                                                 b"DimSize = 2 2 2\nElementSpacing = 1 nan 1\n"
+                                                 b"ElementType = MET_UCHAR\n"
+                                                 b"ElementDataFile = LOCAL\n" + b"\0" * 8),
+              "ElementSpacing"),
+    ImageCase("nrrd_nan_origin", _nrrd("nanorigin.nrrd", nrrd_header(
+        (2, 2, 2), "uint8", extra="space origin: (0,nan,0)\n"), b"\0" * 8), "space origin"),
     ImageCase("nan_voxels", _nan_image, "NaN"),
     ImageCase("inf_voxels", _inf_image, "NaN/Inf"),
     ImageCase("four_d", _four_d, "4-D"),

@@ -304,9 +304,7 @@ def _read_file(path: Path, io_name: str, limits: ImageLimits) -> tuple[sitk.Imag
         raise InputError(f"could not read image {path}: not a valid gzip file (no gzip header)")
     layout = _proven_layout(path, io_name, limits, gzipped)
     declared = _checked_header(reader, path, io_name, limits, count=1)
-    if io_name == "GDCMImageIO":
-        _prove_dicom_file(path)
-    elif io_name == "JPEGImageIO":
+    if io_name == "JPEGImageIO":
         _prove_jpeg(path)
     elif layout is not None:
         _prove_data(layout, declared)
@@ -402,9 +400,11 @@ class _DataLayout:
 def _proven_layout(path: Path, io_name: str, limits: ImageLimits,
                    gzipped: bool) -> _DataLayout | None:
     """Check the header of ``path`` field by field; the layout of its data, or None
-    where it cannot be told from the header (SimpleITK then reads it unaided). DICOM
-    and JPEG files are proven after SimpleITK has read their header (and the limits
-    are checked): :func:`_prove_dicom_file`, :func:`_prove_jpeg`."""
+    where it cannot be told from the header (SimpleITK then reads it unaided). A JPEG
+    file is proven after SimpleITK has read its header (:func:`_prove_jpeg`)."""
+    if io_name == "GDCMImageIO":
+        _prove_dicom_file(path, limits)
+        return None
     if io_name == "NiftiImageIO":
         return _nifti_layout(path, limits, gzipped)
     if io_name == "NrrdImageIO":
@@ -749,16 +749,17 @@ def _metaimage_layout(path: Path) -> _DataLayout | None:
 # -- DICOM
 
 
-#: DICOM attributes whose values must be finite numbers: keyword -> (count, positive)
-_DICOM_NUMBERS = {"PixelSpacing": (2, True), "ImagePositionPatient": (3, False),
-                  "ImageOrientationPatient": (6, False), "RescaleSlope": (1, False),
-                  "RescaleIntercept": (1, False)}
+#: DICOM attributes whose values must be finite numbers: keyword -> must be positive
+_DICOM_NUMBERS = {"PixelSpacing": True, "ImagePositionPatient": False,
+                  "ImageOrientationPatient": False, "RescaleSlope": False,
+                  "RescaleIntercept": False}
 
 
-def _prove_dicom_file(path: Path) -> tuple[int, int] | None:
-    """Check a DICOM file's geometry and scaling fields, and that its (uncompressed)
-    pixel data holds Rows x Columns x Samples x Frames x BitsAllocated/8 bytes; returns
-    (Rows, Columns). Needs pydicom (installed with the engine); None without it."""
+def _prove_dicom_file(path: Path, limits: ImageLimits, count: int = 1) -> tuple[int, int] | None:
+    """Check a DICOM file's geometry and scaling fields, its size against ``limits``
+    (as ``count`` such files: a series), and that its (uncompressed) pixel data holds
+    Rows x Columns x Samples x Frames x BitsAllocated/8 bytes; returns (Rows, Columns).
+    Needs pydicom (installed with the engine); None without it."""
     try:
         import pydicom
         from pydicom.errors import InvalidDicomError
@@ -768,7 +769,7 @@ def _prove_dicom_file(path: Path) -> tuple[int, int] | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             dataset = pydicom.dcmread(path, defer_size=4096, force=True)
-            return _prove_dicom_dataset(dataset, path)
+            return _prove_dicom_dataset(dataset, path, limits, count)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, IndexError,
             OverflowError, struct.error, NotImplementedError) as error:
         raise _refuse(path, f"not a readable DICOM file ({error})") from None
@@ -776,9 +777,10 @@ def _prove_dicom_file(path: Path) -> tuple[int, int] | None:
         raise _refuse(path, str(error.strerror or error)) from None
 
 
-def _prove_dicom_dataset(dataset: object, path: Path) -> tuple[int, int] | None:
+def _prove_dicom_dataset(dataset: object, path: Path, limits: ImageLimits,
+                         count: int) -> tuple[int, int] | None:
     get = dataset.get  # type: ignore[attr-defined]
-    for keyword, (count, positive) in _DICOM_NUMBERS.items():
+    for keyword, positive in _DICOM_NUMBERS.items():
         value = get(keyword)
         if value is None or value == "":
             continue
@@ -802,6 +804,9 @@ def _prove_dicom_dataset(dataset: object, path: Path) -> tuple[int, int] | None:
     frames = int(get("NumberOfFrames") or 1)
     samples = int(get("SamplesPerPixel") or 1)
     bits = int(get("BitsAllocated") or 16)
+    source = str(path) if count == 1 else f"the DICOM series of {count} files at {path.parent}"
+    limits.check([int(columns), int(rows), frames * count], samples * max(1, (bits + 7) // 8),
+                 source)
     expected = (int(rows) * int(columns) * samples * frames * bits + 7) // 8
     tell = getattr(element, "value_tell", None)
     found = length if tell is None else min(length, max(0, path.stat().st_size - tell))
@@ -861,9 +866,11 @@ def _read_dicom_series(folder: Path, limits: ImageLimits) -> tuple[sitk.Image, s
     first = sitk.ImageFileReader()
     first.SetImageIO("GDCMImageIO")
     first.SetFileName(files[largest][0])
+    _prove_dicom_series([Path(name) for name in files[largest]], limits)
+    _prove_left_out_files(folder, {Path(name).name for names in files.values() for name in names},
+                          limits)
     _checked_header(first, Path(files[largest][0]), "GDCMImageIO", limits,
                     count=len(files[largest]))
-    _prove_dicom_series([Path(name) for name in files[largest]])
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files[largest])
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -875,11 +882,12 @@ def _read_dicom_series(folder: Path, limits: ImageLimits) -> tuple[sitk.Image, s
     return image, reader.GetMetaData(0, _DICOM_MODALITY_TAG) if has_tag else None
 
 
-def _prove_dicom_series(paths: Sequence[Path]) -> None:
-    """Every file of a series proven (:func:`_prove_dicom_file`), all of one size."""
+def _prove_dicom_series(paths: Sequence[Path], limits: ImageLimits) -> None:
+    """Every file of a series proven (:func:`_prove_dicom_file`; the first one's header
+    checked against ``limits`` for the whole series), all of one size."""
     sizes = {}
-    for path in paths:
-        size = _prove_dicom_file(path)
+    for index, path in enumerate(paths):
+        size = _prove_dicom_file(path, limits, count=len(paths) if index == 0 else 1)
         if size is not None:
             sizes[path] = size
     if len(set(sizes.values())) > 1:
@@ -889,6 +897,21 @@ def _prove_dicom_series(paths: Sequence[Path]) -> None:
                          f"{sizes[first][0]} x {sizes[first][1]} but {other.name} is "
                          f"{sizes[other][0]} x {sizes[other][1]} (Rows x Columns); read the "
                          "files separately or fix the series")
+
+
+def _prove_left_out_files(folder: Path, listed: set[str], limits: ImageLimits) -> None:
+    """GDCM leaves a damaged file out of its series without a word (a cut-off slice
+    would leave a gap): the DICOM files of ``folder`` in no series are proven too, so a
+    damaged one is refused with its reason (files without pixel data pass)."""
+    try:
+        names = sorted(entry.name for entry in os.scandir(folder) if entry.is_file())
+    except OSError as error:
+        raise InputError(f"could not scan folder {folder} for DICOM: "
+                         f"{error.strerror or error}") from None
+    for name in names:
+        path = folder / name
+        if name not in listed and _has_dicom_preamble(path):
+            _prove_dicom_file(path, limits)
 
 
 def _as_scalar_3d(image: sitk.Image, source: str) -> sitk.Image:
