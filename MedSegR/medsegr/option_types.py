@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import urllib.parse
 
 #: plane names and numpy axis names ``medsegr ask --axis`` accepts
 AXIS_CHOICES = ("axial", "coronal", "sagittal", "k", "j", "i", "z", "y", "x", "0", "1", "2")
@@ -30,6 +31,17 @@ def positive_int(text: str) -> int:
     value = _plain_int(text, "the value")
     if value < 1:
         raise argparse.ArgumentTypeError(f"the value must be at least 1, got {text!r}")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A finite number above 0 (seconds, MiB): no NaN, no infinity."""
+    try:
+        value = float(text) if text.strip().isascii() else math.nan
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0 or value > 1e12:
+        raise argparse.ArgumentTypeError(f"must be a finite number above 0, got {text!r}")
     return value
 
 
@@ -116,3 +128,36 @@ def point_hint(text: str) -> tuple[float, float, int]:
         return (x, y, int(label))
     x, y = _finite_numbers(text, (2,), "a point (X,Y[,LABEL])")
     return (x, y, 1)
+
+
+def server_url(text: str) -> str:
+    """An engine's base URL: ``http://`` or ``https://``, a host, an optional port
+    (1..65535) and path; no user name or password (the token goes in --token-file), no
+    query or fragment, no spaces or control characters."""
+    url = text.strip()
+    example = "use http://HOST:PORT, e.g. http://127.0.0.1:8765"
+    if not url or not url.isprintable() or any(c.isspace() for c in url):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL ({example})")
+    try:
+        parsed = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise argparse.ArgumentTypeError(f"{text!r} is not a URL: {exc} ({example})") from None
+    if parsed.scheme not in ("http", "https"):
+        shown = f"a URL of scheme {parsed.scheme!r}" if parsed.scheme else "not a URL"
+        raise argparse.ArgumentTypeError(f"{text!r} is {shown}; the engine speaks HTTP "
+                                         f"({example}, or https://)")
+    if not parsed.hostname:
+        raise argparse.ArgumentTypeError(f"{text!r} names no host ({example})")
+    try:
+        port = parsed.port
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parsed.netloc.endswith(":")):
+        raise argparse.ArgumentTypeError(f"{text!r} has no valid port (1..65535; {example})")
+    if parsed.username is not None or parsed.password is not None:
+        raise argparse.ArgumentTypeError(f"{text!r} holds a user name or password; pass the "
+                                         "engine's token with --token-file instead")
+    if parsed.query or parsed.fragment:
+        raise argparse.ArgumentTypeError(f"{text!r} has a query or fragment; give the engine's "
+                                         f"base URL ({example})")
+    return url

@@ -291,7 +291,9 @@ def test_cli_without_dicom_input_says_why(tmp_path, capsys, local_tiny):
     record = json.loads((out / "answer.json").read_text(encoding="utf-8"))
     assert record["dicom_seg"] == {"file": None,
                                    "reason": f"DICOM SEG needs a DICOM series input; {image} is NRRD"}
-    assert f"medsegr: warning: no DICOM SEG: DICOM SEG needs a DICOM series input; {image} is NRRD" in err
+    # one short note, not a warning: a non-DICOM input gets no DICOM SEG, as expected
+    assert "medsegr: note: a DICOM SEG (segmentation.dcm) is written for DICOM inputs only" in err
+    assert "warning" not in err
     # --no-dicom-seg on a DICOM series: none, and no warning
     code, _, err = _ask(capsys, _series_folder(tmp_path / "ct2"), tmp_path / "out2", "--no-dicom-seg")
     assert code == 0 and "warning" not in err

@@ -20,10 +20,11 @@ from typing import NoReturn, Sequence
 
 from medsegr import __version__
 from medsegr.errors import InputError, MedSegRError
-from medsegr.cli.model_options import add_model_options, chosen_checkpoint
+from medsegr.cli.model_options import add_model_options, chosen_model
+from medsegr.cli.preflight import check_output_folder, check_reserved_tokens
 from medsegr.io.limits import LIMIT_OPTIONS, ImageTooLarge, add_limit_options, limits_from_args
 from medsegr.option_types import (axis_name, box_hint, device_name, new_tokens, point_hint,
-                                  slice_index)
+                                  server_url, slice_index)
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -99,8 +100,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="most tokens of answer text (1..1024)")
     add_limit_options(ask)
     ask.add_argument("--json", action="store_true", help="print the JSON record instead of text")
-    ask.add_argument("--server", default=None, metavar="URL",
-                     help="ask a running engine (medsegr serve) instead of loading a model here")
+    ask.add_argument("--server", type=server_url, default=None, metavar="URL",
+                     help="ask a running engine (medsegr serve, http:// or https://) instead of "
+                     "loading a model here")
     remote_token = ask.add_mutually_exclusive_group()
     remote_token.add_argument("--token", default=None, help="the engine's token (with --server; "
                               "prefer --token-file or $MEDSEGR_TOKEN)")
@@ -153,18 +155,42 @@ def _load_input_image(args: argparse.Namespace):  # -> MedicalImage
         raise InputError(f"{exc}; raise it with {LIMIT_OPTIONS[exc.limit]}") from None
 
 
+def _check_remote_options(args: argparse.Namespace) -> str | None:
+    """The engine's token for ``--server`` (read and checked now); refuses the options
+    that choose a local model with ``--server``, and a token without it."""
+    from medsegr.server.commands import read_token
+
+    if args.server is None:
+        if args.token is not None or args.token_file is not None:
+            raise InputError("--token and --token-file apply to --server (the engine they "
+                             "unlock); add --server URL or leave them out")
+        return None
+    if args.base or args.config or args.checkpoint != "default":
+        raise InputError("--base, --config and --checkpoint choose a local model; with --server "
+                         "the engine's own model answers (leave them out)")
+    return read_token(args)
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from medsegr.config import MedSegRConfig
     from medsegr.prompts import validate_question
 
-    question = validate_question(args.question, ())
+    token = _check_remote_options(args)
+    # the model options (configuration values, checkpoint files) are checked here, and
+    # the question against the chosen model's special tokens: all before any loading
+    model = chosen_model(args) if args.server is None else None
+    reserved = model.reserved_tokens if model is not None else \
+        (MedSegRConfig().model.seg_token, MedSegRConfig().model.image_token)
+    question = check_reserved_tokens(validate_question(args.question, ()), reserved)
     hints = _hints(args)
-    _check_output_folder(Path(args.out))
+    check_output_folder(Path(args.out))
     image = _load_input_image(args)
-    from medsegr.io.dicom_seg import plan_dicom_seg
+    from medsegr.io.dicom_seg import is_dicom_input, plan_dicom_seg
     from medsegr.cli.samples import resolve
 
-    dicom_plan = plan_dicom_seg(resolve(args.image), image.geometry, args.dicom_seg)
+    source = resolve(args.image)
+    dicom_plan = plan_dicom_seg(source, image.geometry, args.dicom_seg)
+    dicom_input = is_dicom_input(source)
     if args.volume and image.is_2d:
         raise InputError("--volume needs a 3-D image; this image is 2-D")
     axis = 0
@@ -178,14 +204,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     elif args.slice is not None and args.slice != 0:
         raise InputError(f"slice index {args.slice} is out of range (a 2-D image has slice 0)")
     _check_hints_fit(args, image.shape, axis)
-    if args.server:
+    if model is None:  # --server
         from medsegr.cli.remote_ask import ask_remote
 
-        return ask_remote(args, image, question, hints, dicom_seg=dicom_plan)
-    checkpoint = chosen_checkpoint(args)
-    config = MedSegRConfig.from_file(args.config) if args.config else None
+        return ask_remote(args, image, question, hints, dicom_seg=dicom_plan, token=token,
+                          dicom_input=dicom_input)
+    checkpoint, config = model.checkpoint, model.config
 
-    from medsegr.cli.outputs import print_answer, print_warnings, write_results
+    from medsegr.cli.outputs import print_answer, print_dicom_seg_messages, write_results
     from medsegr.pipeline import MedSegRPipeline
 
     t0 = time.perf_counter()
@@ -211,37 +237,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     paths = write_results(args.out, session, question, answer, pipe.info(),
                           extra=staged_writer(dicom_plan, answer_segments(answer), pipe.info()))
-    print_warnings(dicom_plan.messages())
+    print_dicom_seg_messages(dicom_plan, dicom_input)
     print_answer(answer, paths, args.json,
                  f"{answer.timings['total']:.2f} s answer, {load_s:.2f} s model load")
     return EXIT_OK
 
 
-def _check_output_folder(out: Path) -> None:
-    """Refuse an output path that cannot become a folder of results, before any work:
-    it (or its nearest existing parent) must be a folder where a file can be made."""
-    if out.exists() and not out.is_dir():
-        raise InputError(f"--out {out} exists and is not a folder")
-    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise InputError(f"cannot write results to {out}: {parent} is not a folder")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise InputError(f"cannot write results to {out}: {parent} is not writable "
-                         "(permission denied)")
-    import tempfile
-
-    try:  # a real probe: /proc, read-only mounts and full disks pass os.access
-        with tempfile.NamedTemporaryFile(prefix=".medsegr-probe-", dir=parent) as probe:
-            probe.write(b"x")
-            probe.flush()
-    except OSError as exc:
-        raise InputError(f"cannot write results to {out}: {exc.strerror or exc}") from None
-
-
 def cmd_info(args: argparse.Namespace) -> int:
     from medsegr.pipeline import MedSegRPipeline
 
-    pipe = MedSegRPipeline.load(args.checkpoint, device=args.device)
+    checkpoint = chosen_model(argparse.Namespace(checkpoint=args.checkpoint, base=False,
+                                                 config=None)).checkpoint
+    pipe = MedSegRPipeline.load(checkpoint, device=args.device)
     print(json.dumps(pipe.info(), indent=2))
     return EXIT_OK
 

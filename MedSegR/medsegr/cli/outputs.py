@@ -148,3 +148,21 @@ def print_warnings(lines: Sequence[str]) -> None:
     """One ``medsegr: warning:`` line on stderr per message."""
     for line in lines:
         print(f"medsegr: warning: {line}", file=sys.stderr)
+
+
+#: the one line a non-DICOM input gets about the DICOM SEG (the reason is in answer.json)
+DICOM_SEG_NOTE = "medsegr: note: a DICOM SEG (segmentation.dcm) is written for DICOM inputs only"
+
+
+def print_dicom_seg_messages(plan: Any, dicom_input: bool) -> None:
+    """What the DICOM SEG ``plan`` (:class:`medsegr.io.dicom_seg.DicomSegPlan`, or None)
+    tells the user on stderr: for a DICOM input, a warning for each thing that did not go
+    as asked (a series that cannot be referenced, an uncoded segment); for any other
+    input, one short note that there is no DICOM SEG, as expected (none with
+    ``--no-dicom-seg``)."""
+    if plan is None:
+        return
+    if dicom_input:
+        print_warnings(plan.messages())
+    elif not plan.declined:
+        print(DICOM_SEG_NOTE, file=sys.stderr)

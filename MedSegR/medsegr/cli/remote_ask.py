@@ -76,19 +76,18 @@ class ProgressBar:
 
 
 def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hints: Any,
-               dicom_seg: Any = None) -> int:
-    """Ask the engine at ``args.server``, write the result files into ``args.out``
-    (and ``segmentation.dcm`` when ``dicom_seg``, a
-    :class:`medsegr.io.dicom_seg.DicomSegPlan`, has a source series: the masks come
-    back, the source files are here)."""
+               dicom_seg: Any = None, token: str | None = None, dicom_input: bool = False) -> int:
+    """Ask the engine at ``args.server`` (with ``token``, read and checked with the other
+    options), write the result files into ``args.out`` (and ``segmentation.dcm`` when
+    ``dicom_seg``, a :class:`medsegr.io.dicom_seg.DicomSegPlan`, has a source series:
+    the masks come back, the source files are here; ``dicom_input``: the image is DICOM)."""
     from medsegr.client import EngineClient, EngineError
-    from medsegr.server.commands import read_token
 
-    if args.base or args.config or args.checkpoint != "default":
-        raise InputError("--base, --config and --checkpoint choose a local model; with --server "
-                         "the engine's own model answers")
     view = RemoteImageView(image, args.window)  # also checks --window before any upload
-    client = EngineClient(args.server, token=read_token(args))
+    try:
+        client = EngineClient(args.server, token=token)
+    except EngineError as exc:  # the URL was checked by the parser; this is a safety net
+        raise InputError(f"--server {args.server}: {exc}") from None
     session_id = None
     progress = ProgressBar()
     try:
@@ -119,9 +118,9 @@ def ask_remote(args: argparse.Namespace, image: MedicalImage, question: str, hin
 
     paths = write_results(args.out, view, question, answer, model,
                           extra=staged_writer(dicom_seg, answer_segments(answer), model))
-    from medsegr.cli.outputs import print_answer, print_warnings
+    from medsegr.cli.outputs import print_answer, print_dicom_seg_messages
 
-    print_warnings(dicom_seg.messages() if dicom_seg is not None else [])
+    print_dicom_seg_messages(dicom_seg, dicom_input)
 
     print_answer(answer, paths, args.json,
                  f"{answer.timings.get('server_total', answer.timings['total']):.2f} s on the "

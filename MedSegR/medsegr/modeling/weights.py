@@ -18,12 +18,17 @@ import importlib.util
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from medsegr.errors import WeightError
 from medsegr.modeling.load_timings import phase
 from medsegr.io.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from medsegr.config import MedSegRConfig
 
 log = logging.getLogger(__name__)
 
@@ -204,3 +209,142 @@ def _convert_once(gguf_path: Path, weight: WeightFile) -> Path:
             "distribution": weight.distribution, "file": weight.filename,
             "sha256": weight.sha256}, indent=2), encoding="utf-8")
     return target
+
+
+# -- checkpoint files, checked before anything is loaded ------------------------------
+
+#: the files of a checkpoint folder (the same names as in :mod:`medsegr.modeling.checkpoint`,
+#: which imports torch; this check must not)
+CHECKPOINT_CONFIG = "medsegr_config.json"
+CHECKPOINT_HEADS = "heads.safetensors"
+CHECKPOINT_ADAPTER = "adapter/adapter_model.safetensors"
+CHECKPOINT_ADAPTER_CONFIG = "adapter/adapter_config.json"
+CHECKPOINT_FORMAT = 1
+#: the safetensors format refuses larger headers
+SAFETENSORS_MAX_HEADER = 100_000_000
+#: bytes per element of the safetensors dtypes (sub-byte and unknown ones are not sized)
+SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1,
+                           "F8_E8M0": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4,
+                           "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+_CHECKPOINT_FIX = "copy the checkpoint folder again, or pass another --checkpoint or --base"
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with the safetensors file ``path``, or None when it is whole.
+
+    Reads only the header: 8 bytes of little-endian header length, then a JSON object
+    whose tensors each have a ``dtype``, a ``shape`` and ``data_offsets`` ``[begin,
+    end]`` into the data that follows. The tensors must tile the data from 0 without
+    gaps or overlaps, each as long as its dtype and shape make it, and the file must be
+    exactly ``8 + header length + the largest end offset`` bytes long: a file cut short
+    (an interrupted copy or download) or with bytes appended is refused.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as handle:
+            prefix = handle.read(8)
+            length = int.from_bytes(prefix, "little")
+            if len(prefix) < 8:
+                return f"is {size} bytes, too short for a safetensors header (cut short)"
+            if length > size - 8:
+                return (f"declares a {length}-byte safetensors header but the file is {size} "
+                        "bytes (cut short or not a safetensors file)")
+            if not 2 <= length <= SAFETENSORS_MAX_HEADER:
+                return f"declares a safetensors header of {length} bytes (not a safetensors file)"
+            raw = handle.read(length)
+    except OSError as exc:
+        return f"cannot be read: {exc.strerror or exc}"
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "has a safetensors header that is not valid JSON"
+    if not isinstance(header, dict):
+        return "has a safetensors header that is not a JSON object"
+    problem, data_end = _tensor_extents(header)
+    if problem is not None:
+        return problem
+    expected = 8 + length + data_end
+    if size != expected:
+        return (f"is {size} bytes but its safetensors header describes {expected} "
+                f"({'cut short' if size < expected else 'extra bytes at the end'})")
+    return None
+
+
+def _tensor_extents(header: dict[str, Any]) -> tuple[str | None, int]:
+    """(a problem with the header's tensor entries or None, the end of their data)."""
+    spans = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict):
+            return f"has a malformed safetensors entry for {name!r}", 0
+        offsets, shape = entry.get("data_offsets"), entry.get("shape")
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(type(v) is int and v >= 0 for v in offsets) and offsets[0] <= offsets[1]):
+            return f"has invalid data_offsets for {name!r}: {offsets!r}", 0
+        if not (isinstance(shape, list) and all(type(v) is int and v >= 0 for v in shape)):
+            return f"has an invalid shape for {name!r}: {shape!r}", 0
+        width = SAFETENSORS_DTYPE_BYTES.get(str(entry.get("dtype")))
+        count = 1
+        for side in shape:
+            count *= side
+        if width is not None and offsets[1] - offsets[0] != count * width:
+            return (f"has {offsets[1] - offsets[0]} bytes for {name!r}, whose dtype and shape "
+                    f"need {count * width}"), 0
+        spans.append((offsets[0], offsets[1], name))
+    end = 0
+    for begin, stop, name in sorted(spans):
+        if begin != end:
+            return f"has data for {name!r} at byte {begin}, expected {end} (gap or overlap)", 0
+        end = stop
+    return None, end
+
+
+def check_checkpoint_files(folder: Path) -> "MedSegRConfig":
+    """The configuration of the checkpoint ``folder``, checked; raises
+    :class:`CheckpointError` unless the folder is complete:
+    ``medsegr_config.json`` is a JSON object of a supported format whose configuration
+    holds sound values, ``heads.safetensors`` is a whole safetensors file, and so are
+    the LoRA adapter's files when the folder has an adapter. Only headers are read:
+    this runs in a blink, before any part of the model is loaded."""
+    from medsegr.config import MedSegRConfig
+    from medsegr.errors import CheckpointError, ConfigError
+
+    def fail(what: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {folder}: {what}; {_CHECKPOINT_FIX}")
+
+    meta = _json_object(folder, CHECKPOINT_CONFIG, fail)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise fail(f"checkpoint format {meta.get('format')!r} is not supported (this engine "
+                   f"reads format {CHECKPOINT_FORMAT})")
+    try:
+        config = MedSegRConfig.from_dict(meta.get("config", {}))
+    except ConfigError as exc:
+        raise fail(f"{CHECKPOINT_CONFIG}: {exc}") from None
+    files = [CHECKPOINT_HEADS]
+    if (folder / CHECKPOINT_ADAPTER).parent.is_dir():
+        files.append(CHECKPOINT_ADAPTER)
+        _json_object(folder, CHECKPOINT_ADAPTER_CONFIG, fail)
+    for name in files:
+        if not (folder / name).is_file():
+            raise fail(f"{name} is missing")
+        problem = safetensors_problem(folder / name)
+        if problem is not None:
+            raise fail(f"{name} {problem}")
+    return config
+
+
+def _json_object(folder: Path, name: str, fail: Callable[[str], Exception]) -> dict[str, Any]:
+    """The JSON object in ``folder / name``; ``fail(reason)`` is raised otherwise."""
+    path = folder / name
+    if not path.is_file():
+        raise fail(f"{name} is missing (not a MedSegR checkpoint)")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise fail(f"cannot read {name}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, ValueError):
+        raise fail(f"{name} is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise fail(f"{name} is not a JSON object")
+    return data

@@ -18,6 +18,7 @@ from pathlib import Path
 from medsegr.errors import InputError
 from medsegr.io.limits import add_limit_options
 from medsegr.cli.model_options import add_model_options, chosen_checkpoint
+from medsegr.option_types import device_name, positive_int, positive_number
 from medsegr.server.settings import DEFAULT_PORT, MIB
 
 log = logging.getLogger("medsegr.server")
@@ -38,20 +39,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        "prefer --token-file or $MEDSEGR_TOKEN)")
     token.add_argument("--token-file", default=None, metavar="FILE",
                        help="file holding the bearer token (first line)")
-    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    serve.add_argument("--device", type=device_name, default="auto",
+                       help="auto, cpu, cuda or cuda:N")
     add_model_options(serve, "serve the untrained base parts (no fine-tuned checkpoint)")
-    serve.add_argument("--max-queue", type=int, default=16,
+    serve.add_argument("--max-queue", type=positive_int, default=16,
                        help="requests that may wait for the model; more get 503 (default 16)")
-    serve.add_argument("--request-timeout", type=float, default=600.0, metavar="S",
+    serve.add_argument("--request-timeout", type=positive_number, default=600.0, metavar="S",
                        help="a request not finished this long after it was queued fails "
                        "with 504 (default 600)")
-    serve.add_argument("--session-idle", type=float, default=1800.0, metavar="S",
+    serve.add_argument("--session-idle", type=positive_number, default=1800.0, metavar="S",
                        help="delete sessions unused for this long (default 1800)")
-    serve.add_argument("--max-session-memory", type=float, default=4096, metavar="MIB",
+    serve.add_argument("--max-session-memory", type=positive_number, default=4096, metavar="MIB",
                        help="memory all sessions may hold together; least recently used "
                        "ones are evicted (default 4096 MiB)")
-    serve.add_argument("--max-sessions", type=int, default=64, help="most sessions at once")
-    serve.add_argument("--max-upload", type=float, default=1024, metavar="MIB",
+    serve.add_argument("--max-sessions", type=positive_int, default=64, help="most sessions at once")
+    serve.add_argument("--max-upload", type=positive_number, default=1024, metavar="MIB",
                        help="largest uploaded image file (default 1024 MiB)")
     add_limit_options(serve, "an uploaded image")
     serve.add_argument("--log-level", default="info",
@@ -63,22 +65,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def read_token(args: argparse.Namespace) -> str | None:
-    """The token from --token, --token-file or $MEDSEGR_TOKEN (in that order)."""
+    """The token from --token, --token-file or $MEDSEGR_TOKEN (in that order), checked
+    (:mod:`medsegr.cli.preflight`: a readable UTF-8 text file, a visible-ASCII token)."""
+    from medsegr.cli.preflight import check_token_text, read_token_file
+
     if args.token is not None:
-        return args.token.strip() or None
+        token = args.token.strip()
+        return check_token_text(token, "--token") if token else None
     if args.token_file is not None:
         path = Path(args.token_file)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise InputError(f"cannot read the token file {path}: {exc.strerror or exc}") from None
-        token = text.strip().splitlines()[0].strip() if text.strip() else ""
-        if not token:
-            raise InputError(f"the token file {path} is empty")
-        if os.name == "posix" and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        token = read_token_file(path)
+        if os.name == "posix" and path.is_file() and \
+                path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("the token file %s is readable by other users; chmod 600 it", path)
         return token
-    return os.environ.get("MEDSEGR_TOKEN", "").strip() or None
+    token = os.environ.get("MEDSEGR_TOKEN", "").strip()
+    return check_token_text(token, "$MEDSEGR_TOKEN") if token else None
 
 
 def write_openapi(path: str | Path) -> Path:
