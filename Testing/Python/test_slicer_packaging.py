@@ -1,11 +1,14 @@
 """The 3D Slicer extension's packaging: every script and resource of the module is in
 its CMakeLists.txt (and every listed file exists), the extension metadata agrees
-across CMakeLists.txt, MedSegR.s4ext and the ExtensionsIndex entry MedSegR.json, the
-icon and the screenshot are real images, and importing the module at Slicer start-up
-pulls in no torch, transformers or SimpleITK."""
+across CMakeLists.txt, MedSegR.s4ext and the ExtensionsIndex entry MedSegR.json, its
+icon and screenshot URLs point at the extension-level ``Resources/`` folder of the
+repository (the module's own resources stay in ``MedSegR/Resources/``), the icon and
+the screenshot are real images, no class of the module defines a method twice, and
+importing the module at Slicer start-up pulls in no torch, transformers or SimpleITK."""
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import py_compile
@@ -18,6 +21,9 @@ from helpers import HEAVY, heavy_modules_after
 
 ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "MedSegR"
+#: the extension-level resources (what the extension's metadata shows in the catalog)
+EXTENSION_ICON = ROOT / "Resources" / "Icons" / "MedSegR.png"
+EXTENSION_SCREENSHOT = ROOT / "Resources" / "Screenshots" / "screenshot.png"
 #: the ExtensionsIndex catalog entry schema: required and allowed fields
 INDEX_REQUIRED = {"$schema", "category", "scm_url"}
 INDEX_ALLOWED = INDEX_REQUIRED | {"scm_revision", "scm_type", "build_dependencies", "build_subdirectory",
@@ -101,9 +107,11 @@ def test_extension_metadata_agrees_everywhere():
     for key in ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS", "EXTENSION_DESCRIPTION",
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert meta.get(key), f"{key} is empty"
-    assert raw_url_to_path(meta["EXTENSION_ICONURL"]) == MODULE / "Resources/Icons/MedSegR.png"
-    for url in meta["EXTENSION_SCREENSHOTURLS"].split():
-        assert raw_url_to_path(url).is_file(), url
+    assert raw_url_to_path(meta["EXTENSION_ICONURL"]) == EXTENSION_ICON
+    screenshots = [raw_url_to_path(url) for url in meta["EXTENSION_SCREENSHOTURLS"].split()]
+    assert screenshots == [EXTENSION_SCREENSHOT]
+    for path in (EXTENSION_ICON, *screenshots):
+        assert path.is_file() and path.parent.parent == ROOT / "Resources", path
     old = s4ext()
     assert old["category"] == meta["EXTENSION_CATEGORY"]
     assert old["homepage"] == meta["EXTENSION_HOMEPAGE"]
@@ -134,9 +142,46 @@ def test_icon_is_the_drawn_128px_icon_and_the_screenshot_is_a_real_panel():
     assert max(band.getextrema()[1] for band in difference.split()) <= 2
     assert len(set(icon.convert("RGB").getdata())) > 200  # a drawing, not a flat square
 
-    shot = Image.open(ROOT / "docs" / "screenshot.png")
+    # the extension's icon is the module's icon (Slicer shows the module's in its menus)
+    assert EXTENSION_ICON.read_bytes() == ICON.read_bytes()
+
+    shot = Image.open(EXTENSION_SCREENSHOT)
     assert shot.format == "PNG" and shot.width >= 400 and shot.height >= 600
     assert len(set(shot.convert("RGB").getdata())) > 50
+
+
+def test_extension_resources_hold_only_the_catalog_images():
+    """Resources/ at the top is the extension's (icon, screenshots); what the module
+    needs at run time stays in MedSegR/Resources/ (installed with the module)."""
+    files = sorted(p.relative_to(ROOT / "Resources").as_posix()
+                   for p in (ROOT / "Resources").rglob("*") if p.is_file())
+    assert files == ["Icons/MedSegR.png", "Screenshots/screenshot.png"]
+    assert (MODULE / "Resources" / "Icons" / "MedSegR.png").is_file()
+    assert (MODULE / "Resources" / "UI" / "MedSegR.ui").is_file()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "](Resources/Screenshots/screenshot.png)" in readme
+
+
+def duplicate_methods(source: str) -> list[str]:
+    """``Class.method`` for every method a class body defines more than once (the
+    later definition silently replaces the earlier one)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            seen: set[str] = set()
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    if item.name in seen and not item.decorator_list:
+                        found.append(f"{node.name}.{item.name}")
+                    seen.add(item.name)
+    return found
+
+
+def test_no_class_of_the_module_defines_a_method_twice():
+    assert duplicate_methods("class A:\n    def f(self): pass\n    def f(self): pass\n") == ["A.f"]
+    sources = [MODULE / "MedSegR.py", *sorted((MODULE / "MedSegRLib").glob("*.py"))]
+    for path in sources:
+        assert duplicate_methods(path.read_text(encoding="utf-8")) == [], path
 
 
 @pytest.mark.parametrize("entry", ["MedSegR", "MedSegRLib"])
