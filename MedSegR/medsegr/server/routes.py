@@ -21,7 +21,7 @@ from medsegr import __version__
 from medsegr.answers import API_VERSION, NRRD_MEDIA_TYPE
 from medsegr.server.errors import ApiError
 from medsegr.server.schemas import (
-    STREAM_DESCRIPTION, AnswerRecord, AskRequest, CancelRecord, ErrorBody, HealthRecord,
+    STREAM_DESCRIPTION, STREAM_EVENT_SCHEMA, AnswerRecord, AskRequest, CancelRecord, ErrorBody, HealthRecord,
     InfoRecord, ServiceRecord, SessionRecord)
 from medsegr.server.security import require_token
 from medsegr.server.uploads import read_upload
@@ -175,7 +175,11 @@ async def reset_session(session_id: str, request: Request) -> Response:
 @api.post("/sessions/{session_id}/ask", response_model=AnswerRecord, tags=["questions"],
           dependencies=[Depends(json_body)],
           summary="Ask a question; one JSON reply when the answer is complete",
-          responses=_errors(400, 404, 408, 409, 413, 415, 422, 503, 504, 507))
+          responses={200: {"description": "the answer", "links": {"GetSegment": {
+              "operationId": "segment_mask", "description": "the answer's first segment's mask",
+              "parameters": {"session_id": "$response.body#/session_id",
+                             "segment_id": "$response.body#/segments/0/id"}}}},
+                     **_errors(400, 404, 408, 409, 413, 415, 422, 503, 504, 507)})
 async def ask(session_id: str, body: AskRequest, request: Request) -> dict[str, Any]:
     engine = _engine(request)
     job = await run_in_threadpool(engine.make_job, session_id, body, None)
@@ -199,7 +203,7 @@ async def ask(session_id: str, body: AskRequest, request: Request) -> dict[str, 
           dependencies=[Depends(json_body)], response_class=StreamingResponse,
           summary="Ask a question; the answer text streams as server-sent events",
           responses={200: {"description": STREAM_DESCRIPTION,
-                           "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                           "content": {"text/event-stream": {"schema": STREAM_EVENT_SCHEMA}}},
                      **_errors(400, 404, 408, 409, 413, 415, 422, 503)})
 async def ask_stream(session_id: str, body: AskRequest, request: Request) -> StreamingResponse:
     engine = _engine(request)

@@ -162,3 +162,18 @@ STREAM_DESCRIPTION = """Server-sent events (`text/event-stream`), each `event: N
 
 Comment lines (`: ping`) keep the connection alive. Closing the connection cancels
 the request."""
+
+#: one event of an answer stream, as an OpenAPI 3.1 schema of a ``text/event-stream``
+#: describes it (the event name and its ``data`` line; comments are not events)
+STREAM_EVENT_SCHEMA = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string",
+                  "enum": ["queued", "started", "progress", "text", "answer", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "description": "one line of JSON: queued {request_id, position}; started "
+                 "{request_id, queue_wait_s}; progress {stage, done, total}; text {text}; "
+                 "answer: the AnswerRecord; error {error: {code, message, status}}"},
+    },
+}
