@@ -591,3 +591,37 @@ def test_the_installed_command_refuses_the_same_way(volume, tmp_path):
                            "ftp://127.0.0.1/", "--out", str(tmp_path / "out")],
                           capture_output=True, text=True, timeout=120)
     assert_refused_early(proc, "--server", "scheme 'ftp'")
+
+
+# -- what `make demo` prints -----------------------------------------------------------------
+
+def test_loading_a_checkpoint_emits_no_deprecation_warning(tmp_path):
+    """peft reads transformers' deprecated ``is_gradient_checkpointing`` while it wraps the
+    LLM in the checkpoint's adapter; loading a checkpoint (what ``make demo`` does) must
+    not show that warning to the user. The property itself still warns, so this test
+    would see it."""
+    import warnings
+
+    from medsegr.config import MedSegRConfig
+    from medsegr.modeling.builder import build_model
+    from medsegr.modeling.checkpoint import from_pretrained, save_pretrained
+
+    model = build_model(MedSegRConfig.tiny(), device="cpu", with_lora=True)
+    path = save_pretrained(model, tmp_path / "ckpt")
+    with pytest.warns(FutureWarning, match="is_gradient_checkpointing"):
+        model.llm.get_base_model().is_gradient_checkpointing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        assert from_pretrained(path, device="cpu").fine_tuned
+
+
+def test_a_non_dicom_input_gets_one_quiet_note(capsys):
+    from medsegr.cli.outputs import DICOM_SEG_NOTE, print_dicom_seg_messages
+    from medsegr.io.dicom_seg import DicomSegPlan
+
+    print_dicom_seg_messages(DicomSegPlan(None, "DICOM SEG needs a DICOM series input"), False)
+    assert capsys.readouterr().err.splitlines() == [DICOM_SEG_NOTE]
+    print_dicom_seg_messages(DicomSegPlan(None, "not requested", declined=True), False)
+    assert capsys.readouterr().err == ""
+    print_dicom_seg_messages(DicomSegPlan(None, "the series has gaps"), True)
+    assert capsys.readouterr().err.splitlines() == ["medsegr: warning: no DICOM SEG: the series has gaps"]
