@@ -625,3 +625,15 @@ def test_a_non_dicom_input_gets_one_quiet_note(capsys):
     assert capsys.readouterr().err == ""
     print_dicom_seg_messages(DicomSegPlan(None, "the series has gaps"), True)
     assert capsys.readouterr().err.splitlines() == ["medsegr: warning: no DICOM SEG: the series has gaps"]
+
+
+def test_every_checked_key_is_a_configuration_key():
+    """The value tables name keys that exist (a renamed key would go unchecked)."""
+    import dataclasses
+
+    from medsegr import config
+
+    keys = {(section.name, fld.name) for section in dataclasses.fields(config.MedSegRConfig)
+            for fld in dataclasses.fields(section.default_factory())}
+    tables = [*config.NUMBER_RANGES, *config.OPEN_RANGES, *config.CHOICES, *config.NON_EMPTY]
+    assert not set(tables) - keys, sorted(set(tables) - keys)
