@@ -204,6 +204,19 @@ def test_an_intact_dicom_file_reads_with_its_voxels(tmp_path):
     assert np.ptp(slope_intercept) == 0
 
 
+@pytest.mark.parametrize("name, shape", [("MR_small_RLE.dcm", (1, 64, 64)),
+                                         ("JPEG2000.dcm", (1, 1024, 256)),
+                                         ("MR_small_bigendian.dcm", (1, 64, 64)),
+                                         ("MR_small_implicit.dcm", (1, 64, 64)),
+                                         ("rtdose.dcm", (15, 10, 10))])
+def test_compressed_big_endian_implicit_and_multiframe_dicom_files_still_read(name, shape):
+    pydicom = pytest.importorskip("pydicom")
+    path = Path(pydicom.__file__).parent / "data" / "test_files" / name
+    if not path.is_file():
+        pytest.skip(f"{name} is not bundled with this pydicom")
+    assert load_image(path).shape == shape
+
+
 def test_a_dicom_file_with_half_its_pixel_data_is_refused(tmp_path):
     data = ct_small().read_bytes()
     at = pixel_data_at(data)

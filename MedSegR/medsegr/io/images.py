@@ -799,22 +799,43 @@ def _prove_dicom_dataset(dataset: object, path: Path, limits: ImageLimits,
     if length is None:  # read, not deferred: a small value
         value = element.value
         length = len(value) if value is not None else 0
-    if length == 0xFFFFFFFF:
+    if length == 0xFFFFFFFF or getattr(element, "is_undefined_length", False):
         return int(rows), int(columns)  # encapsulated (compressed) frames: the codec checks
-    frames = int(get("NumberOfFrames") or 1)
-    samples = int(get("SamplesPerPixel") or 1)
-    bits = int(get("BitsAllocated") or 16)
+    frames = _dicom_count(get("NumberOfFrames"))
+    samples = _dicom_count(get("SamplesPerPixel"))
+    bits = _dicom_count(get("BitsAllocated"), 16)
     source = str(path) if count == 1 else f"the DICOM series of {count} files at {path.parent}"
     limits.check([int(columns), int(rows), frames * count], samples * max(1, (bits + 7) // 8),
                  source)
-    expected = (int(rows) * int(columns) * samples * frames * bits + 7) // 8
+    # YBR_FULL_422 keeps one chroma pair per two pixels: 2 samples' worth per pixel
+    stored = 2 if samples == 3 and get("PhotometricInterpretation") == "YBR_FULL_422" else samples
+    expected = (int(rows) * int(columns) * stored * frames * bits + 7) // 8
     tell = getattr(element, "value_tell", None)
-    found = length if tell is None else min(length, max(0, path.stat().st_size - tell))
+    meta = getattr(dataset, "file_meta", None)
+    deflated = str(getattr(meta, "TransferSyntaxUID", "")) == _DICOM_DEFLATED
+    if tell is None or deflated:  # positions in the inflated dataset, not in the file
+        found = length
+    else:
+        found = min(length, max(0, path.stat().st_size - tell))
     if found < expected:
         raise _refuse(path, f"truncated: its header declares {expected:,} bytes of pixel data "
                       f"({rows} x {columns} x {samples} samples x {frames} frames x {bits} "
                       f"bits), the file holds {found:,}; the file is cut short or damaged")
     return int(rows), int(columns)
+
+
+#: the Deflated Explicit VR Little Endian transfer syntax (the whole dataset compressed)
+_DICOM_DEFLATED = "1.2.840.10008.1.2.1.99"
+
+
+def _dicom_count(value: object, default: int = 1) -> int:
+    """An IS/US count such as NumberOfFrames; ``default`` when absent or not a whole
+    number (GDCM reads such a value as the default too)."""
+    try:
+        number = int(str(value).strip()) if value not in (None, "") else default
+    except ValueError:
+        return default
+    return number if number > 0 else default
 
 
 # -- pictures
