@@ -454,3 +454,25 @@ def test_405_lists_every_method_of_the_path(server, session_id):
     assert {"GET", "DELETE"} <= allowed and "PUT" not in allowed
     status, headers, _ = raw_request(server, "GET", "/v1/sessions")
     assert status == 405 and headers["allow"] == "POST"
+
+
+# --------------------------------------------------------------------------- the benchmark
+
+
+def test_the_hostile_client_benchmark_measures_health(server):
+    """``python -m medsegr.bench.hostile`` (the health latency under hostile clients;
+    numbers in docs/server.md) runs: briefly, against this server; no timing asserted."""
+    import asyncio
+
+    from medsegr.bench.hostile import percentile, run
+
+    result = asyncio.run(run(server.url, TOKEN, seconds=HEADER_S + 2, slow=3, interval=0.5,
+                             probe_every=0.1))
+    assert result["health_ms"]["n"] > 10 and result["health_failures"] == 0, result
+    hostile = result["hostile"]
+    assert hostile["slow_headers"]["statuses"] == {"408": hostile["slow_headers"]["closed_by_server"]}
+    assert hostile["slow_headers"]["closed_by_server"] >= 3
+    assert set(hostile["unauthenticated_body"]["statuses"]) == {"401"}
+    assert set(hostile["token_in_url"]["statuses"]) == {"400"}
+    assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 95) == 5.0
+    assert percentile([float(v) for v in range(1, 101)], 95) == 95.0

@@ -5,10 +5,11 @@
 * :class:`TokenCheck`: compares the ``Authorization: Bearer`` token in constant time
   (:func:`hmac.compare_digest`).
 * :class:`AuthMiddleware` (pure ASGI, outermost): refuses a token in the URL's query
-  string (400 ``token_in_query``) and, on every path but the public ones, a missing
-  or wrong token (401), from the request line and headers alone: nothing of the body
-  has been read, parsed or buffered when it answers, and the connection is closed
-  after an answer to a request that announced a body.
+  string (400 ``token_in_query``, and the connection is closed) and, on every path
+  but the public ones, a missing or wrong token (401), from the request line and
+  headers alone: nothing of the body has been read, parsed or buffered when it
+  answers, and the connection is closed after an answer to a request that announced
+  a body.
 * :func:`require_token`: the same check as a FastAPI dependency, which also declares
   the bearer scheme in the OpenAPI document.
 """
@@ -123,7 +124,7 @@ class AuthMiddleware:
         if found is not None:
             await send_error(send, 400, "token_in_query", f"the URL holds {found}: send the "
                              "token only in the 'Authorization: Bearer <token>' header, never "
-                             "in the URL", close)
+                             "in the URL", [("Connection", "close")])
             return
         if scope.get("path", "") not in self.public:
             try:
