@@ -268,6 +268,16 @@ def test_a_cut_jpeg_and_a_short_bmp_are_refused(tmp_path):
             "holds")
 
 
+def test_a_thumbnail_end_marker_does_not_hide_a_cut_main_scan(tmp_path):
+    """The check walks the marker segments: a complete thumbnail JPEG inside an APP1
+    segment (scan and end marker of its own) is skipped."""
+    good = bad_inputs.good_picture(tmp_path / "good.jpg").read_bytes()
+    app1 = b"\xff\xe1" + (len(good) + 8).to_bytes(2, "big") + b"Exif\0\0" + good
+    full = good[:2] + app1 + good[2:]
+    assert load_image(bad_inputs.write(tmp_path / "exif.jpg", full)).shape == (1, 24, 32)
+    refused(bad_inputs.write(tmp_path / "cut.jpg", full[:-200]), "truncated JPEG")
+
+
 # --------------------------------------------------------------------------- gzip members
 
 

@@ -849,12 +849,32 @@ def _prove_jpeg(path: Path) -> None:
         if size == 0:
             return  # SimpleITK reports the empty file
         with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            scan = data.find(b"\xff\xda")
+            scan = _jpeg_first_scan(data)
             if scan >= 0 and data.find(b"\xff\xd9", scan) < 0:
                 raise _refuse(path, f"truncated JPEG: no end-of-image marker after its "
                               f"scan data ({size:,} bytes); the file is cut short")
     except (OSError, ValueError) as error:
         raise _refuse(path, str(getattr(error, "strerror", None) or error)) from None
+
+
+def _jpeg_first_scan(data: mmap.mmap) -> int:
+    """Where the first top-level start-of-scan marker of a JPEG lies (-1: none found),
+    walking the marker segments from the start (so a thumbnail inside an APP segment,
+    with its own scan and end marker, is skipped)."""
+    pos = 2
+    while pos + 4 <= len(data):
+        if data[pos] != 0xFF:
+            return -1
+        marker = data[pos + 1]
+        if marker == 0xDA:
+            return pos
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # no length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+    return -1
 
 
 def _bmp_layout(path: Path) -> _DataLayout | None:
