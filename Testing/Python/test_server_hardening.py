@@ -20,8 +20,8 @@ import gzip
 import json
 import logging
 import socket
+import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,17 +42,16 @@ class GuardedServer(LiveServer):
     h11 protocol, keep-alive and header limits), as ``medsegr serve`` runs it."""
 
     def __init__(self, pipeline, **settings) -> None:
+        import uvicorn
+
         from medsegr.server.app import create_app
         from medsegr.server.protocol import uvicorn_config
         from medsegr.server.settings import ServerSettings
-        import uvicorn
 
         config = ServerSettings(**settings)
         super().__init__(create_app(pipeline, config))
         self.server = uvicorn.Server(uvicorn_config(self.app, config, log_level="warning",
                                                     access_log=True))
-        import threading
-
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
                                        name="uvicorn-guarded", daemon=True)
 
@@ -77,8 +76,7 @@ def session_id(client):
 
 
 def connect(server, timeout=30.0) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
-    return sock
+    return socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
 
 
 def read_reply(sock: socket.socket) -> tuple[bytes, bool]:
