@@ -372,7 +372,8 @@ class EngineClient:
             timings={k: float(v) for k, v in record.get("timings", {}).items()},
             encoded_slices=int(record["encoded_slices"]),
             key_slices=[int(k) for k in record.get("key_slices", [])],
-            tokens={k: int(v) for k, v in record.get("tokens", {}).items()})
+            tokens={k: int(v) for k, v in record.get("tokens", {}).items()},
+            not_found=[str(n) for n in record.get("not_found", [])])
 
     def _mask(self, session_id: str, segment_id: str, grid: _Grid | None) -> np.ndarray:
         path = f"/sessions/{_quote(session_id)}/segments/{_quote(segment_id)}"

@@ -4,16 +4,18 @@ limits and every kind of bad request."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import http.client
 import json
 import logging
+import socket
 import urllib.parse
 
 import numpy as np
 import pytest
 
-from helpers import force_seg
+from helpers import force_seg, force_text, grounding_finds_everything
 from medsegr.client import (EngineClient, EngineError, RequestCancelled, VersionMismatch)
 from medsegr.io.images import image_from_array
 from medsegr.io.nrrd_codec import decode_nrrd, encode_nrrd
@@ -182,6 +184,48 @@ def test_volume_round_trip_and_follow_ups_do_not_re_encode(server, client, tiny_
     assert exc.value.status == 404 and "deleted" in exc.value.message
 
 
+NAMED = "The <p>liver</p> [SEG] and the <p>spleen</p> [SEG]."
+
+
+def test_a_segment_below_the_presence_threshold_comes_back_in_not_found(
+        server, client, tiny_pipeline, monkeypatch):
+    """A [SEG] the grounding module finds on no slice makes no segment: the answer
+    record names it in ``not_found`` (plain JSON and server-sent events, as the client
+    decodes them), and its text says so."""
+    arr, spacing, origin, direction = oblique_volume((3, 16, 16), seed=2)
+    sid = client.create_session(arr, spacing, origin, direction, modality="MR")
+    payload = json.dumps({"question": "Where are the liver and the spleen?", "slice_index": 1,
+                          "max_new_tokens": 48}).encode("ascii")
+    model = tiny_pipeline.model
+
+    with force_text(model, NAMED), grounding_finds_everything(model):
+        found = client.ask(sid, "Where are the liver and the spleen?", slice_index=1,
+                           max_new_tokens=48)
+    assert [s.name for s in found.segments] == ["liver", "spleen"] and found.not_found == []
+    assert "Not found" not in found.text
+
+    monkeypatch.setattr(model.config.model, "presence_threshold", 1.0)  # nothing is present
+    with grounding_finds_everything(model):
+        with force_text(model, NAMED):
+            status, _, body = raw_request(server, "POST", f"/v1/sessions/{sid}/ask", payload,
+                                          {"Content-Type": "application/json"})
+        with force_text(model, NAMED):
+            plain = client.ask(sid, "Where are the liver and the spleen?", slice_index=1,
+                               max_new_tokens=48, stream=False)
+        with force_text(model, NAMED):
+            streamed = client.ask(sid, "Where are the liver and the spleen?", slice_index=1,
+                                  max_new_tokens=48)  # server-sent events
+    assert status == 200
+    record = json.loads(body)
+    assert record["not_found"] == ["liver", "spleen"] and record["segments"] == []
+    assert "[Not found in this slice: liver.]" in record["text"]
+    assert "[Not found in this slice: spleen.]" in record["text"]
+    for answer in (plain, streamed):
+        assert answer.not_found == ["liver", "spleen"] and answer.segments == []
+        assert answer.text == record["text"]
+    client.delete_session(sid)
+
+
 def test_streaming_yields_the_same_text_as_the_plain_answer(server, client):
     arr, spacing, origin, direction = oblique_volume((3, 30, 30), seed=2)
     plain_sid = client.create_session(arr, spacing, origin, direction)
@@ -273,15 +317,26 @@ def test_body_size_limits(server, session_id):
                                            {"Content-Type": "application/x-nrrd",
                                             "Content-Length": str(3 * MIB)}))
     assert (status, code) == (413, "too_large")
-    # sent without a length (chunked) and too large: refused while reading
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    chunks = (b"\0" * (256 * 1024) for _ in range(12))  # 3 MiB
-    conn.request("POST", "/v1/sessions", body=chunks, encode_chunked=True,
-                 headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-nrrd",
-                          "Transfer-Encoding": "chunked"})
-    resp = conn.getresponse()
-    assert resp.status == 413 and json.loads(resp.read())["error"]["code"] == "too_large"
-    conn.close()
+    # sent without a length (chunked) and too large: refused while reading; the engine
+    # answers and closes the connection without reading the rest, so the client may
+    # see its sending fail before it reads the answer (as http.client cannot)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+        sock.sendall(f"POST /v1/sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                     f"{TOKEN}\r\nContent-Type: application/x-nrrd\r\n"
+                     "Transfer-Encoding: chunked\r\n\r\n".encode("ascii"))
+        try:
+            for _ in range(12):  # 3 MiB
+                sock.sendall(b"40000\r\n" + b"\0" * (256 * 1024) + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the engine closed the connection after answering
+            pass
+        reply = b""
+        with contextlib.suppress(OSError):
+            while piece := sock.recv(65536):
+                reply += piece
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 "), reply[:200]
+    assert json.loads(body)["error"]["code"] == "too_large"
     # JSON bodies have their own, small limit
     status, code, _ = error_of(ask_raw(server, session_id, {"question": "x" * 70_000}))
     assert (status, code) == (413, "too_large")

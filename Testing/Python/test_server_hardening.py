@@ -6,8 +6,8 @@
   ``medsegr serve`` process, its whole output searched);
 * request headers and bodies that trickle in are cut off (408, connection closed)
   within their deadlines;
-* an upload whose decoded size is over the session memory bound is refused from its
-  header: the decoder is never called and the process does not grow;
+* an upload whose decoded size is over the session memory bound (or ``max_bytes``) is
+  refused from its header: the decoder is never called and the process does not grow;
 * a question longer than the model's context in tokens is refused before it is
   queued, with the limit;
 * a client that disconnects mid-upload is logged once, at INFO, without a traceback;
@@ -356,6 +356,24 @@ def test_an_upload_over_the_memory_bound_is_refused_before_decoding(server, monk
     assert grown < 64 * MIB, grown / MIB  # nothing near the 256 MiB (let alone 2 GiB) volume
 
 
+def test_an_upload_over_max_bytes_is_refused_from_its_header(server, monkeypatch):
+    """The upload's header is read as the decoder reads it (``nrrd_info``): the decoded
+    bytes its type declares are checked against ``max_bytes`` before the decoder runs."""
+    import medsegr.server.app as app_module
+
+    calls = []
+    real = app_module.decode_nrrd
+    monkeypatch.setattr(app_module, "decode_nrrd",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    header = ("NRRD0004\ntype: double\ndimension: 3\nendian: little\nsizes: 512 512 600\n"
+              "encoding: gzip\n\n")  # 157 M voxels (within max_voxels), 1.2 GB as double
+    body = header.encode("ascii") + gzip.compress(bytes(4096))
+    status, code, message = error_of(raw_request(server, "POST", "/v1/sessions", body,
+                                                 {"Content-Type": "application/x-nrrd"}))
+    assert (status, code) == (413, "too_many_voxels") and "(max_bytes)" in message, message
+    assert calls == []
+
+
 def test_an_upload_over_max_voxels_is_refused_from_its_header(tiny_pipeline):
     with GuardedServer(tiny_pipeline, token=TOKEN, max_voxels=1000) as srv:
         body = encode_nrrd(np.zeros((20, 20, 20), np.uint8), encoding="gzip")
@@ -472,5 +490,9 @@ def test_the_hostile_client_benchmark_measures_health(server):
     assert hostile["slow_headers"]["closed_by_server"] >= 3
     assert set(hostile["unauthenticated_body"]["statuses"]) == {"401"}
     assert set(hostile["token_in_url"]["statuses"]) == {"400"}
+    assert set(hostile["empty_gzip_members"]["statuses"]) == {"400"}
+    assert hostile["empty_gzip_members"]["closed_by_server"] >= 1
+    assert set(hostile["long_question"]["statuses"]) == {"400"}
+    assert hostile["long_question"]["closed_by_server"] >= 1
     assert percentile([5.0, 1.0, 3.0, 2.0, 4.0], 95) == 5.0
     assert percentile([float(v) for v in range(1, 101)], 95) == 95.0

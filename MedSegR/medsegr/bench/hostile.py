@@ -9,8 +9,12 @@
 For ``--seconds``, ``--slow`` clients trickle request headers (a byte every
 ``--interval`` seconds), as many trickle an upload body the same way (with a valid
 token, so that the body is actually read), and a few more send unauthenticated
-requests announcing a 100 MB body and requests with a token in the URL. Every
-hostile client reconnects as soon as the server closes its connection. Meanwhile
+requests announcing a 100 MB body and requests with a token in the URL; others upload
+a gzip NRRD whose data is 200,000 empty gzip members before the (short) data of a
+16×16×16 volume, and others ask questions of 2,000 CJK characters, over the model's
+context in tokens (refused with 400 ``too_many_tokens`` before queueing; the session
+they ask about is created once, at the start). Every hostile client reconnects as soon
+as the server closes its connection. Meanwhile
 ``GET /v1/health`` is timed every ``--probe-every`` seconds, each on a new
 connection. Prints the health latencies (median, p95, p99, max), failed probes, and
 how long the server took to close each kind of hostile connection, as JSON.
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
 import os
 import secrets
@@ -37,6 +42,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+#: empty gzip members before the data in the ``empty_gzip_members`` uploads
+EMPTY_MEMBERS = 200_000
+#: characters of the ``long_question`` questions (within the character limit)
+LONG_QUESTION_CHARS = 2000
 
 TINY_CONFIG = {"llm": {"source": "tiny-random"}, "vision": {"source": "tiny-random"},
                "model": {"visual_grid": 4}, "generation": {"max_new_tokens": 12}}
@@ -111,6 +121,42 @@ async def _trickle(host: str, port: int, head: bytes, trickled: bytes, interval:
         writer.close()
 
 
+def _small_nrrd_header(encoding: str) -> bytes:
+    return (f"NRRD0004\ntype: uint8\ndimension: 3\nsizes: 16 16 16\nencoding: {encoding}\n"
+            "endian: little\nspace: left-posterior-superior\n\n").encode("ascii")
+
+
+def empty_members_nrrd(count: int = EMPTY_MEMBERS) -> bytes:
+    """A gzip NRRD of 16×16×16 ``uint8`` whose data is ``count`` empty gzip members
+    (20 bytes each) and then half the voxels: the decoder has to walk every member
+    before it finds the data short (the ``gzip_nrrd_empty_members`` bad input)."""
+    return (_small_nrrd_header("gzip") + gzip.compress(b"", mtime=0) * count
+            + gzip.compress(b"\1" * 2048, mtime=0))
+
+
+def long_question(chars: int = LONG_QUESTION_CHARS) -> str:
+    """``chars`` CJK characters: within the character limit, over the context in tokens."""
+    return ("肝脏有没有病变" * (chars // 7 + 1))[:chars]
+
+
+def _post(host: str, path: str, auth: str, content_type: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: {content_type}\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+
+
+async def _create_session(host: str, port: int, auth: str) -> str:
+    """Upload a small valid volume; the new session's id."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 10)
+    writer.write(_post(host, "/v1/sessions", auth, "application/x-nrrd",
+                       _small_nrrd_header("raw") + bytes(range(256)) * 16))
+    reply = await asyncio.wait_for(reader.read(), 60)
+    writer.close()
+    head, _, body = reply.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 201"):
+        raise RuntimeError(f"could not create a session: {reply[:300]!r}")
+    return str(json.loads(body)["session_id"])
+
+
 async def _repeat(make: Callable[[], Awaitable[None]], stop: asyncio.Event) -> None:
     """Run ``make`` again and again (a short pause between: hostile, not a flood)."""
     while not stop.is_set():
@@ -147,7 +193,7 @@ async def run(url: str, token: str | None, seconds: float, slow: int, interval: 
     stop = asyncio.Event()
     auth = f"Authorization: Bearer {token}\r\n" if token else ""
     kinds = {"slow_headers": Tally(), "slow_body": Tally(), "unauthenticated_body": Tally(),
-             "token_in_url": Tally()}
+             "token_in_url": Tally(), "empty_gzip_members": Tally(), "long_question": Tally()}
     header_bytes = (f"POST /v1/sessions HTTP/1.1\r\nHost: {host}\r\nX-Padding: "
                     + "x" * 4000 + "\r\n\r\n").encode()
     body_head = (f"POST /v1/sessions HTTP/1.1\r\nHost: {host}\r\n{auth}Content-Type: "
@@ -156,6 +202,10 @@ async def run(url: str, token: str | None, seconds: float, slow: int, interval: 
               "\r\nContent-Length: 100000000\r\n\r\n").encode()
     in_url = (f"GET /v1/info?token={secrets.token_urlsafe(24)} HTTP/1.1\r\nHost: {host}\r\n"
               "\r\n").encode()
+    members = _post(host, "/v1/sessions", auth, "application/x-nrrd", empty_members_nrrd())
+    session_id = await _create_session(host, port, auth)
+    question = _post(host, f"/v1/sessions/{session_id}/ask", auth, "application/json",
+                     json.dumps({"question": long_question()}).encode("utf-8"))
 
     def client(kind: str, head: bytes, trickled: bytes, gap: float) -> Callable[[], Awaitable[None]]:
         return lambda: _trickle(host, port, head, trickled, gap, kinds[kind], stop)
@@ -167,6 +217,10 @@ async def run(url: str, token: str | None, seconds: float, slow: int, interval: 
     tasks += [asyncio.ensure_future(_repeat(client("unauthenticated_body", unauth, b"N" * 100,
                                                    0.5), stop)) for _ in range(2)]
     tasks += [asyncio.ensure_future(_repeat(client("token_in_url", in_url, b"", 0.5), stop))
+              for _ in range(2)]
+    tasks += [asyncio.ensure_future(_repeat(client("empty_gzip_members", members, b"", 0.5), stop))
+              for _ in range(2)]
+    tasks += [asyncio.ensure_future(_repeat(client("long_question", question, b"", 0.5), stop))
               for _ in range(2)]
     latencies: list[float] = []
     failures: list[str] = []

@@ -33,8 +33,7 @@ from starlette.types import Scope
 from medsegr import __version__
 from medsegr.answers import API_VERSION, Hints
 from medsegr.io.images import image_from_array
-from medsegr.io.limits import ImageTooLarge
-from medsegr.io.nrrd_codec import NrrdTooLarge, decode_nrrd, encode_nrrd
+from medsegr.io.nrrd_codec import NrrdInfo, NrrdTooLarge, decode_nrrd, encode_nrrd
 from medsegr.pipeline import MedSegRPipeline
 from medsegr.prompts import validate_question
 from medsegr.server.bodies import BodyGuardMiddleware
@@ -46,7 +45,7 @@ from medsegr.server.schemas import AskRequest
 from medsegr.server.security import AuthMiddleware, TokenCheck
 from medsegr.server.sessions import SessionEntry, SessionStore, StoredMask
 from medsegr.server.settings import ServerSettings
-from medsegr.server.uploads import MAX_HEADER_BYTES, DecodeBudget, declared_sizes, session_bytes
+from medsegr.server.uploads import MAX_HEADER_BYTES, DecodeBudget, session_bytes, upload_header
 from medsegr.server.worker import AskParams, Job, ModelWorker
 
 log = logging.getLogger("medsegr.server")
@@ -76,18 +75,14 @@ class Engine:
         self.started = time.time()
 
     # -- sessions (run in a thread pool: decoding and normalising take a while) -------
-    def check_upload_head(self, head: bytes) -> None:
-        """Refuse an upload from its NRRD header alone (413), before it is decoded: a
-        side above ``max_side``, more voxels than ``max_voxels``, or more session memory
-        than all sessions may hold. A header that cannot be read is left to the decoder to report."""
-        sizes = declared_sizes(head)
-        if sizes is None:
-            return
-        try:  # sides and voxels; decoded bytes need the type, which the decoder checks first
-            self.settings.image_limits().check(sizes, 1, "the NRRD")
-        except ImageTooLarge as exc:
-            raise ApiError(413, "too_many_voxels", str(exc)) from None
-        self._check_session_memory(session_bytes(sizes))
+    def check_upload_head(self, head: bytes) -> NrrdInfo | None:
+        """Refuse an upload from its NRRD header alone, before it is decoded (413): a
+        side above ``max_side``, more voxels than ``max_voxels``, more decoded bytes than
+        ``max_bytes``, or more session memory than all sessions may hold. Returns the
+        header; None when it cannot be read (the decoder reports that)."""
+        info = upload_header(head, self.settings.image_limits())
+        self._check_session_memory(session_bytes(info))
+        return info
 
     def _check_session_memory(self, needed: int) -> None:
         if needed > self.store.max_bytes:
@@ -97,10 +92,8 @@ class Engine:
                            "all sessions together (--max-session-memory)")
 
     def open_session(self, body: bytes, modality: str | None, window: str | None) -> SessionEntry:
-        head = body[:MAX_HEADER_BYTES + 4]
-        self.check_upload_head(head)
-        sizes = declared_sizes(head)
-        with self.decoding.reserve(session_bytes(sizes) if sizes else 0):
+        info = self.check_upload_head(body[:MAX_HEADER_BYTES + 4])
+        with self.decoding.reserve(session_bytes(info)):
             try:
                 array, spacing, origin, direction = decode_nrrd(
                     body, max_voxels=self.settings.max_voxels, limits=self.settings.image_limits())

@@ -117,8 +117,8 @@ async def info(request: Request) -> dict[str, Any]:
               "kept exactly and every mask comes back on this grid. Only NRRD is accepted "
               "(any other Content-Type: 415; bytes that are not such an NRRD: 400 "
               "`bad_nrrd`). The header is checked before the data is decoded: declared "
-              "voxels above `max_voxels`, or session memory above the engine's bound, "
-              "give 413 at once"),
+              "sizes above `max_side`, `max_voxels` or `max_bytes`, or session memory "
+              "above the engine's bound, give 413 at once"),
               "content": {t: {"schema": {"type": "string", "format": "binary",
                                          "contentMediaType": t,
                                          "description": "an NRRD file (NRRD0001-NRRD0005)"}}

@@ -97,6 +97,10 @@ class AnswerRecord(BaseModel):
     encoded_slices: int = Field(description="slices encoded for this answer (0: every "
                                 "embedding was reused)")
     segments: list[SegmentRecord]
+    not_found: list[str] = Field(default_factory=list, description="structures the answer "
+                                 "named that the grounding module did not find (presence "
+                                 "below the engine's threshold on every slice asked about): "
+                                 "they have no segment, and the text says so")
 
 
 class SessionRecord(BaseModel):

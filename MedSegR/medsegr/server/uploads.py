@@ -2,29 +2,29 @@
 
 A gzip NRRD of a few hundred KiB can declare a gigabyte-sized volume. The upload
 route therefore reads the body as a stream and, as soon as the NRRD header is
-complete, computes what the image will cost once decoded (:func:`declared_sizes`,
-:func:`session_bytes`) and refuses it (413) before anything is decoded or even the
-rest of the body is kept: the remaining bytes are read and dropped so that the
-client gets the answer. :class:`DecodeBudget` bounds the memory of the uploads
+complete, reads and checks that header (:func:`upload_header`, with the codec's own
+:func:`medsegr.io.nrrd_codec.nrrd_info`), computes what the image will cost once
+decoded (:func:`session_bytes`) and refuses it (413) before anything is decoded or
+even the rest of the body is kept: the remaining bytes are read and dropped so that
+the client gets the answer. :class:`DecodeBudget` bounds the memory of the uploads
 being decoded at the same time.
 
-Only the ``sizes`` field is read here; everything else about the file (type,
-encoding, geometry, data size) is :func:`medsegr.io.nrrd_codec.decode_nrrd`'s to
-check.
+A header that cannot be read, and what only the data can tell (its size, a gzip
+stream that inflates past the declared size), are
+:func:`medsegr.io.nrrd_codec.decode_nrrd`'s to report (400 ``bad_nrrd``).
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
+from medsegr.io.limits import ImageLimits
+from medsegr.io.nrrd_codec import MAX_HEADER_BYTES, NrrdError, NrrdInfo, NrrdTooLarge, nrrd_info
 from medsegr.server.errors import ApiError
 
-#: a header is complete within this many bytes (longer ones are refused by the decoder)
-MAX_HEADER_BYTES = 64 * 1024
 #: what a session holds per voxel: the image as float32 and its normalised float32 copy
 SESSION_BYTES_PER_VOXEL = 4 + 4
 
@@ -37,39 +37,35 @@ def header_end(data: bytes | bytearray) -> int | None:
     return match.start() if match else None
 
 
-def declared_sizes(head: bytes | bytearray) -> list[int] | None:
-    """The ``sizes`` an NRRD header declares, or None when ``head`` does not start
-    with a complete, readable header that has them (the decoder says what is wrong)."""
-    end = header_end(head)
-    if not bytes(head[:7]) == b"NRRD000" or end is None:
-        return None
+def upload_header(head: bytes | bytearray, limits: ImageLimits) -> NrrdInfo | None:
+    """The header of an uploaded NRRD (``head``: its first bytes), read and checked as
+    the decoder will read it (:func:`medsegr.io.nrrd_codec.nrrd_info`), against
+    ``limits`` too: its sides and voxels, and the decoded bytes its type declares.
+    None when the header cannot be read: the decoder reports that (400 ``bad_nrrd``,
+    the same message) once the body is read, which the body size limit bounds.
+
+    Raises:
+        ApiError: 413 ``too_many_voxels`` for an image beyond ``limits``.
+    """
     try:
-        text = bytes(head[:end]).decode("ascii")
-    except UnicodeDecodeError:
+        return nrrd_info(head, max_voxels=limits.max_voxels, limits=limits)
+    except NrrdTooLarge as exc:
+        raise ApiError(413, "too_many_voxels", str(exc)) from None
+    except NrrdError:
         return None
-    for line in text.split("\n")[1:]:
-        line = line.rstrip("\r")
-        if line.startswith("#") or ":=" in line:
-            continue
-        name, sep, value = line.partition(":")
-        if sep and name.strip().lower() == "sizes":
-            try:
-                sizes = [int(v) for v in value.split()]
-            except ValueError:
-                return None
-            return sizes if sizes and all(s > 0 for s in sizes) else None
-    return None
 
 
-def session_bytes(sizes: list[int]) -> int:
-    """The session memory an image of these sizes takes once decoded."""
-    return math.prod(sizes) * SESSION_BYTES_PER_VOXEL
+def session_bytes(info: NrrdInfo | None) -> int:
+    """The session memory an image with this header takes once decoded (0 when the
+    header cannot be read: such an image is never decoded)."""
+    return 0 if info is None else info.voxels * SESSION_BYTES_PER_VOXEL
 
 
-async def read_upload(chunks: AsyncIterator[bytes], check: Callable[[bytes], None]) -> bytes:
+async def read_upload(chunks: AsyncIterator[bytes], check: Callable[[bytes], object]) -> bytes:
     """The body from ``chunks``; ``check(head)`` runs once the NRRD header is complete
-    (or ``MAX_HEADER_BYTES`` arrived, or the body ended). When it raises, the rest of
-    the body is read without keeping it, and the error is raised."""
+    (or ``MAX_HEADER_BYTES`` arrived, or the body ended). When it raises
+    :class:`ApiError`, the rest of the body is read without keeping it, and the error
+    is raised."""
     data = bytearray()
     checked = False
     async for chunk in chunks:
@@ -114,5 +110,5 @@ class DecodeBudget:
                 self.reserved -= nbytes
 
 
-__all__ = ["DecodeBudget", "MAX_HEADER_BYTES", "SESSION_BYTES_PER_VOXEL", "declared_sizes",
-           "header_end", "read_upload", "session_bytes"]
+__all__ = ["DecodeBudget", "MAX_HEADER_BYTES", "SESSION_BYTES_PER_VOXEL", "header_end",
+           "read_upload", "session_bytes", "upload_header"]

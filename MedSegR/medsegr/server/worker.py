@@ -312,7 +312,8 @@ class ModelWorker:
                 "slice_index": answer.slice_index, "key_slices": [int(k) for k in answer.key_slices],
                 "fine_tuned": bool(answer.fine_tuned), "timings": timings,
                 "tokens": {k: int(v) for k, v in answer.tokens.items()},
-                "encoded_slices": int(encoded + answer.encoded_slices), "segments": segments}
+                "encoded_slices": int(encoded + answer.encoded_slices), "segments": segments,
+                "not_found": [str(name) for name in answer.not_found]}
 
     def _encode_volume(self, job: Job) -> int:
         """Encode a volume's slices before asking, a few at a time, so that a cancel or
