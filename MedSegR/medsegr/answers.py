@@ -100,6 +100,9 @@ class Answer:
     encoded_slices: int = 0
     #: the server's id of the request that answered (empty for a local answer)
     request_id: str = ""
+    #: structures the answer named whose presence score was below the threshold on every
+    #: slice asked about: the grounding module did not find them, and they have no segment
+    not_found: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no mask data)."""
@@ -116,4 +119,5 @@ class Answer:
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "tokens": self.tokens,
             "encoded_slices": self.encoded_slices,
+            "not_found": list(self.not_found),
         }

@@ -32,12 +32,16 @@ from medsegr.errors import InputError, MedSegRError
 from medsegr.io.images import MedicalImage
 from medsegr.modeling.generation import ConversationState, generate
 from medsegr.modeling.medsegr_model import Key, MedSegRModel
-from medsegr.imaging.postprocess import keep_connected
+from medsegr.imaging.channels import hint_maps, input_channels, letterbox_raw, neighbour_indices, raw_volume
+from medsegr.imaging.postprocess import fill_holes, is_single_object, largest_component
 from medsegr.imaging.preprocess import Letterbox, letterbox, letterbox_geometry, normalise, unletterbox
 from medsegr.prompts import clean_answer, render, segment_names, validate_question
 from medsegr.imaging.slicing import SliceView, resolve_axis, slice_view
 
 log = logging.getLogger(__name__)
+
+#: the segment made from the user's box or points when the answer names no structure
+HINT_SEGMENT_NAME = "hinted structure"
 
 
 def bundled_checkpoint(package_dir: Path = Path(__file__).resolve().parent) -> Path | None:
@@ -292,6 +296,9 @@ class ChatSession:
         self.model = pipeline.model
         self.image = image
         self.volume01 = normalise(image.array, image.modality, window)
+        #: what the grounding module's channels are made from: Hounsfield units on CT
+        #: (whatever window the encoder sees), the percentile-normalised volume otherwise
+        self._raw = raw_volume(image.array, image.modality, self.volume01)
         self.turns: list[Turn] = []
         self.state = pipeline.prompt_prefix() or ConversationState()
         self._embeddings: dict[tuple[int, int], torch.Tensor] = {}
@@ -349,7 +356,7 @@ class ChatSession:
 
     def _work(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Cached embeddings -> the vision part's compute dtype."""
-        return embeddings.to(next(self.model.vision.mask_decoder.parameters()).dtype)
+        return embeddings.to(next(self.model.visual_projector.parameters()).dtype)
 
     def _visual(self, image_id: str, embedding: torch.Tensor) -> None:
         if image_id not in self._visual_bank:
@@ -435,33 +442,44 @@ class ChatSession:
                 raise Cancelled("the request was cancelled")
             raw = self.model.tokenizer.decode(gen.token_ids, skip_special_tokens=False)
             turn.answer = raw
-            seg_states = {center: gen.seg_states}
+            seg_states = {center: self._queries(gen)}
             for k in keys_idx:  # extra key slices: side runs, outside the conversation
                 if k != center:
                     seg_states[k] = self._side_run(ax, k, question, embeddings[indices.index(k)])
 
-            # --- the grounding module on every slice ---
+            # --- the grounding module on every slice: one backbone pass per slice ---
             t_mask = time.perf_counter()
             names = segment_names(raw, cfg.model.seg_token)
-            segments = []
-            report("masks", 0, len(names))
-            for j, name in enumerate(names):
-                mask = self._decode(ax, indices, embeddings, seg_states, j, prompt_hints)
+            hint_only = not names and prompt_hints is not None
+            report("masks", 0, len(names) or int(hint_only))
+            masks = self._decode(ax, indices, embeddings, seg_states, len(names) or int(hint_only),
+                                 prompt_hints)
+            if hint_only:
+                names = [HINT_SEGMENT_NAME]
+            segments: list[Segment] = []
+            not_found: list[str] = []
+            for j, (name, mask) in enumerate(zip(names, masks)):
                 if volume:
-                    seeds = np.zeros_like(mask)
-                    for k in keys_idx:
-                        sl: list[Any] = [slice(None)] * 3
-                        sl[ax] = k
-                        seeds[tuple(sl)] = mask[tuple(sl)]
-                    mask = keep_connected(mask, seeds)
-                segments.append(Segment(name=name, mask=mask, index=j))
+                    if cfg.model.volume_fill_holes:
+                        mask = fill_holes(mask, ax)
+                    if is_single_object(name):
+                        mask = largest_component(mask)
+                if mask.any():
+                    segments.append(Segment(name=name, mask=mask, index=len(segments)))
+                else:  # the grounding module found no such structure here
+                    not_found.append(name)
                 report("masks", j + 1, len(names))
             mask_s = time.perf_counter() - t_mask
             self.turns.append(turn)
             self._shown_image = image_id
             total = time.perf_counter() - t0
+            text = clean_answer(raw, cfg.model.seg_token)
+            if not_found:
+                where = "this volume" if volume else "this slice"
+                text = (text + " " if text else "") + " ".join(
+                    f"[Not found in {where}: {name}.]" for name in not_found)
             return Answer(
-                text=clean_answer(raw, cfg.model.seg_token), raw_text=raw, segments=segments,
+                text=text, raw_text=raw, segments=segments, not_found=not_found,
                 mode="volume" if volume else "slice", axis=ax,
                 slice_index=None if volume else indices[0], key_slices=keys_idx,
                 fine_tuned=self.model.fine_tuned,
@@ -483,6 +501,8 @@ class ChatSession:
         embeddings and visual tokens, and the conversation's KV cache."""
         seen: set[int] = set()
         total = self.image.array.nbytes + int(np.asarray(self.volume01).nbytes)
+        if not np.shares_memory(self._raw, self.image.array) and self._raw is not self.volume01:
+            total += int(self._raw.nbytes)
         total += sum(_tensor_bytes(t, seen) for t in list(self._embeddings.values()))
         total += sum(_tensor_bytes(t, seen) for t in list(self._visual_bank.values()))
         return total + _tensor_bytes(self.state.cache, seen)
@@ -507,49 +527,99 @@ class ChatSession:
         with self.pipeline.lock:
             gen = generate(self.model, keys, self._visual_bank,
                            self.model.config.generation.max_new_tokens, None, use_cache=True)
-        return gen.seg_states
+        return self._queries(gen)
+
+    def _queries(self, gen: Any) -> torch.Tensor:
+        """The grounding module's queries of a generated turn ``(K, H)``: the ``[SEG]``
+        states, with the pooled name states beside them under ``[grounding] name_pool``."""
+        if not self.model.grounding.config.name_pool:
+            return gen.seg_states
+        return torch.cat([gen.seg_states, gen.name_states(self.model.tokenizer).to(gen.seg_states)], 1)
+
+    def _grounding_box(self, view: SliceView) -> Letterbox:
+        return letterbox_geometry(self._display_shape(view), view.pixel_spacing,
+                                  self.model.grounding.config.size)
 
     def _decode(self, axis: int, indices: list[int], embeddings: list[torch.Tensor],
-                seg_states: dict[int, torch.Tensor], j: int,
-                hints: tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None],
-                ) -> np.ndarray:
-        """Decode segment ``j`` on every slice in ``indices``; each slice uses the
-        ``[SEG]`` state of the nearest key slice that produced segment ``j``."""
-        have = {k: s[j] for k, s in seg_states.items() if s.shape[0] > j}
-        key_list = sorted(have)
-        prompts_by_key = {k: self.model.seg_prompts(have[k][None])[0] for k in key_list}
-        view0 = self.view(axis, indices[0])
-        box = self._letterbox(view0)
-        mask = np.zeros(self.image.shape, dtype=bool)
-        threshold = self.model.config.model.mask_threshold
+                seg_states: dict[int, torch.Tensor], count: int, hints: torch.Tensor | None,
+                ) -> list[np.ndarray]:
+        """Masks of the answer's ``count`` segments on every slice in ``indices``: one
+        grounding-module backbone pass per slice, shared by every segment; segment ``j``
+        of a slice uses the ``[SEG]`` state of the nearest key slice that produced a
+        ``j``-th ``[SEG]`` (no state: a hints-only query). A segment whose presence on a
+        slice is below ``[model] presence_threshold`` has no voxel there."""
+        masks = [np.zeros(self.image.shape, dtype=bool) for _ in range(count)]
+        if count == 0:
+            return masks
+        mcfg = self.model.config.model
+        gcfg = self.model.grounding.config
+        logit_cut = float(np.log(mcfg.mask_threshold / (1 - mcfg.mask_threshold)))
+        presence_cut = float(np.log(mcfg.presence_threshold / (1 - mcfg.presence_threshold))
+                             ) if 0 < mcfg.presence_threshold < 1 else (-np.inf if mcfg.presence_threshold <= 0 else np.inf)
+        is_ct = self.image.modality == "CT"
+        n_slices = self.image.shape[axis]
+        box = self._grounding_box(self.view(axis, indices[0]))
         batch_size = max(1, self.model.config.generation.decoder_batch)
-        logit_cut = float(np.log(threshold / (1 - threshold)))
-        box_t, pts = hints
+        states_by_seg: list[dict[int, torch.Tensor]] = [
+            {k: s[j] for k, s in seg_states.items() if s.shape[0] > j} for j in range(count)]
         for start in range(0, len(indices), batch_size):
             chunk = indices[start:start + batch_size]
-            prompts = torch.stack([prompts_by_key[min(key_list, key=lambda k: abs(k - i))]
-                                   for i in chunk])
-            pixels = None
-            if self.model.pixel_refiner is not None:  # it looks at the full-resolution slices
-                shown = np.stack([self.view(axis, i).extract(self.volume01) for i in chunk])
-                pixels = letterbox(shown, box)[:, 0].to(self.model.device)
-            with torch.no_grad(), self.pipeline.lock:
-                logits = self.model.decode_masks(
-                    self._work(torch.stack(embeddings[start:start + len(chunk)])), prompts, boxes=box_t,
-                    points=pts, pixels=pixels)
-                grid = unletterbox(logits, box).cpu().numpy() > logit_cut
-            for i, shown in zip(chunk, grid):
+            stacks = []
+            for i in chunk:
+                view = self.view(axis, i)
+                near = neighbour_indices(i, n_slices, gcfg.slices)
+                stacks.append(letterbox_raw(np.stack([self.view(axis, n).extract(self._raw) for n in near]),
+                                            box, is_ct))
+            flags = torch.full((len(chunk),), is_ct, dtype=torch.bool)
+            hint = None if hints is None else hints[None].expand(len(chunk), -1, -1, -1)
+            channels = input_channels(torch.stack(stacks), flags, hint)
+            states, owner, null = [], [], []
+            hidden = int(self.model.llm.config.hidden_size) * (2 if gcfg.name_pool else 1)
+            for b, i in enumerate(chunk):
+                for j in range(count):
+                    have = states_by_seg[j]
+                    if have:
+                        states.append(have[min(have, key=lambda k: abs(k - i))].float().cpu())
+                        null.append(False)
+                    else:
+                        states.append(torch.zeros(hidden))
+                        null.append(True)
+                    owner.append(b)
+            # stacked before the autocast: CPU autocast refuses to stack the float16
+            # embeddings of the cache ("Unexpected floating ScalarType")
+            images = self._work(torch.stack(embeddings[start:start + len(chunk)]))
+            with torch.no_grad(), self.pipeline.lock, self._grounding_precision():
+                stacked = torch.stack(states)
+                if any(null):
+                    nq = self.model.grounding.null_query.detach().float().cpu()
+                    stacked = torch.where(torch.tensor(null)[:, None], nq[None].expand_as(stacked), stacked)
+                out = self.model.ground(channels, images, stacked, torch.tensor(owner))
+                logits = unletterbox(out.logits.float(), box).cpu().numpy() > logit_cut
+                present = (out.presence.float().cpu().numpy() >= presence_cut)
+            for q, (b, j) in enumerate((b, j) for b in range(len(chunk)) for j in range(count)):
+                if not present[q] or not logits[q].any():
+                    continue
+                i = chunk[b]
                 view = self.view(axis, i)
                 sl: list[Any] = [slice(None)] * 3
                 sl[axis] = i
-                mask[tuple(sl)] = view.from_display(shown)
-        return mask
+                masks[j][tuple(sl)] = view.from_display(logits[q])
+        return masks
 
-    def _hint_tensors(self, hints: Hints, view: SliceView
-                      ) -> tuple[torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None]:
+    def _grounding_precision(self) -> Any:
+        """bfloat16 autocast for the grounding module where the CPU computes it natively
+        (as the LLM), else nothing."""
+        import contextlib
+
+        if self.model.device.type == "cpu" and self.model.llm_quantized == "bfloat16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _hint_tensors(self, hints: Hints, view: SliceView) -> torch.Tensor | None:
+        """The hint maps ``(3, S, S)`` on the grounding module's working grid, or None."""
         if hints.empty:
-            return None, None
-        box_geom = self._letterbox(view)
+            return None
+        box_geom = self._grounding_box(view)
         shape = self.image.shape
 
         def to_input(x: float, y: float) -> tuple[float, float]:
@@ -562,23 +632,20 @@ class ChatSession:
             r, c = view.display_point(y, x, shape)
             return box_geom.to_input_xy(c, r)
 
-        device = self.model.device
-        box_t = None
+        box = None
         if hints.box is not None:
             x0, y0, x1, y1 = hints.box
             corners = [to_input(x0, y0), to_input(x1, y1)]
             xs = sorted(p[0] for p in corners)
             ys = sorted(p[1] for p in corners)
-            box_t = torch.tensor([[xs[0], ys[0], xs[1], ys[1]]], device=device)
-        pts = None
-        if hints.points:
-            coords = [to_input(x, y) for x, y, _ in hints.points]
-            labels = [int(lab) for _, _, lab in hints.points]
-            if any(lab not in (0, 1) for lab in labels):
+            box = (xs[0], ys[0], xs[1], ys[1])
+        points = []
+        for x, y, lab in hints.points:
+            if int(lab) not in (0, 1):
                 raise InputError("point labels must be 1 (inside) or 0 (outside)")
-            pts = (torch.tensor([coords], dtype=torch.float32, device=device),
-                   torch.tensor([labels], device=device))
-        return box_t, pts
+            px, py = to_input(x, y)
+            points.append((px, py, int(lab)))
+        return hint_maps(box_geom.size, box, points)
 
 
 class _Streamer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from typing import Any
+from typing import Any, Sequence
 
 from medsegr.answers import Turn
 from medsegr.errors import InputError
@@ -70,3 +70,29 @@ def clean_answer(answer: str, seg_token: str) -> str:
     text = _NAME_RE.sub(lambda m: m.group(1), text)
     text = re.sub(r"[ \t]+([.,;:!?])", r"\1", text)
     return re.sub(r"[ \t]{2,}", " ", text).strip()
+
+
+def name_spans(tokenizer: Any, ids: Sequence[int], seg_positions: Sequence[int]) -> list[list[int]]:
+    """For each ``[SEG]`` state position ``t`` (the token right before ``[SEG]``), the
+    positions of the tokens of the name written inside the last ``<p>…</p>`` before it
+    (``[t]`` when there is none): the span whose hidden states are pooled into the
+    query when ``[grounding] name_pool`` is on."""
+    spans = []
+    for t in seg_positions:
+        start = max(0, t - 40)
+        pieces = [tokenizer.decode([int(i)]) for i in ids[start:t + 1]]
+        text = "".join(pieces)
+        open_at = text.rfind("<p>")
+        close_at = text.rfind("</p>")
+        if open_at < 0 or close_at < open_at:
+            spans.append([t])
+            continue
+        begin, end = open_at + 3, close_at
+        chosen, offset = [], 0
+        for pos, piece in enumerate(pieces):
+            lo, hi = offset, offset + len(piece)
+            if hi > begin and lo < end and piece.strip():
+                chosen.append(start + pos)
+            offset = hi
+        spans.append(chosen or [t])
+    return spans

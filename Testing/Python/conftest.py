@@ -14,11 +14,15 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    """2-layer random Llama + tiny TinyViT/decoder: the real classes, seconds to build."""
+    """2-layer random Llama + tiny TinyViT + random grounding module: the real classes,
+    seconds to build. Its grounding module says "present" everywhere (see
+    :func:`helpers.grounding_says_present`), as a trained one asked about a visible
+    structure would: answers with [SEG] get non-empty masks."""
+    from helpers import grounding_says_present
     from medsegr.config import MedSegRConfig
     from medsegr.modeling.builder import build_model
 
-    return build_model(MedSegRConfig.tiny(), device="cpu")
+    return grounding_says_present(build_model(MedSegRConfig.tiny(), device="cpu"))
 
 
 @pytest.fixture(scope="session")

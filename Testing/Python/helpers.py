@@ -130,3 +130,52 @@ def heavy_modules_after(code: str, heavy: tuple[str, ...] = HEAVY, timeout: floa
     last = proc.stdout.strip().splitlines()[-1]
     assert last.startswith("heavy:"), proc.stdout[-2000:]
     return [m for m in last.removeprefix("heavy:").split(",") if m]
+
+
+def grounding_says_present(model, shift: float = 5.0):
+    """Stands in for a trained grounding module asked about a structure that the answer
+    names and the image shows: raises the *random* module's presence logits and mask
+    logits by ``shift`` (the output bias of its presence MLP and the bias of the dynamic
+    head's last layer, ``b2``; the random weights stay). Its presence probabilities
+    then pass the gate (``[model] presence_threshold``) and its masks cover the slices
+    it decodes. Without it the tiny model's presence probabilities are all just under
+    0.5 and its random masks are often empty: every segment would be dropped as not
+    found, leaving nothing for the tests of what the product does with masks (files,
+    geometry, server answers, Slicer segments). Returns ``model``."""
+    import torch
+
+    g = model.grounding
+    with torch.no_grad():
+        g.presence[-1].bias += shift
+        g.head.bias[-1] += shift  # b2: the last parameter the head generates
+    return model
+
+
+@contextlib.contextmanager
+def grounding_finds_everything(model, logit: float = 20.0) -> Iterator[None]:
+    """Stands in for a trained grounding module that finds the named structure on every
+    slice it is asked about: the tiny model's *random* module gets a mask logit of
+    ``+logit`` at every pixel and a presence logit of ``+logit`` for every query, through
+    the biases of its last layers (the dynamic head's output bias ``b2`` and the presence
+    MLP's output), their weights zeroed. Every mask then covers the whole letterboxed
+    image; the original parameters come back when the block ends. For tests of what the
+    product does with non-empty masks (files, DICOM SEG frames, the presence gate)."""
+    import torch
+
+    g = model.grounding
+    head, presence = g.head, g.presence[-1]
+    saved = [p.detach().clone() for p in (head.weight, head.bias, presence.weight, presence.bias)]
+    try:
+        with torch.no_grad():
+            head.weight[-1].zero_()  # b2: the last generated parameter
+            head.bias[-1] = logit
+            hidden = g.config.head_hidden  # w2 (1, h) sits right before b2
+            head.weight[-1 - hidden:-1].zero_()
+            head.bias[-1 - hidden:-1] = 0.0
+            presence.weight.zero_()
+            presence.bias.fill_(logit)
+        yield
+    finally:
+        with torch.no_grad():
+            for p, value in zip((head.weight, head.bias, presence.weight, presence.bias), saved):
+                p.copy_(value)

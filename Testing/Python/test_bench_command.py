@@ -110,8 +110,9 @@ def test_engine_suite_on_the_tiny_model(tmp_path: Path):
     assert fu["encoded_slices"] == [0] and fu["reused_tokens"][0] > 0
     assert fu["ratio"]["median"] < 1
     vol = summary["volume"]
-    # [SEG] forced through adjust_logits: one segment, decoded on every slice
-    assert vol["forced_seg"] is True and vol["segments"] == 1
+    # [SEG] forced through adjust_logits: one structure named, decoded on every slice; the
+    # random grounding module may not find it (then it has no segment and is not found)
+    assert vol["forced_seg"] is True and vol["segments"] + vol["not_found"] == 1
     assert vol["slices"] == vol["encoded_slices"] == 16 and vol["masks_s"] > 0
     assert vol["rss_milestones_mib"]["after_encode"] <= vol["rss_milestones_mib"]["end"]
     assert {t["target"].split(" (")[0] for t in data["targets"]} >= {"cached cold start"}
@@ -144,7 +145,7 @@ def test_load_timings_are_recorded_only_inside_recording():
     (["--model", "tiny", "--config", "x.toml"], "--config applies to --model bundled"),
     (["--base", "--config", "missing.toml"], "config file not found"),
     (["--config", "other.toml"], "--config applies to --base"),
-    (["--checkpoint", "."], "not a MedSegR checkpoint folder"),
+    (["--checkpoint", "."], "not a MedSegR checkpoint"),
 ])
 def test_bench_bad_input(args, message, capsys):
     assert main(["bench", *args]) == 2

@@ -26,6 +26,10 @@ def pipe():
     config = MedSegRConfig.tiny()
     config.llm.cpu_int8 = False
     config.generation.max_new_tokens = config.generation.min_new_tokens = ANSWER_TOKENS
+    # the random grounding module's presence logits are all a little below 0: with the
+    # gate open its masks (random, but varying from pixel to pixel) reach the answers,
+    # so both paths' masks are compared pixel by pixel instead of both being dropped
+    config.model.presence_threshold = 0.0
     pipeline = MedSegRPipeline.load(None, config=config, device="cpu")
     assert pipeline.model.fast_llm is not None  # MedSegR's own lean decoder is what is compared
     pipeline.adjust_logits = SegAtStep(pipeline.model.seg_token_id, SEG_AT)
@@ -63,7 +67,7 @@ def test_slice_conversation_is_identical_on_both_paths(pipe, volume):
         _same(a, b)
         assert b.encoded_slices == 1  # the reference encodes the image again every turn
         assert a.encoded_slices == (1 if turn == 0 else 0)
-    assert any(s.voxels > 0 for s in a.segments)
+    assert any(0 < s.voxels < s.mask.size // 4 for s in a.segments)  # a slice, not all of it
     # a new image later in the conversation: both paths show it the same way
     _same(ours.ask("And on the next slice?", slice_index=3),
           theirs.ask("And on the next slice?", slice_index=3))

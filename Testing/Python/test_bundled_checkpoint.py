@@ -25,9 +25,15 @@ def test_the_bundled_checkpoint_is_small_safetensors_on_the_pinned_base():
     meta = json.loads((CHECKPOINT / "medsegr_config.json").read_text(encoding="utf-8"))
     assert meta["base"]["vision"]["sha256"] == LITEMEDSAM.sha256
     assert meta["base"]["llm"]["sha256"] == SMOLLM2_GGUF.sha256
-    training = meta["training"]  # the joint stage here or in the checkpoint it started from
-    joint = training["steps"] or (training.get("init_checkpoint") or {}).get("training", {}).get("steps", 0)
-    assert joint > 0 and training["decoder_stage_steps"] > 0
+    from medsegr.modeling.checkpoint import is_legacy
+
+    assert not is_legacy(meta)  # it has the pixel-level grounding module
+    training = meta["training"]  # the text stage here or in a checkpoint it started from
+    text, record = 0, training
+    while record and not text:
+        text = record.get("steps", 0)
+        record = (record.get("init_checkpoint") or {}).get("training") or {}
+    assert text > 0 and (training.get("grounding_stage") or {}).get("steps", 0) > 0
     # on a CPU without native bfloat16 its LLM runs in float32: int8 changes its answers
     assert meta["config"]["llm"]["cpu_int8"] is False
 

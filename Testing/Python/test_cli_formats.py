@@ -104,6 +104,29 @@ def test_volume_mode_and_hints(tmp_path, capsys, tiny_config):
     assert record["axis"] == 2 and record["slice_index"] == 3
 
 
+def test_hints_under_cpu_bfloat16_autocast_with_a_float16_embedding_cache(tiny_pipeline,
+                                                                          monkeypatch):
+    """Where the CPU computes bfloat16 natively, `medsegr ask` runs the grounding module
+    under CPU autocast (whatever this CPU is, it is forced here); the slice embeddings
+    are cached in float16, which CPU autocast cannot stack."""
+    import torch
+
+    from helpers import force_text
+    from medsegr.answers import Hints
+    from medsegr.io.images import image_from_array
+    from medsegr.pipeline import ChatSession
+
+    monkeypatch.setattr(tiny_pipeline.model.config.generation, "embedding_cache_dtype", "float16")
+    monkeypatch.setattr(ChatSession, "_grounding_precision",
+                        lambda self: torch.autocast("cpu", dtype=torch.bfloat16))
+    image = image_from_array(np.random.default_rng(3).random((3, 20, 24)).astype(np.float32),
+                             modality="MR")
+    session = tiny_pipeline.new_session(image)
+    with force_text(tiny_pipeline.model, "Here it is."):  # no [SEG]: the hints alone
+        answer = session.ask("Outline it.", slice_index=1, hints=Hints(box=(2, 1, 15, 12)))
+    assert [s.name for s in answer.segments] + answer.not_found == ["hinted structure"]
+
+
 def test_existing_output_folder_keeps_other_files(tmp_path, capsys, tiny_config):
     out = tmp_path / "out"
     out.mkdir()

@@ -1,5 +1,6 @@
 """Any SAM-family model saved in Hugging Face format (SAM, MedSAM ViT-B, …) can be the
-grounding module: a tiny random SamModel folder stands in for the real multi-GB ones."""
+image encoder whose embedding the LLM reads and the grounding module fuses: a tiny
+random SamModel folder stands in for the real multi-GB ones."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import force_seg
+from helpers import force_seg, grounding_says_present
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def sam_model(sam_folder):
 
     cfg = MedSegRConfig.tiny()
     cfg.vision.source = str(sam_folder)
-    return build_model(cfg, device="cpu")
+    return grounding_says_present(build_model(cfg, device="cpu"))
 
 
 def test_hf_sam_parts_shapes(sam_model):
@@ -50,11 +51,28 @@ def test_hf_sam_parts_shapes(sam_model):
     assert sam_model.provenance["vision"]["kind"] == "hf-sam"
     emb = sam_model.encode_images(torch.rand(2, 1, 128, 128))
     assert emb.shape == (2, 32, 8, 8)
-    prompts = sam_model.seg_prompts(torch.randn(2, sam_model.llm.config.hidden_size))
-    assert prompts.shape == (2, 32)
-    box = torch.tensor([[5.0, 5.0, 60.0, 70.0]])
-    points = (torch.tensor([[[20.0, 30.0]]]), torch.tensor([[1]]))
-    assert sam_model.decode_masks(emb, prompts, boxes=box, points=points).shape == (2, 128, 128)
+    # the grounding module reads its 32-wide 8x8 embedding at 1/4 of its working grid
+    assert sam_model.grounding.config.embed_dim == 32
+    size = sam_model.grounding.config.size
+    channels = _channels(sam_model, 2)
+    states = torch.randn(3, sam_model.llm.config.hidden_size)
+    owner = torch.tensor([0, 1, 1])
+    out = sam_model.ground(channels, emb, states, owner=owner)
+    assert out.logits.shape == (3, size, size) and out.presence.shape == (3,)
+    # an embedding of this width reaches the masks (the tiny random encoder's own
+    # outputs are all near 0: two random embeddings of its shape stand in)
+    fake = torch.randn(emb.shape, generator=torch.Generator().manual_seed(7))
+    swapped = [sam_model.ground(channels, e, states, owner=owner).logits for e in (fake, fake.flip(0))]
+    assert not torch.allclose(swapped[0], swapped[1])
+
+
+def _channels(model, batch: int) -> torch.Tensor:
+    from medsegr.imaging.channels import input_channels
+
+    size = model.grounding.config.size
+    raw = torch.rand(batch, model.grounding.config.slices, size, size,
+                     generator=torch.Generator().manual_seed(5))
+    return input_channels(raw, torch.zeros(batch, dtype=torch.bool))
 
 
 def test_hf_sam_in_the_pipeline(sam_model, anisotropic_volume, tmp_path):
@@ -71,9 +89,12 @@ def test_hf_sam_in_the_pipeline(sam_model, anisotropic_volume, tmp_path):
     path = save_pretrained(sam_model, tmp_path / "ckpt")
     loaded = from_pretrained(path, device="cpu")
     emb = loaded.encode_images(torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(1)))
-    prompts = torch.randn(1, 32, generator=torch.Generator().manual_seed(2))
-    torch.testing.assert_close(loaded.decode_masks(emb, prompts),
-                               sam_model.decode_masks(emb, prompts), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(emb, sam_model.encode_images(
+        torch.rand(1, 1, 128, 128, generator=torch.Generator().manual_seed(1))))
+    states = torch.randn(1, sam_model.llm.config.hidden_size, generator=torch.Generator().manual_seed(2))
+    a, b = loaded.ground(_channels(loaded, 1), emb, states), sam_model.ground(_channels(sam_model, 1), emb, states)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a.presence, b.presence, rtol=1e-4, atol=1e-4)
 
 
 def test_pixel_normalisation_from_the_processor_config():

@@ -26,16 +26,29 @@ def bank(tiny_model):
     return emb, {"img0": tiny_model.visual_tokens(emb)[0]}
 
 
+def _channels(model, batch: int = 1, seed: int = 0) -> torch.Tensor:
+    """Grounding-module input for ``batch`` random slices (CT first, then MR)."""
+    from medsegr.imaging.channels import input_channels
+
+    size = model.grounding.config.size
+    g = torch.Generator().manual_seed(seed)
+    raw = torch.rand(batch, model.grounding.config.slices, size, size, generator=g)
+    return input_channels(raw * 2000 - 1000, torch.arange(batch) == 0)
+
+
 def test_shapes(tiny_model, bank):
     emb, visual = bank
+    hidden = tiny_model.llm.config.hidden_size
     assert emb.shape == (1, 256, 64, 64)
-    assert visual["img0"].shape == (tiny_model.num_visual_tokens, tiny_model.llm.config.hidden_size)
-    prompts = tiny_model.seg_prompts(torch.randn(3, tiny_model.llm.config.hidden_size))
-    assert prompts.shape == (3, 256)
-    logits = tiny_model.decode_masks(emb, prompts)
-    assert logits.shape == (3, 256, 256)
-    box = torch.tensor([[10.0, 20.0, 100.0, 120.0]])
-    assert tiny_model.decode_masks(emb, prompts, boxes=box).shape == (3, 256, 256)
+    assert visual["img0"].shape == (tiny_model.num_visual_tokens, hidden)
+    size = tiny_model.grounding.config.size
+    # three [SEG] states on two images: one on the first, two on the second
+    out = tiny_model.ground(_channels(tiny_model, 2), emb.expand(2, -1, -1, -1),
+                            torch.randn(3, hidden), owner=torch.tensor([0, 1, 1]))
+    assert out.logits.shape == (3, size, size) and out.presence.shape == (3,)
+    assert torch.isfinite(out.logits).all() and torch.isfinite(out.presence).all()
+    alone = tiny_model.ground(_channels(tiny_model, 1), emb, None, count=2)  # hints alone
+    assert alone.logits.shape == (2, size, size) and alone.presence.shape == (2,)
 
 
 def test_seg_token_is_one_id(tiny_model):
@@ -86,7 +99,9 @@ def test_seg_state_is_the_state_that_predicts_seg(tiny_model, bank):
         embeds = tiny_model.embed_batch(full, tiny_model.visual_tokens(emb))
         hidden = tiny_model.llm(inputs_embeds=embeds, output_hidden_states=True).hidden_states[-1][0]
     torch.testing.assert_close(hidden[positions], gen.seg_states, rtol=1e-4, atol=1e-4)
-    assert out.mask_logits[0].shape == (3, 256, 256)  # one mask per [SEG]
+    # the teacher-forced pass hands the same states to the grounding stage
+    assert out.seg_states[0].shape == (3, tiny_model.llm.config.hidden_size)
+    torch.testing.assert_close(out.seg_states[0], gen.seg_states, rtol=1e-4, atol=1e-4)
 
 
 def test_training_loss_and_gradients(tiny_model, bank):
@@ -102,19 +117,17 @@ def test_training_loss_and_gradients(tiny_model, bank):
     answer = tok.encode(text, add_special_tokens=False)
     ids = torch.tensor([prompt + answer])
     labels = torch.tensor([[-100] * len(prompt) + answer])
-    gt = [torch.zeros(2, 256, 256)]
-    gt[0][0, 50:100, 60:120] = 1
-    gt[0][1, 70:80, 80:90] = 1
-    out = model(ids, emb, labels=labels, gt_masks=gt)
+    out = model(ids, emb, labels=labels)
     assert out.loss is not None and torch.isfinite(out.loss)
-    assert out.ce_loss is not None and out.bce_loss is not None and out.dice_loss is not None
+    assert out.ce_loss is not None and torch.equal(out.loss, out.ce_loss)
+    assert out.logits.shape[0] == len(answer)  # the LM head ran on the answer positions only
+    assert out.seg_states[0].shape == (2, model.llm.config.hidden_size)  # the answer's two [SEG]
     out.loss.backward()
     lora = [p for n, p in model.llm.named_parameters() if "lora_" in n]
     assert lora and any(p.grad is not None and p.grad.abs().sum() > 0 for p in lora)
-    assert model.seg_projector.mlp[0].weight.grad.abs().sum() > 0
-    assert model.vision.mask_decoder.output_upscaling[0].weight.grad is not None
-    with pytest.raises(ValueError):
-        model(ids, emb, labels=labels, gt_masks=[torch.zeros(1, 256, 256)])
+    assert model.visual_projector.mlp[0].weight.grad.abs().sum() > 0
+    # the text stage does not train the grounding module (the grounding stage does)
+    assert all(p.grad is None for p in model.grounding.parameters())
 
 
 def test_save_load_round_trip(tmp_path, bank):
@@ -127,12 +140,16 @@ def test_save_load_round_trip(tmp_path, bank):
     with torch.no_grad():  # pretend training changed every trainable piece
         for name, p in model.named_parameters():
             if "lora_" in name or "trainable_tokens_delta" in name or name.startswith(
-                    ("visual_projector", "seg_projector", "vision.mask_decoder")):
+                    ("visual_projector", "grounding.")):
                 p.add_(torch.randn_like(p) * 0.05)
+        for name, b in model.grounding.named_buffers():  # batch-norm statistics
+            if name.endswith(("running_mean", "running_var")):
+                b.mul_(1.5).add_(0.1)
         model.llm.get_input_embeddings().weight[model.seg_token_id] += 0.5
     model.eval()
     emb, _ = bank
     keys = _prompt_keys(model)
+    channels = _channels(model, 1, seed=4)
 
     def run(m):
         visual = {"img0": m.visual_tokens(emb)[0]}
@@ -141,7 +158,8 @@ def test_save_load_round_trip(tmp_path, bank):
             gen = generate(m, keys, visual, 4, None)
         finally:
             hook.remove()
-        return gen, m.decode_masks(emb, m.seg_prompts(gen.seg_states))
+        out = m.ground(channels, emb, gen.seg_states)
+        return gen, torch.cat([out.logits.flatten(), out.presence])
 
     gen_a, masks_a = run(model)
     path = save_pretrained(model, tmp_path / "ckpt")
@@ -172,11 +190,43 @@ def test_save_load_round_trip(tmp_path, bank):
     resumed = from_pretrained(path, device="cpu", trainable=True)
     resumed.eval()
     gen_c, masks_c = run(resumed)
+    torch.testing.assert_close(masks_a, masks_c, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(resumed.llm.get_input_embeddings()(seg), trained_row)
     assert gen_a.token_ids == gen_c.token_ids
     torch.testing.assert_close(gen_a.seg_states, gen_c.seg_states, rtol=1e-4, atol=1e-4)
     trainable = {n for n, p in resumed.llm.named_parameters() if p.requires_grad}
     assert any("lora_" in n for n in trainable) and any("trainable_tokens" in n for n in trainable)
+
+
+def test_a_checkpoint_from_before_the_grounding_module_only_starts_training(tmp_path, tiny_model):
+    """A checkpoint of the SAM-decoder mask path (its config keys and head tensors) cannot
+    answer: loading it for inference is refused with what to do; for training it loads,
+    its visual projector kept and its old mask tensors dropped."""
+    from safetensors.torch import load_file, save_file
+
+    from medsegr.errors import CheckpointError
+    from medsegr.modeling.checkpoint import from_pretrained, is_legacy, save_pretrained
+
+    path = save_pretrained(tiny_model, tmp_path / "ckpt")
+    meta = json.loads((path / "medsegr_config.json").read_text(encoding="utf-8"))
+    assert not is_legacy(meta)
+    del meta["config"]["grounding"]
+    meta["config"]["model"].update(seg_projector_hidden=0, box_refine=True, pixel_refiner=16)
+    (path / "medsegr_config.json").write_text(json.dumps(meta), encoding="utf-8")
+    heads = {k: v for k, v in load_file(str(path / "heads.safetensors")).items()
+             if not k.startswith("grounding.")}
+    heads["seg_projector.mlp.0.weight"] = torch.zeros(4, 4)
+    heads["vision.mask_decoder.iou_token.weight"] = torch.zeros(1, 4)
+    heads["visual_projector.mlp.0.bias"] = heads["visual_projector.mlp.0.bias"] + 1.0
+    save_file(heads, str(path / "heads.safetensors"))
+    assert is_legacy(meta)
+    with pytest.raises(CheckpointError, match="before the pixel-level grounding module"):
+        from_pretrained(path, device="cpu")
+    start = from_pretrained(path, device="cpu", trainable=True)
+    torch.testing.assert_close(start.visual_projector.mlp[0].bias.detach(),
+                               heads["visual_projector.mlp.0.bias"])
+    assert not hasattr(start, "seg_projector")
+    assert start.grounding.config == tiny_model.grounding.config
 
 
 def test_checkpoint_of_another_base_is_refused(tmp_path, tiny_model):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from helpers import force_seg
+from helpers import force_seg, grounding_says_present
 from medsegr.errors import InputError
 from medsegr.answers import Hints
 from medsegr.pipeline import Cancelled
@@ -107,7 +107,7 @@ def test_shared_prompt_prefix_gives_the_same_answer(anisotropic_volume):
     from medsegr.pipeline import ChatSession, MedSegRPipeline
 
     img, _ = anisotropic_volume
-    model = build_model(MedSegRConfig.tiny(), device="cpu")
+    model = grounding_says_present(build_model(MedSegRConfig.tiny(), device="cpu"))
     model.use_fast_llm(FastLlama(model.llm))
     pipe = MedSegRPipeline(model)
     session = pipe.new_session(img)  # computes the prefix (outside the [SEG] hook)

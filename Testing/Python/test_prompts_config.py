@@ -56,3 +56,28 @@ def test_config_files(tmp_path):
         MedSegRConfig.from_file(bad)
     with pytest.raises(ConfigError, match="not found"):
         MedSegRConfig.from_file(tmp_path / "missing.toml")
+
+
+def test_grounding_config_and_the_removed_mask_head_keys(tmp_path):
+    cfg = MedSegRConfig()
+    assert cfg.grounding.size == 256 and cfg.grounding.slices == 3 and cfg.model.presence_threshold == 0.5
+    path = tmp_path / "model.toml"
+    path.write_text("[model]\npresence_threshold = 0.3\nvolume_fill_holes = true\n"
+                    "[grounding]\nsize = 128\nslices = 1\nwidths = [8, 16, 32, 64]\nuse_embedding = false\n",
+                    encoding="utf-8")
+    loaded = MedSegRConfig.from_file(path)
+    assert loaded.model.presence_threshold == 0.3 and loaded.model.volume_fill_holes
+    assert (loaded.grounding.size, loaded.grounding.slices, loaded.grounding.widths) == (128, 1, [8, 16, 32, 64])
+    assert not loaded.grounding.use_embedding
+    saved = tmp_path / "model.json"
+    loaded.save(saved)
+    assert MedSegRConfig.from_file(saved) == loaded
+    for text, match in [("[model]\nbox_refine = true\n", "unknown key.*box_refine"),
+                        ("[model]\npixel_refiner = 16\n", "unknown key.*pixel_refiner"),
+                        ("[model]\nseg_projector_hidden = 0\n", "unknown key.*seg_projector_hidden"),
+                        ("[model]\npresence_threshold = 1.5\n", "presence_threshold"),
+                        ("[grounding]\nslices = 0\n", "slices"),
+                        ("[grounding]\nwidths = [8, 0, 32, 64]\n", "widths")]:
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ConfigError, match=match):
+            MedSegRConfig.from_file(path)

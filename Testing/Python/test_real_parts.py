@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from helpers import force_seg
+from helpers import force_seg, grounding_finds_everything
 from medsegr.io.images import image_from_array, load_image
 from medsegr.io.segmentation_files import read_seg_nrrd
 from medsegr.answers import Hints
@@ -67,15 +67,20 @@ def test_cli_end_to_end_on_a_real_mri(tmp_path):
     assert (out / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_real_mask_on_an_anisotropic_oblique_volume(real_pipeline, tmp_path):
-    """Decode a real mask (the [SEG] path + a box hint) and check it lands on the source
-    grid voxel for voxel, through .seg.nrrd, in a real MRML scene."""
+def test_real_mask_on_an_anisotropic_oblique_volume(real_pipeline, tmp_path, monkeypatch):
+    """Decode a real mask (the [SEG] path + a box hint, through the real encoder and the
+    grounding module) and check it lands on the source grid voxel for voxel, through
+    .seg.nrrd, in a real MRML scene."""
     from conftest import oblique_direction
     from test_segmentation_files import (new_scene, reference_volume_node, slicer_read,
                                          slicer_segment_mask)
 
     from medsegr.cli.outputs import write_results
 
+    # the base parts have no trained grounding module: its presence score means nothing,
+    # so every mask it decodes is let through (what it outlines is arbitrary; the
+    # geometry of where the mask lands is what is tested here)
+    monkeypatch.setattr(real_pipeline.model.config.model, "presence_threshold", 0.0)
     t1, brain = _mni_brain()
     arr, gt = t1.array[::2], brain[::2]  # 2 mm slices: anisotropic
     direction = np.array(oblique_direction(15)).reshape(3, 3) @ np.array(t1.direction).reshape(3, 3)
@@ -88,21 +93,20 @@ def test_real_mask_on_an_anisotropic_oblique_volume(real_pipeline, tmp_path):
 
     def ask(image, index):
         session = real_pipeline.new_session(image)
-        with force_seg(real_pipeline.model, {3}):
+        with force_seg(real_pipeline.model, {3}), grounding_finds_everything(real_pipeline.model):
             return session, session.ask(question, slice_index=index, hints=Hints(box=box))
 
     session, answer = ask(img, k)
-    assert len(answer.segments) == 1
+    assert len(answer.segments) == 1 and answer.not_found == []
     mask = answer.segments[0].mask
     assert mask.shape == img.shape
     assert mask[k].any() and not np.delete(mask, k, axis=0).any()
-    inside = mask[k][int(box[1]):int(box[3]) + 1, int(box[0]):int(box[2]) + 1].sum()
-    assert inside / mask[k].sum() > 0.95  # the box hint is honoured
-    # the base model's [SEG] projection is untrained, so the mask need not be the brain;
-    # but it must lie on it, and the geometry metadata must not change the answer:
-    assert (mask[k] & gt[k]).sum() / mask[k].sum() > 0.8
-    _, original = ask(t1, 2 * k)  # the same pixels in the isotropic, axis-aligned original
-    np.testing.assert_array_equal(original.segments[0].mask[2 * k], mask[k])
+    # the geometry metadata must not change the answer: the same voxels (the slice and
+    # the neighbours the grounding module sees) axis-aligned, at another origin
+    aligned = image_from_array(arr, spacing=(1.0, 1.0, 2.0), origin=t1.origin,
+                               direction=t1.direction, modality="MR")
+    _, original = ask(aligned, k)
+    np.testing.assert_array_equal(original.segments[0].mask, mask)
 
     paths = write_results(tmp_path / "out", session, "Segment the brain on this slice.", answer,
                           real_pipeline.info())

@@ -16,19 +16,25 @@ import pytest
 from helpers import make_dataset
 
 
-def write_config(path: Path, data_root: Path, out: Path, **optim) -> Path:
+def write_config(path: Path, data_root: Path, out: Path, grounding: dict | None = None,
+                 init: str = "", **optim) -> Path:
     values = {"steps": 6, "batch_size": 2, "lr": 2e-3, "warmup_steps": 1, **optim}
     optim_text = "\n".join(f"{k} = {json.dumps(v)}" for k, v in values.items())
+    stage = ("[grounding_stage]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in grounding.items())
+             if grounding else "")
+    engine = "tiny = true" + (f'\ninit_checkpoint = "{init}"' if init else "")
     path.write_text(f"""
 [data]
 root = "{data_root}"
 max_tokens = 400
 
 [engine]
-tiny = true
+{engine}
 
 [optim]
 {optim_text}
+
+{stage}
 
 [run]
 output_dir = "{out}"
@@ -96,12 +102,60 @@ def test_train_lowers_the_loss_caches_the_encoder_and_resumes(dataset, tmp_path)
     assert [r["step"] for r in train_rows] == [1, 2, 3, 4, 5, 6]
     assert np.mean([r["loss"] for r in train_rows[-2:]]) < train_rows[0]["loss"]
     val = [r for r in rows if r["kind"] == "val"]
-    assert val and all(0 <= r["val_dice"] <= 1 for r in val)
+    assert val and all(r["val_ce_loss"] > 0 for r in val)
     assert (out / "curves.png").stat().st_size > 1000
     model = from_pretrained(out / "final", device="cpu")
     assert model.fine_tuned
     meta = json.loads((out / "final" / "medsegr_config.json").read_text(encoding="utf-8"))
     assert meta["training"]["steps"] == 6
+
+
+def test_grounding_stage_trains_resumes_and_ships_in_the_checkpoint(dataset, tmp_path):
+    """The grounding stage on a text-stage checkpoint: its [SEG] states and items are
+    cached once, the module's loss falls, an interrupted stage resumes where it was, and
+    the final checkpoint's pipeline decodes masks with the trained module."""
+    import torch
+
+    from medsegr.modeling.checkpoint import from_pretrained
+    from medsegr.training.config import TrainConfig
+    from medsegr.training.trainer import train
+
+    text = tmp_path / "text"
+    train(TrainConfig.from_file(write_config(tmp_path / "t.toml", dataset, text, steps=2)),
+          progress=False)
+    out = tmp_path / "ground"
+    stage = {"steps": 16, "batch_size": 2, "lr": 3e-3, "warmup_steps": 1, "eval_every": 8,
+             "save_every": 4}
+    cfg = write_config(tmp_path / "g.toml", dataset, out, grounding=stage, steps=0,
+                       init=str(text / "final"), mixed_precision="no")
+    config = TrainConfig.from_file(cfg)
+    result = train(config, progress=False)
+    assert result.steps == 0 and result.grounding_stage_steps == 16
+    caches = sorted((out / "grounding-cache").glob("*.pt"))
+    assert [p.name.split("-")[0] for p in caches] == ["train", "val"]
+    rows = [json.loads(line) for line in (out / "grounding" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "train"]
+    assert losses[-1] < losses[0]
+    val = [r for r in rows if r["kind"] == "val"]
+    assert val and all(0 <= r["dice"] <= 1 and 0 <= r["absent_empty"] <= 1 for r in val)
+
+    # an interrupted stage resumes from its state (same caches, no new items)
+    state = torch.load(out / "grounding" / "state.pt", weights_only=False)
+    assert state["step"] == 16
+    shutil.rmtree(out / "final")
+    stage["steps"] = 20
+    config = TrainConfig.from_file(write_config(tmp_path / "g.toml", dataset, out, grounding=stage,
+                                                steps=0, init=str(text / "final"), mixed_precision="no"))
+    again = train(config, progress=False)
+    assert again.grounding_stage_steps == 20
+    assert sorted((out / "grounding-cache").glob("*.pt")) == caches
+
+    model = from_pretrained(out / "final", device="cpu")
+    trained = torch.load(out / "grounding" / "state.pt", weights_only=False)["module"]
+    for key, value in model.grounding.state_dict().items():
+        assert torch.equal(value.float(), trained[key].float()), key
+    meta = json.loads((out / "final" / "medsegr_config.json").read_text(encoding="utf-8"))
+    assert meta["training"]["grounding_stage"]["steps"] == 20
 
 
 def test_bad_training_configs_and_checkpoints_are_refused(dataset, tmp_path):

@@ -69,9 +69,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "production CPU setting; the reference's answers then differ, see "
                         "docs/benchmarks.md). Default: float32 on both paths")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the image encoder and the mask decoder (the "
-                        "decoder as CUDA graphs on CUDA); compilation happens in the untimed "
-                        "warm-up")
+                        help="torch.compile the image encoder and the grounding module "
+                        "(backbone and per-query decoding); compilation happens in the "
+                        "untimed warm-up")
     parser.add_argument("--repeats", type=int, default=None, metavar="N",
                         help="repeat every workload N times on both paths")
     parser.add_argument("--profile", type=Path, default=None, metavar="FILE",
@@ -172,7 +172,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise InputError("--repeats must be between 1 and 100")
     if args.config is not None and args.model == "tiny":
         raise InputError("--config applies to --model bundled")
-    checkpoint = chosen_checkpoint(args)
+    # the tiny model is built from its own configuration: no checkpoint folder is read
+    checkpoint = None if args.model == "tiny" else chosen_checkpoint(args)
     _check_output(args.json, "--json")
     _check_output(args.profile, "--profile")
     _check_output(args.plots, "--plots", folder=True)

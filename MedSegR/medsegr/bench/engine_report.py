@@ -127,8 +127,8 @@ def summarise(bench: EngineBench) -> dict[str, Any]:
             "encoded_slices": v["answer"]["encoded_slices"],
             "mask_slices_per_s": (v["slices"] / tm["masks"] if tm["masks"] > 0
                                   else float("nan")),
-            "segments": v["answer"]["segments"], "voxels": v["voxels"],
-            "forced_seg": v["forced_seg"], "forced_seg_s": v["forced_seg_s"],
+            "segments": v["answer"]["segments"], "not_found": v["answer"].get("not_found", 0),
+            "voxels": v["voxels"], "forced_seg": v["forced_seg"], "forced_seg_s": v["forced_seg_s"],
             "key_slices": v["key_slices"], "new_session_s": v["new_session_s"],
             "rss_milestones_mib": v.get("rss_milestones_mib", {}),
             "foreign_cores_during_ask": v.get("foreign_cores")}
@@ -344,8 +344,10 @@ def render(bench: EngineBench, summary: dict[str, Any], machine: dict[str, Any])
     if v and v["forced_seg"]:
         notes.append(f"Volume: the answer's last token was forced to be [SEG] (through "
                      f"`MedSegRPipeline.adjust_logits`; the base model almost never writes "
-                     f"one), so the mask decoder ran on all {v['slices']} slices "
-                     f"({v['voxels']} voxels kept). Key slice(s): {v['key_slices']}.")
+                     f"one), so the grounding module ran on all {v['slices']} slices "
+                     f"({v['voxels']} voxels kept"
+                     + (f"; {v['not_found']} structure(s) not found" if v.get("not_found") else "")
+                     + f"). Key slice(s): {v['key_slices']}.")
     elif v:
         notes.append(f"Volume: the answer produced {v['segments']} segment(s) on its own.")
     if v and v.get("rss_milestones_mib"):

@@ -8,7 +8,7 @@
   an untimed warm-up question. The untrained base parts almost never write
   ``[SEG]``, so the last answer token is forced to be ``[SEG]``
   (:class:`~medsegr.bench.context.SegAtStep` through
-  ``MedSegRPipeline.adjust_logits``), and the mask decoder runs on every slice.
+  ``MedSegRPipeline.adjust_logits``), and the grounding module runs on every slice.
 
 Timings are the answers' own (``Answer.timings``). Peak memory is the process's
 ``ru_maxrss``, also noted after loading, after the warm-up and (volume) at the
@@ -56,6 +56,8 @@ def answer_record(answer: Any) -> dict[str, Any]:
         "tokens": {k: int(v) for k, v in answer.tokens.items()},
         "encoded_slices": int(answer.encoded_slices),
         "segments": len(answer.segments),
+        #: structures the answer named that the grounding module did not find (no segment)
+        "not_found": len(answer.not_found),
         "decode_tok_per_s": generated / decode_s if decode_s > 0 else float("nan"),
         "text": answer.text[:160],
     }
@@ -124,7 +126,7 @@ def volume_workload(device: str, model: str, count: int, quiet: Quiet) -> dict[s
         if stage == "encoding":
             milestones["after_encode"] = process_peak_rss_mib()
         elif stage == "masks" and done == total:
-            milestones["after_keep_connected"] = process_peak_rss_mib()
+            milestones["after_masks"] = process_peak_rss_mib()
 
     pipe.adjust_logits = SegAtStep(pipe.model.seg_token_id, ANSWER_TOKENS - 1)
     quiet.wait()

@@ -12,10 +12,11 @@ without any of MedSegR's reuse:
   tokens (LISA's second pass, :func:`~medsegr.modeling.generation.reference_forward`);
 - **no embedding cache**: every image the conversation has shown is encoded again at
   every turn (once: as in MedSegR, the one encoder feeds both the LLM's visual tokens
-  and the mask decoder, where LISA runs two vision towers);
+  and the grounding module, where LISA runs two vision towers);
 - **volume mode is the whole model once per slice**: for every slice, that slice is
   encoded, the LLM answers the question (as above: no cache, plus the read-back pass)
-  and the slice's mask is decoded from that answer's ``[SEG]`` states.
+  and the slice's masks are decoded from that answer's ``[SEG]`` states by the same
+  pixel-level grounding module (:meth:`ChatSession._decode`, one slice at a time).
 
 So that both paths do equal work and can be checked for equal output, the
 per-slice LLM call in volume mode reads the same image as MedSegR's single LLM call
@@ -23,7 +24,9 @@ per-slice LLM call in volume mode reads the same image as MedSegR's single LLM c
 own embedding): an LLM call that looked at slice
 *i*'s own pixels would cost exactly the same (same prompt length, same number of
 generated tokens) but answer differently on every slice. The same 3-D clean-up as
-MedSegR's (connected components touching the key slice's mask) is applied.
+MedSegR's (optional hole filling, the largest 3-D component of a single-object
+structure) is applied, and an answer without ``[SEG]`` asked with a box or points gets
+the same hints-only segment.
 Volume mode covers ``generation.volume_key_slices = 1`` (the default).
 """
 
@@ -39,8 +42,8 @@ from medsegr.errors import InputError
 from medsegr.io.images import MedicalImage
 from medsegr.modeling.generation import ConversationState, generate, reference_forward
 from medsegr.answers import Answer, Hints, Segment, Turn
-from medsegr.pipeline import ChatSession, MedSegRPipeline
-from medsegr.imaging.postprocess import keep_connected
+from medsegr.pipeline import HINT_SEGMENT_NAME, ChatSession, MedSegRPipeline
+from medsegr.imaging.postprocess import fill_holes, is_single_object, largest_component
 from medsegr.imaging.preprocess import letterbox
 from medsegr.prompts import clean_answer, segment_names, validate_question
 
@@ -84,7 +87,9 @@ class ReferenceSession(ChatSession):
     def _answer_once(self, keys: list[Any], max_new_tokens: int
                      ) -> tuple[list[int], torch.Tensor, dict[str, float]]:
         """Generate without a cache, then read the ``[SEG]`` states back with one more
-        pass over the whole sequence. Returns tokens, states ``(K, H)``, timings."""
+        pass over the whole sequence. Returns tokens, the grounding module's queries
+        ``(K, H)`` (the read-back states; with ``[grounding] name_pool`` the pooled name
+        states beside them, as :meth:`ChatSession._queries` makes them), timings."""
         cfg = self.model.config.generation
         with self.pipeline.lock:
             gen = generate(self.model, keys, self._visual_bank, max_new_tokens, None,
@@ -97,10 +102,14 @@ class ReferenceSession(ChatSession):
             if positions:
                 hidden, _ = reference_forward(self.model, [*keys, *gen.token_ids],
                                               self._visual_bank, with_logits=False)
-                states = hidden[positions]
+                gen.seg_states = hidden[positions]
+                gen.token_states = hidden[len(keys):]  # generated token p sits at len(keys) + p
+                states = self._queries(gen)
             else:
-                states = torch.zeros((0, int(self.model.llm.config.hidden_size)),
-                                     device=self.model.device)
+                width = int(self.model.llm.config.hidden_size)
+                if self.model.grounding.config.name_pool:
+                    width *= 2
+                states = torch.zeros((0, width), device=self.model.device)
             reread_s = time.perf_counter() - t
         return gen.token_ids, states, {"prefill": gen.prefill_s, "decode": gen.decode_s,
                                        "reread": reread_s}
@@ -156,32 +165,48 @@ class ReferenceSession(ChatSession):
                 if i == center:
                     tokens = slice_tokens
                 t = time.perf_counter()
-                for j in range(states.shape[0]):
+                # this slice's answer names its own segments (the same answer as the key
+                # slice's: same keys, same image); no [SEG] but hints: one hints-only segment
+                slice_raw = self.model.tokenizer.decode(slice_tokens, skip_special_tokens=False)
+                count = len(segment_names(slice_raw, cfg.model.seg_token)) or int(prompt_hints is not None)
+                for j, mask in enumerate(self._decode(ax, [i], [embedding], {i: states}, count,
+                                                      prompt_hints)):
                     if j == len(masks):
                         masks.append(np.zeros(self.image.shape, dtype=bool))
-                    masks[j] |= self._decode(ax, [i], [embedding], {i: states}, j, prompt_hints)
+                    masks[j] |= mask
                 timings["masks"] += time.perf_counter() - t
                 self.slice_done_s.append(time.perf_counter() - t0)
 
             raw = self.model.tokenizer.decode(tokens, skip_special_tokens=False)
             turn.answer = raw
             t = time.perf_counter()
-            segments = []
-            for j, name in enumerate(segment_names(raw, cfg.model.seg_token)):
+            segments: list[Segment] = []
+            not_found: list[str] = []
+            names = segment_names(raw, cfg.model.seg_token)
+            if not names and prompt_hints is not None:
+                names = [HINT_SEGMENT_NAME]
+            for j, name in enumerate(names):
                 mask = masks[j] if j < len(masks) else np.zeros(self.image.shape, dtype=bool)
                 if volume:
-                    seeds = np.zeros_like(mask)
-                    sl: list[Any] = [slice(None)] * 3
-                    sl[ax] = center
-                    seeds[tuple(sl)] = mask[tuple(sl)]
-                    mask = keep_connected(mask, seeds)
-                segments.append(Segment(name=name, mask=mask, index=j))
+                    if cfg.model.volume_fill_holes:
+                        mask = fill_holes(mask, ax)
+                    if is_single_object(name):
+                        mask = largest_component(mask)
+                if mask.any():
+                    segments.append(Segment(name=name, mask=mask, index=len(segments)))
+                else:  # as in ChatSession.ask: no segment, a "not found" note instead
+                    not_found.append(name)
             timings["masks"] += time.perf_counter() - t
+            text = clean_answer(raw, cfg.model.seg_token)
+            if not_found:
+                where = "this volume" if volume else "this slice"
+                text = (text + " " if text else "") + " ".join(
+                    f"[Not found in {where}: {name}.]" for name in not_found)
             self.turns.append(turn)
             self._shown_image = image_id
             timings["total"] = time.perf_counter() - t0
             return Answer(
-                text=clean_answer(raw, cfg.model.seg_token), raw_text=raw, segments=segments,
+                text=text, raw_text=raw, segments=segments, not_found=not_found,
                 mode="volume" if volume else "slice", axis=ax,
                 slice_index=None if volume else center, key_slices=[center],
                 fine_tuned=self.model.fine_tuned, timings=timings,

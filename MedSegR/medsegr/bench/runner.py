@@ -110,21 +110,19 @@ def apply_bench_settings(config: MedSegRConfig, options: BenchOptions,
 
 
 def compile_vision(pipeline: MedSegRPipeline) -> None:
-    """``torch.compile`` the image encoder and the mask decoder (static shapes: one
-    graph per batch size, so a batch size first seen in a timed run compiles there).
-
-    On CUDA the mask decoder also runs as CUDA graphs (``reduce-overhead``): its many
-    small kernels are launch-bound, and its output is interpolated (copied) before
-    the next call can overwrite the graph's output buffer. The encoder is compiled
-    without CUDA graphs: it is compute-bound at the batch sizes volumes use, and a
-    batch split after an out-of-memory error keeps several outputs alive at once.
-    The LLM's lean decoder is not compiled: its KV cache grows every step, so every
-    length would be a new graph."""
+    """``torch.compile`` the image encoder and the grounding module's two parts: the
+    backbone pass (one per slice batch) and the per-query decoding (static shapes: one
+    graph per batch size and query count, so a shape first seen in a timed run compiles
+    there). Both run without CUDA graphs: the backbone is compute-bound at the batch
+    sizes volumes use, and a batch split after an out-of-memory error keeps several
+    outputs alive at once. The LLM's lean decoder is not compiled: its KV cache grows
+    every step, so every length would be a new graph. Both paths of the benchmark share
+    the compiled parts (they run on the same model object)."""
     vision = pipeline.model.vision
-    cuda = pipeline.model.device.type == "cuda"
+    grounding = pipeline.model.grounding
     vision.image_encoder = torch.compile(vision.image_encoder, dynamic=False)
-    vision.mask_decoder = torch.compile(vision.mask_decoder, dynamic=False,
-                                        mode="reduce-overhead" if cuda else "default")
+    grounding.features = torch.compile(grounding.features, dynamic=False)  # type: ignore[method-assign]
+    grounding.decode = torch.compile(grounding.decode, dynamic=False)  # type: ignore[method-assign]
 
 
 def machine_facts(device: torch.device) -> dict[str, Any]:

@@ -4,7 +4,7 @@ All questions are about the MNI152 T1 template that ships in the ``nilearn`` whe
 (``sample:brain-mri``). Every answer is exactly ``plan.answer_tokens`` tokens long
 (``generation.min_new_tokens = max_new_tokens``), and its last token is forced to be
 ``[SEG]`` (:class:`SegAtStep`, through ``MedSegRPipeline.adjust_logits``), so that
-the mask decoder runs on both paths whatever the weights would have written.
+the grounding module runs on both paths whatever the weights would have written.
 
 - ``slice``: one question about axial slice 90, a new session each repetition;
 - ``conversation``: a question and follow-ups on the same slice in one session
@@ -136,8 +136,9 @@ def volume_question(ctx: BenchContext) -> WorkloadResult:
 
 def warm_up(ctx: BenchContext, volume: bool) -> float:
     """Untimed first calls (kernel set-up, compilation): a two-token answer ending in
-    ``[SEG]`` on each path, so encoder, LLM and mask decoder all run; with ``volume``,
-    also a MedSegR volume question on a few slices (the mask decoder's batch shape)."""
+    ``[SEG]`` on each path, so encoder, LLM and grounding module all run; with
+    ``volume``, also a MedSegR volume question on a few slices (the grounding module's
+    batch shape)."""
     pipeline = ctx.pipeline
     forced = pipeline.adjust_logits
     pipeline.adjust_logits = SegAtStep(pipeline.model.seg_token_id, 1)

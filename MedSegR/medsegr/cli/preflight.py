@@ -23,7 +23,7 @@ DEFAULT_PATH_MAX = 4096
 STAGING_PATH_BYTES = len("/.medsegr-xxxxxxxx/segmentation.seg.nrrd") + 16
 
 
-def shown(path: str | os.PathLike[str], width: int = 80) -> str:
+def shown(path: str | os.PathLike[str], width: int = 160) -> str:
     """``path`` for a message: at most ``width`` characters, elided in the middle."""
     text = str(path)
     if len(text) <= width:

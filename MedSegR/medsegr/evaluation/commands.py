@@ -20,9 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a quick sample: at most N evenly spaced records of each source")
     p.add_argument("--no-references", action="store_true",
                    help="skip the oracle-box and Otsu references")
-    p.add_argument("--mask-head", choices=("full", "no-pixel-refiner", "first-pass"), default="full",
-                   help="ablation: switch off the pixel refiner, or also the box re-prompt pass "
-                        "(see medsegr.modeling.mask_head)")
+    p.add_argument("--presence-threshold", type=float, default=None, metavar="P",
+                   help="override the checkpoint's [model] presence_threshold (0..1)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=run)
 
@@ -49,10 +48,10 @@ def run(args: argparse.Namespace) -> int:
         if args.checkpoint != "default" and not Path(args.checkpoint).is_dir():
             raise InputError(f"checkpoint folder not found: {args.checkpoint}")
         pipe = MedSegRPipeline.load(args.checkpoint, device=args.device)
-    if args.mask_head != "full":
-        pipe.model.pixel_refiner = None
-    if args.mask_head == "first-pass":
-        pipe.model.config.model.box_refine = False
+    if args.presence_threshold is not None:
+        if not 0.0 <= args.presence_threshold <= 1.0:
+            raise InputError("--presence-threshold must be between 0 and 1")
+        pipe.model.config.model.presence_threshold = args.presence_threshold
     report = evaluate(pipe, args.dataset, args.split, references=not args.no_references,
                       limit=args.limit, progress=not args.no_progress,
                       per_source=args.per_source)

@@ -165,10 +165,11 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
             t0 = time.perf_counter()
             answer = session.ask(turn.question, axis=axis, slice_index=index)
             seconds = time.perf_counter() - t0
-            predicted = [view.extract(s.mask) for s in answer.segments]
+            predicted = _by_seg_position(answer, seg_token, view)
             scores = []
             for j, key in enumerate(turn.masks):
-                pred = predicted[j] if j < len(predicted) else np.zeros_like(truths[key])
+                pred = predicted[j] if j < len(predicted) and predicted[j] is not None \
+                    else np.zeros_like(truths[key])
                 scores.append(MaskScore.of(pred, truths[key]))
             qtype = str(turn.type)
             is_absent = qtype == "absent" or (not turn.masks and seg_token not in turn.answer)
@@ -197,3 +198,21 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                       fine_tuned=pipeline.model.fine_tuned, turns=results,
                       seconds=time.perf_counter() - t_start)
 
+
+
+def _by_seg_position(answer: Any, seg_token: str, view: Any) -> list[np.ndarray | None]:
+    """The slice mask of each ``[SEG]`` of the answer, in order; None where the grounding
+    module found nothing (the structure is in ``answer.not_found`` and has no segment)."""
+    from medsegr.prompts import segment_names
+
+    missing = list(answer.not_found)
+    kept = iter(answer.segments)
+    out: list[np.ndarray | None] = []
+    for name in segment_names(answer.raw_text, seg_token):
+        if name in missing:
+            missing.remove(name)
+            out.append(None)
+            continue
+        seg = next(kept, None)
+        out.append(None if seg is None else view.extract(seg.mask))
+    return out

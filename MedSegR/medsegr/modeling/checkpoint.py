@@ -6,8 +6,8 @@ their wheels and are named (with their SHA-256) in the config::
     medsegr_config.json      engine version, model config, base parts + hashes, token ids
     adapter/                 peft LoRA adapter of the LLM (adapter_model.safetensors),
                              with a model card (README.md)
-    heads.safetensors        visual projector, [SEG] projector, mask decoder and
-                             prompt encoder, embedding rows of the added tokens
+    heads.safetensors        visual projector, pixel-level grounding module,
+                             embedding rows of the added tokens
 
 Writes go to a temporary folder that is renamed into place: an interrupted save
 never leaves a half-written checkpoint. Nothing in it names a path of the machine that
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from medsegr import __version__
-from medsegr.config import MedSegRConfig
+from medsegr.config import LEGACY_MODEL_KEYS, MedSegRConfig, is_legacy_config
 from medsegr.errors import CheckpointError
 from medsegr.io.atomic import atomic_folder
 from medsegr.modeling.builder import build_model
@@ -34,8 +34,13 @@ CONFIG_NAME = "medsegr_config.json"
 HEADS_NAME = "heads.safetensors"
 ADAPTER_DIR = "adapter"
 FORMAT_VERSION = 1
-_HEAD_PREFIXES = ("visual_projector.", "seg_projector.", "pixel_refiner.", "vision.mask_decoder.",
-                  "vision.prompt_encoder.")
+_HEAD_PREFIXES = ("visual_projector.", "grounding.")
+#: tensors and config keys of the SAM-decoder mask path that checkpoints of format 1
+#: written before the grounding module hold; they are dropped when such a checkpoint
+#: starts a training run (its LLM, LoRA and visual projector are kept)
+_LEGACY_HEAD_PREFIXES = ("seg_projector.", "pixel_refiner.", "vision.mask_decoder.",
+                         "vision.prompt_encoder.")
+_LEGACY_MODEL_KEYS = LEGACY_MODEL_KEYS
 
 
 def _is_peft(llm: Any) -> bool:
@@ -194,7 +199,13 @@ def from_pretrained(path: str | Path, device: str = "auto", trainable: bool = Fa
 
     path = Path(path)
     meta = read_checkpoint_config(path)
-    config = MedSegRConfig.from_dict(meta["config"])
+    legacy = is_legacy(meta)
+    if legacy and not trainable:
+        raise CheckpointError(
+            f"{path} was written before the pixel-level grounding module: it cannot decode "
+            f"masks. Train its grounding stage (medsegr train with a [grounding_stage] and "
+            f"[engine] init_checkpoint = this folder) and use the result")
+    config = MedSegRConfig.from_dict(upgraded_config(meta["config"]))
     model = build_model(config, device=device, with_lora=False, llm_skeleton=llm_skeleton)
     _check_base(meta.get("base", {}), model.provenance, path)
     expected_tokens = meta.get("special_tokens", {})
@@ -207,12 +218,17 @@ def from_pretrained(path: str | Path, device: str = "auto", trainable: bool = Fa
     if not heads_file.is_file():
         raise CheckpointError(f"{path}: {HEADS_NAME} is missing")
     # heads first, then the adapter: its trainable-token rows (the same values) win
-    _load_heads(model, load_file(str(heads_file)), path)
+    _load_heads(model, load_file(str(heads_file)), path, legacy)
     adapter = path / ADAPTER_DIR
     if adapter.is_dir() and not llm_skeleton:
+        import warnings
+
         from peft import PeftModel
 
-        llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=trainable)
+        with warnings.catch_warnings():  # peft reads transformers' deprecated property
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            llm = PeftModel.from_pretrained(model.llm, str(adapter), is_trainable=trainable)
         model.llm = llm if trainable else llm.merge_and_unload()
     model.to(model.device)
     model.mark_fine_tuned()
@@ -232,10 +248,27 @@ def _check_base(expected: dict[str, Any], actual: dict[str, Any], path: Path) ->
                 f"({have.get('name')})")
 
 
-def _load_heads(model: MedSegRModel, state: dict[str, torch.Tensor], path: Path) -> None:
+def is_legacy(meta: dict[str, Any]) -> bool:
+    """True for a checkpoint written before the grounding module (SAM-decoder mask path)."""
+    return is_legacy_config(meta.get("config", {}))
+
+
+def upgraded_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's config without the keys of the removed SAM-decoder mask path."""
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for key in _LEGACY_MODEL_KEYS:
+        out.get("model", {}).pop(key, None)
+    return out
+
+
+def _load_heads(model: MedSegRModel, state: dict[str, torch.Tensor], path: Path,
+                legacy: bool = False) -> None:
     rows_in = state.pop("token_rows.input", None)
     rows_out = state.pop("token_rows.output", None)
     own = {k: v for k, v in model.state_dict().items() if k.startswith(_HEAD_PREFIXES)}
+    if legacy:  # the old mask path goes; the grounding module starts untrained
+        state = {k: v for k, v in state.items() if not k.startswith(_LEGACY_HEAD_PREFIXES)}
+        own = {k: v for k, v in own.items() if not k.startswith("grounding.")}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:

@@ -47,6 +47,29 @@ class GeneratedTurn:
     finished: bool
     prefill_s: float
     decode_s: float
+    #: ``(T, H)`` the last-layer state at each generated token's position (the state of
+    #: the step that read it; the last token, never read, has none: ``T = len - 1`` or
+    #: fewer); the name spans before ``[SEG]`` are pooled from these
+    token_states: torch.Tensor | None = None
+
+    def name_states(self, tokenizer: object) -> torch.Tensor:
+        """``(K, H)``: per generated ``[SEG]``, the mean state over the name written in
+        the ``<p>…</p>`` before it (its own ``[SEG]`` state when there is none)."""
+        from medsegr.prompts import name_spans
+
+        seg_at = [i for i, t in enumerate(self.token_ids) if t == self.seg_token_id]
+        if not seg_at:
+            return self.seg_states.new_zeros((0, self.seg_states.shape[-1]))
+        rows = []
+        spans = name_spans(tokenizer, self.token_ids, [max(0, i - 1) for i in seg_at])
+        for k, (i, span) in enumerate(zip(seg_at, spans)):
+            usable = [p for p in span if p < i and self.token_states is not None
+                      and p < self.token_states.shape[0]]
+            rows.append(self.token_states[usable].mean(0) if usable else self.seg_states[k])
+        return torch.stack(rows)
+
+    #: the id of ``[SEG]`` in ``token_ids`` (set by :func:`generate`)
+    seg_token_id: int = -1
 
 
 def common_prefix(a: Sequence[Key], b: Sequence[Key]) -> int:
@@ -112,6 +135,7 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     seq = list(keys)
     generated: list[int] = []
     seg_states: list[torch.Tensor] = []
+    token_states: list[torch.Tensor] = []
     finished = False
     while True:
         logits = logits.float()
@@ -136,13 +160,16 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
             state.keys.append(token)
         else:
             hidden, logits = _last(reference_forward(model, seq, visual_bank))
+        token_states.append(hidden)
     decode_s = time.perf_counter() - t1
     hidden_size = int(llm.config.hidden_size)
     states = (torch.stack(seg_states) if seg_states
               else torch.zeros((0, hidden_size), device=model.device))
     return GeneratedTurn(token_ids=generated, seg_states=states, prompt_tokens=len(keys),
                          reused_tokens=reused, finished=finished, prefill_s=prefill_s,
-                         decode_s=decode_s)
+                         decode_s=decode_s,
+                         token_states=torch.stack(token_states) if token_states else None,
+                         seg_token_id=seg_id)
 
 
 @torch.no_grad()

@@ -35,13 +35,20 @@ log = logging.getLogger(__name__)
 
 
 def fuse_conv_bn(module: nn.Module) -> int:
-    """Replace every ``Sequential(conv, batchnorm)`` pair in ``module`` by one conv."""
+    """Replace every ``Sequential(conv, batchnorm)`` pair in ``module`` by one conv, and
+    the ``conv, batchnorm`` head of every ``Sequential(conv, batchnorm, activation)`` by
+    one conv (the activation kept)."""
     fused = 0
     for name, child in list(module.named_children()):
         parts = list(child.children()) if isinstance(child, nn.Sequential) else []
         if (len(parts) == 2 and isinstance(parts[0], nn.Conv2d)
                 and isinstance(parts[1], nn.BatchNorm2d)):
             setattr(module, name, fuse_conv_bn_eval(parts[0].eval(), parts[1].eval()))
+            fused += 1
+        elif (len(parts) == 3 and isinstance(parts[0], nn.Conv2d)
+              and isinstance(parts[1], nn.BatchNorm2d)):
+            setattr(module, name, nn.Sequential(fuse_conv_bn_eval(parts[0].eval(), parts[1].eval()),
+                                                parts[2]))
             fused += 1
         else:
             fused += fuse_conv_bn(child)
@@ -63,6 +70,7 @@ def optimise_for_inference(model: MedSegRModel, int8_cache: Path | None = None,
     encoder.to(memory_format=torch.channels_last)
     model.vision.channels_last = True
     log.debug("fused %d conv+bn pairs in the image encoder", count)
+    log.debug("fused %d conv+bn pairs in the grounding module", fuse_conv_bn(model.grounding))
     if model.device.type == "cpu":
         from medsegr.modeling.encoder_fusion import fuse_tinyvit
 

@@ -27,14 +27,3 @@ class VisualProjector(nn.Module):
         pooled = F.adaptive_avg_pool2d(embedding, (self.grid, self.grid))
         tokens = pooled.flatten(2).transpose(1, 2)  # (B, grid*grid, C)
         return self.mlp(tokens.to(self.mlp[0].weight.dtype))
-
-
-class SegProjector(nn.Module):
-    """``[SEG]`` hidden state ``(..., hidden)`` -> prompt token ``(..., C)`` (Linear-ReLU-Linear)."""
-
-    def __init__(self, in_dim: int, hidden: int, out_dim: int) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
-
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return self.mlp(states.to(self.mlp[0].weight.dtype))

@@ -317,6 +317,13 @@ def check_checkpoint_files(folder: Path) -> "MedSegRConfig":
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise fail(f"checkpoint format {meta.get('format')!r} is not supported (this engine "
                    f"reads format {CHECKPOINT_FORMAT})")
+    from medsegr.config import is_legacy_config
+
+    if is_legacy_config(meta.get("config", {})):
+        raise CheckpointError(
+            f"checkpoint {folder} was written before the pixel-level grounding module and cannot "
+            f"decode masks; use a checkpoint trained with the grounding stage (the bundled one, "
+            f"or `medsegr train` with a [grounding_stage] starting from this folder)")
     try:
         config = MedSegRConfig.from_dict(meta.get("config", {}))
     except ConfigError as exc:

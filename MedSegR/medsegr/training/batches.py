@@ -1,5 +1,6 @@
 """Training batches: examples with their cached image embeddings, padded into tensors.
-Shared by the joint stage (:mod:`.trainer`) and the decoder stage (:mod:`.decoder_stage`)."""
+Used by the text stage (:mod:`.trainer`); the grounding stage has its own batches
+(:mod:`.grounding_stage`)."""
 
 from __future__ import annotations
 

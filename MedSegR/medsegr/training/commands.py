@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)
     joint = (f"joint stage {result.steps} steps: loss {result.first_loss:.4f} -> "
              f"{result.last_loss:.4f}" if result.steps else "no joint-stage steps")
-    print(f"{joint}; decoder stage {result.decoder_stage_steps} steps; "
+    print(f"{joint}; grounding stage {result.grounding_stage_steps} steps; "
           f"{result.encoded_slices} slices encoded")
     print(f"fine-tuned checkpoint: {result.final_checkpoint}")
     return 0

@@ -12,8 +12,6 @@ Sections and their defaults (every key optional; unknown keys are refused)::
     config = ""                    # MedSegR model config file (as for `medsegr ask --config`)
     tiny = false                   # the tiny random model of the same classes (tests)
     init_checkpoint = ""           # start from a fine-tuned checkpoint instead of the base
-    box_refine = false             # second decoder pass prompted with the first mask's box
-    pixel_refiner = 0              # channels of the full-resolution pixel refiner (0: none)
 
     [optim]
     steps = 300                    # optimiser steps
@@ -25,18 +23,19 @@ Sections and their defaults (every key optional; unknown keys are refused)::
     max_grad_norm = 1.0
     mixed_precision = "no"         # "bf16" on a GPU, or on a CPU with AVX-512 BF16 / AMX
 
-    [decoder_stage]                # after the joint stage: LLM frozen, [SEG] states cached
-    steps = 0                      # 0: no decoder stage
-    batch_size = 32                # masks per step
-    lr = 3e-4
-    warmup_steps = 20
-    eval_every = 250               # validation Dice (0: only at the end)
-    save_every = 500               # resumable checkpoints (0: only at the end)
+    [grounding_stage]              # after the text stage: LLM frozen, [SEG] states cached
+    steps = 0                      # 0: no grounding stage
+    batch_size = 8                 # images per step, each with all its structures
+    lr = 2e-3
+    warmup_steps = 50
+    eval_every = 250               # validation Dice and absent-query refusals (0: never)
+    save_every = 100               # resumable state (0: only at the end)
+    max_seconds = 0                # stop after this much training time (0: no limit)
+    hint_share = 0.25              # images given box/point hints from one structure
+    hint_only_share = 0.3          # ... of which with no text query
 
     [loss]
-    ce = 1.0                       # weights of CE (answer text), BCE and Dice (masks)
-    bce = 2.0
-    dice = 0.5
+    ce = 1.0                       # weight of the answer text's cross-entropy
 
     [run]
     output_dir = "runs/medsegr"
@@ -72,9 +71,6 @@ class EngineSection:
     config: str = ""
     tiny: bool = False
     init_checkpoint: str = ""
-    #: turn on the mask head's stages (medsegr.modeling.mask_head) on top of the model config
-    box_refine: bool = False
-    pixel_refiner: int = 0
 
 
 @dataclass
@@ -91,9 +87,8 @@ class OptimSection:
 
 @dataclass
 class LossSection:
+    #: weight of the answer text's cross-entropy (the text stage has no mask loss)
     ce: float = 1.0
-    bce: float = 2.0
-    dice: float = 0.5
 
 
 @dataclass
@@ -108,13 +103,25 @@ class RunSection:
 
 
 @dataclass
-class DecoderStageSection:
+class GroundingStageSection:
+    """The grounding stage (:mod:`medsegr.training.grounding_stage`): the LLM frozen, its
+    ``[SEG]`` states and the encoder embeddings cached, the grounding module trained."""
+
     steps: int = 0
-    batch_size: int = 32
-    lr: float = 3e-4
-    warmup_steps: int = 20
+    #: images per step, each with all its structures and its absent queries
+    batch_size: int = 8
+    lr: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    hint_share: float = 0.25
+    hint_only_share: float = 0.3
+    bce: float = 1.0
+    dice: float = 1.0
+    presence: float = 0.5
     eval_every: int = 250
-    save_every: int = 500
+    save_every: int = 100
+    #: stop after this many seconds of training (0: no limit)
+    max_seconds: float = 0.0
 
 
 @dataclass
@@ -122,7 +129,7 @@ class TrainConfig:
     data: DataSection = field(default_factory=DataSection)
     engine: EngineSection = field(default_factory=EngineSection)
     optim: OptimSection = field(default_factory=OptimSection)
-    decoder_stage: DecoderStageSection = field(default_factory=DecoderStageSection)
+    grounding_stage: GroundingStageSection = field(default_factory=GroundingStageSection)
     loss: LossSection = field(default_factory=LossSection)
     run: RunSection = field(default_factory=RunSection)
     #: folder that relative paths are resolved against (the config file's folder)
@@ -161,9 +168,9 @@ class TrainConfig:
             (bool(d.train_split), "[data] train_split is required"),
             (d.max_tokens >= 16, "[data] max_tokens must be at least 16"),
             (o.steps >= 1 or (o.steps == 0 and bool(self.engine.init_checkpoint)
-                              and self.decoder_stage.steps >= 1),
+                              and self.grounding_stage.steps >= 1),
              "[optim] steps must be at least 1 (0 only with [engine] init_checkpoint and a "
-             "[decoder_stage]: the decoder stage alone on a fine-tuned checkpoint)"),
+             "[grounding_stage]: the grounding stage alone on a fine-tuned checkpoint)"),
             (o.batch_size >= 1, "[optim] batch_size must be at least 1"),
             (o.grad_accum >= 1, "[optim] grad_accum must be at least 1"),
             (o.lr > 0, "[optim] lr must be positive"),
@@ -172,15 +179,16 @@ class TrainConfig:
             (o.max_grad_norm >= 0, "[optim] max_grad_norm must not be negative (0: no clipping)"),
             (o.mixed_precision in ("no", "bf16", "fp16"),
              "[optim] mixed_precision must be no, bf16 or fp16"),
-            (self.decoder_stage.steps >= 0, "[decoder_stage] steps must not be negative"),
-            (self.decoder_stage.batch_size >= 1, "[decoder_stage] batch_size must be at least 1"),
-            (self.decoder_stage.lr > 0, "[decoder_stage] lr must be positive"),
-            (min(self.decoder_stage.warmup_steps, self.decoder_stage.eval_every,
-                 self.decoder_stage.save_every) >= 0,
-             "[decoder_stage] warmup_steps/eval_every/save_every must be >= 0"),
-            (min(self.loss.ce, self.loss.bce, self.loss.dice) >= 0,
-             "[loss] weights must not be negative"),
-            (self.engine.pixel_refiner >= 0, "[engine] pixel_refiner must not be negative"),
+            (self.grounding_stage.steps >= 0, "[grounding_stage] steps must not be negative"),
+            (self.grounding_stage.batch_size >= 1, "[grounding_stage] batch_size must be at least 1"),
+            (self.grounding_stage.lr > 0, "[grounding_stage] lr must be positive"),
+            (min(self.grounding_stage.warmup_steps, self.grounding_stage.eval_every, self.grounding_stage.save_every) >= 0,
+             "[grounding_stage] warmup_steps/eval_every/save_every must be >= 0"),
+            (0 <= self.grounding_stage.hint_share <= 1 and 0 <= self.grounding_stage.hint_only_share <= 1,
+             "[grounding_stage] hint_share and hint_only_share must be between 0 and 1"),
+            (min(self.grounding_stage.bce, self.grounding_stage.dice, self.grounding_stage.presence, self.grounding_stage.weight_decay, self.grounding_stage.max_seconds) >= 0,
+             "[grounding_stage] loss weights, weight_decay and max_seconds must not be negative"),
+            (self.loss.ce >= 0, "[loss] ce must not be negative"),
             (r.log_every >= 1, "[run] log_every must be at least 1"),
             (r.eval_every >= 0 and r.save_every >= 0, "[run] eval_every/save_every must be >= 0"),
             (r.keep_checkpoints >= 1, "[run] keep_checkpoints must be at least 1"),
@@ -218,6 +226,4 @@ class TrainConfig:
             config = MedSegRConfig.from_file(self.path(self.engine.config))
         else:
             config = MedSegRConfig()
-        config.model.box_refine = config.model.box_refine or self.engine.box_refine
-        config.model.pixel_refiner = self.engine.pixel_refiner or config.model.pixel_refiner
         return config

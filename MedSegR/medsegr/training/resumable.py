@@ -46,9 +46,7 @@ def save_resumable(output_dir: Path, name: str, model: Any, state: dict[str, Any
 
     target = output_dir / name
     with atomic_folder(target) as tmp:
-        save_pretrained(model, tmp / "model", extra={"training": {
-            "step": state.get("step"), **({"decoder_stage_step": state["stage_step"]}
-                                          if "stage_step" in state else {})}})
+        save_pretrained(model, tmp / "model", extra={"training": {"step": state.get("step")}})
         torch.save({**state, "config": config.to_dict(),
                     "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                             "torch": torch.get_rng_state()}},

@@ -38,7 +38,9 @@ from medsegr.training.resumable import (STATE_NAME, latest_checkpoint, lr_lambda
 
 log = logging.getLogger(__name__)
 
-TRAINABLE_PREFIXES = ("visual_projector.", "seg_projector.", "pixel_refiner.", "vision.mask_decoder.")
+#: what the text stage trains besides the LoRA and the added tokens' rows (the grounding
+#: module has its own stage)
+TRAINABLE_PREFIXES = ("visual_projector.",)
 
 
 @dataclass
@@ -49,7 +51,7 @@ class TrainResult:
     first_loss: float
     last_loss: float
     encoded_slices: int
-    decoder_stage_steps: int = 0
+    grounding_stage_steps: int = 0
 
 
 # -- data ----------------------------------------------------------------------
@@ -80,8 +82,8 @@ def load_examples(config: TrainConfig, model: Any, split: str) -> tuple[list[Exa
 
 # -- model ---------------------------------------------------------------------
 def mark_trainable(model: Any) -> list[torch.nn.Parameter]:
-    """Freeze everything but LoRA, the ``[SEG]`` token row, the projectors and the mask
-    decoder; return the trainable parameters (in a fixed order)."""
+    """Freeze everything but LoRA, the added tokens' rows and the visual projector;
+    return the trainable parameters (in a fixed order)."""
     params = []
     for name, p in model.named_parameters():
         train = name.startswith(TRAINABLE_PREFIXES) or (
@@ -104,7 +106,13 @@ def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
     if start is None:
         model = build_model(engine, device="cpu", with_lora=True)
     else:
-        saved = read_checkpoint_config(start)["config"]
+        from medsegr.modeling.checkpoint import upgraded_config
+
+        from medsegr.config import MedSegRConfig
+
+        # a checkpoint from before the grounding module is compared without the old mask
+        # path's keys, every missing key at its default
+        saved = MedSegRConfig.from_dict(upgraded_config(read_checkpoint_config(start)["config"])).to_dict()
         if saved != engine.to_dict():
             diff = sorted(k for k in set(saved) | set(engine.to_dict())
                           if saved.get(k) != engine.to_dict().get(k))
@@ -168,7 +176,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
     train_examples, train_inputs = load_examples(config, model, config.data.train_split)
     val_examples: list[Example] = []
     val_inputs: list[Any] = []
-    if config.data.val_split and (config.run.eval_every or config.decoder_stage.steps):
+    if config.data.val_split and (config.run.eval_every or config.grounding_stage.steps):
         val_examples, val_inputs = load_examples(config, model, config.data.val_split)
     cache = EncoderCache(config.cache_dir, encoder_digest(model))
     if accelerator.is_main_process:
@@ -186,14 +194,10 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
         optimizer, lr_lambda(config.optim.warmup_steps, config.optim.steps))
 
     step = 0
-    stage_resume: Path | None = None  # a checkpoint of the decoder stage to continue
     if resume_dir is not None:
         state = torch.load(resume_dir / STATE_NAME, map_location="cpu", weights_only=False)
-        if "stage_step" in state:  # the joint stage had ended
-            stage_resume = resume_dir
-        else:
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
         rng = state.get("rng", {})
         if rng and accelerator.num_processes == 1:
@@ -215,14 +219,13 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
     last_loss = float("nan")
     window: list[dict[str, float]] = []
     t0 = time.perf_counter()
-    weights = dict(ce_weight=config.loss.ce, bce_weight=config.loss.bce,
-                   dice_weight=config.loss.dice)
+    weights = dict(ce_weight=config.loss.ce)
     while step < stop_at:
         for batch in loader:
             with accelerator.accumulate(model):
                 output = model(batch["input_ids"], batch["image_embeddings"],
                                attention_mask=batch["attention_mask"], labels=batch["labels"],
-                               gt_masks=batch["gt_masks"], pixels=batch["pixels"], **weights)
+                               **weights)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and config.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, config.optim.max_grad_norm)
@@ -236,7 +239,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
             first_loss = loss if first_loss is None else first_loss
             last_loss = loss
             window.append({"loss": loss, **{k: float(getattr(output, k).detach())
-                                            for k in ("ce_loss", "bce_loss", "dice_loss")
+                                            for k in ("ce_loss",)
                                             if getattr(output, k) is not None}})
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
@@ -266,18 +269,19 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
     stage_steps = 0
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
-        if stage_resume is None:
-            unwrapped.eval()
+        unwrapped.eval()
+        if step > 0:
             _save_resumable(out, step, unwrapped, optimizer, scheduler, config,
                             config.run.keep_checkpoints)
-        if config.decoder_stage.steps and step >= config.optim.steps:
-            from medsegr.training.decoder_stage import run_decoder_stage
+        grounding: dict[str, Any] | None = None
+        if config.grounding_stage.steps and step >= config.optim.steps:
+            from medsegr.training.grounding_stage import run_grounding_stage
 
-            stage_steps = run_decoder_stage(unwrapped, config, train_examples, val_examples, cache, pad,
-                                            metrics_file, stage_resume, progress=progress)
+            grounding = run_grounding_stage(unwrapped, config, cache, progress=progress)
+            stage_steps = int(grounding["steps"])
         unwrapped.eval()
         training: dict[str, Any] = {
-            "steps": step, "decoder_stage_steps": stage_steps, "train_split": config.data.train_split,
+            "steps": step, "grounding_stage": grounding, "train_split": config.data.train_split,
             "train_examples": len(train_examples),
             "final_loss": last_loss if math.isfinite(last_loss) else None}
         if config.engine.init_checkpoint:
@@ -289,12 +293,12 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
         save_pretrained(unwrapped, final, extra={"training": training})
         from medsegr.training.curves import plot_curves
 
-        plot_curves(metrics_file, out / "curves.png")
+        plot_curves(metrics_file, out / "curves.png", out / "grounding" / "metrics.jsonl")
     accelerator.wait_for_everyone()
     return TrainResult(output_dir=out, final_checkpoint=final, steps=step,
                        first_loss=float("nan") if first_loss is None else first_loss,
                        last_loss=last_loss, encoded_slices=cache.computed,
-                       decoder_stage_steps=stage_steps)
+                       grounding_stage_steps=stage_steps)
 
 
 def _append_metrics(accelerator: Any, path: Path, record: dict[str, Any]) -> None:
@@ -306,34 +310,21 @@ def _append_metrics(accelerator: Any, path: Path, record: dict[str, Any]) -> Non
 @torch.no_grad()
 def validate(model: Any, examples: list[Example], cache: EncoderCache, pad: int,
              weights: dict[str, float], batch_size: int = 8) -> dict[str, float]:
-    """Teacher-forced validation: mean losses and the mean Dice of the decoded masks."""
+    """Teacher-forced validation of the text: the mean answer cross-entropy."""
     was_training = model.training
     model.eval()
     fn = collate(pad)
     data = ExampleDataset(examples, cache)
-    losses: dict[str, list[float]] = {"loss": [], "ce_loss": [], "bce_loss": [], "dice_loss": []}
-    dices: list[float] = []
+    losses: list[float] = []
     device = next(model.parameters()).device
     for start in range(0, len(data), batch_size):
         batch = fn([data[i] for i in range(start, min(len(data), start + batch_size))])
         output = model(batch["input_ids"].to(device), batch["image_embeddings"].to(device),
                        attention_mask=batch["attention_mask"].to(device),
-                       labels=batch["labels"].to(device), gt_masks=batch["gt_masks"],
-                       pixels=None if batch["pixels"] is None else batch["pixels"].to(device),
-                       **weights)
-        for key in losses:
-            value = getattr(output, key)
-            if value is not None:
-                losses[key].append(float(value))
-        for pred, gt in zip(output.mask_logits, batch["gt_masks"]):
-            for p, g in zip(pred.cpu() > 0, gt > 0.5):
-                inter = float((p & g).sum())
-                total = float(p.sum() + g.sum())
-                dices.append(1.0 if total == 0 else 2 * inter / total)
+                       labels=batch["labels"].to(device), **weights)
+        if output.ce_loss is not None:
+            losses.append(float(output.ce_loss))
     if was_training:
         model.train()
         model.vision.image_encoder.eval()
-    result = {f"val_{k}": float(np.mean(v)) for k, v in losses.items() if v}
-    if dices:
-        result["val_dice"] = float(np.mean(dices))
-    return result
+    return {"val_ce_loss": float(np.mean(losses))} if losses else {}
