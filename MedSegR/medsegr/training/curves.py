@@ -25,7 +25,24 @@ def plot_curves(metrics_file: Path, out_png: Path, grounding_metrics: Path | Non
     rows = read_metrics(metrics_file)
     train = [r for r in rows if r.get("kind") == "train"]
     val = [r for r in rows if r.get("kind") == "val"]
-    fig, (ax_loss, ax_ground) = plt.subplots(1, 2, figsize=(10, 4))
+    grows = read_metrics(grounding_metrics) if grounding_metrics is not None else []
+    if train and grows:
+        fig, (ax_loss, ax_ground) = plt.subplots(1, 2, figsize=(10, 4))
+    else:  # one stage only (e.g. the grounding stage on an earlier text stage)
+        fig, ax = plt.subplots(1, 1, figsize=(5.5, 4))
+        ax_loss, ax_ground = (ax, None) if train else (None, ax)
+    if ax_loss is not None:
+        _text_panel(ax_loss, train, val)
+    if ax_ground is not None:
+        _grounding_panel(ax_ground, grows)
+    fig.tight_layout()
+    with atomic_output(out_png) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+def _text_panel(ax_loss, train: list[dict], val: list[dict]) -> None:
     for key, label in (("loss", "total"), ("ce_loss", "CE (text)")):
         points = [(r["step"], r[key]) for r in train if key in r]
         if points:
@@ -39,7 +56,9 @@ def plot_curves(metrics_file: Path, out_png: Path, grounding_metrics: Path | Non
     if ax_loss.lines:
         ax_loss.legend(fontsize=8)
     ax_loss.set_title("text stage")
-    grows = read_metrics(grounding_metrics) if grounding_metrics is not None else []
+
+
+def _grounding_panel(ax_ground, grows: list[dict]) -> None:
     gtrain = [(r["step"], r["loss"]) for r in grows if r.get("kind") == "train"]
     if gtrain:
         ax_ground.plot(*zip(*gtrain), color="tab:blue", label="train loss")
@@ -53,8 +72,3 @@ def plot_curves(metrics_file: Path, out_png: Path, grounding_metrics: Path | Non
     ax_ground.set_title("grounding stage")
     if ax_ground.lines:
         ax_ground.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_output(out_png) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    return out_png

@@ -329,7 +329,7 @@ def train_grounding(config: GroundingConfig, settings: StageSettings, train_item
         now = time.perf_counter()
         elapsed += now - t_last
         t_last = now
-        window.append({k: float(v) for k, v in terms.items()} | {"loss": float(loss)})
+        window.append({k: float(v.detach()) for k, v in terms.items()} | {"loss": float(loss.detach())})
         bar.update(1)
         bar.set_postfix(loss=f"{float(loss):.3f}")
         if step % settings.log_every == 0:
