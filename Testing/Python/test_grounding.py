@@ -330,3 +330,20 @@ def test_ablation_helpers_and_grounding_benchmark():
     assert "| default | 3 | 0.500 | 1.000 | 0.90 |" in table
     module = GroundingModule(GroundingConfig(size=64, query_in=8, embed_dim=16)).eval()
     assert time_module(module, masks=2, repeats=1, bf16=False) > 0
+
+
+def test_a_flipped_image_with_only_absent_queries_makes_a_batch():
+    """An image whose conversation has no [SEG] (only absent queries) may be mirrored: its
+    empty, mirrored target stack still becomes a tensor."""
+    import random
+
+    from medsegr.training.grounding_data import GroundingItem
+    from medsegr.training.grounding_stage import StageSettings, make_batch
+
+    empty = np.zeros((0, 16, 16), np.uint8)
+    item = GroundingItem(record_id="r", source="s", cache_key="k", raw=np.zeros((3, 16, 16), np.float16),
+                         is_ct=False, targets=empty, keys=[], names=[], flipped_targets=empty.copy(),
+                         absent=["liver", "spleen"], states=torch.randn(2, 6), name_states=torch.randn(2, 6))
+    for seed in range(8):
+        batch = make_batch([item], None, False, StageSettings(), random.Random(seed), train=True)
+        assert batch["present"].tolist() == [False, False] and batch["targets"].sum() == 0

@@ -180,7 +180,7 @@ def make_batch(items: list[GroundingItem], cache: Any, name_pool: bool, settings
         queries.append(q)
         owners.extend([b] * (n_real + k_abs))
         size = raw.shape[-1]
-        t = torch.from_numpy(np.ascontiguousarray(tg[:n_real])).float()
+        t = torch.from_numpy(tg[:n_real].copy()).float()  # a copy: flipped views have negative strides
         targets.append(torch.cat([t, torch.zeros((k_abs, size, size))]) if k_abs else t)
         present.extend([bool(tg[j].any()) for j in range(n_real)] + [False] * k_abs)
     is_ct = torch.tensor(flags)
