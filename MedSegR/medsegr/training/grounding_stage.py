@@ -331,7 +331,7 @@ def train_grounding(config: GroundingConfig, settings: StageSettings, train_item
         t_last = now
         window.append({k: float(v.detach()) for k, v in terms.items()} | {"loss": float(loss.detach())})
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}")
+        bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         if step % settings.log_every == 0:
             _append(metrics, {"step": step, "kind": "train", "elapsed_s": round(elapsed, 1),
                               "lr": scheduler.get_last_lr()[0],
