@@ -456,30 +456,15 @@ class ChatSession:
                                  prompt_hints)
             if hint_only:
                 names = [HINT_SEGMENT_NAME]
-            segments: list[Segment] = []
-            not_found: list[str] = []
-            for j, (name, mask) in enumerate(zip(names, masks)):
-                if volume:
-                    if cfg.model.volume_fill_holes:
-                        mask = fill_holes(mask, ax)
-                    if is_single_object(name):
-                        mask = largest_component(mask)
-                if mask.any():
-                    segments.append(Segment(name=name, mask=mask, index=len(segments)))
-                else:  # the grounding module found no such structure here
-                    not_found.append(name)
-                report("masks", j + 1, len(names))
+            segments, not_found = self._segments(names, masks, ax, volume,
+                                                 lambda done: report("masks", done, len(names)))
             mask_s = time.perf_counter() - t_mask
             self.turns.append(turn)
             self._shown_image = image_id
             total = time.perf_counter() - t0
-            text = clean_answer(raw, cfg.model.seg_token)
-            if not_found:
-                where = "this volume" if volume else "this slice"
-                text = (text + " " if text else "") + " ".join(
-                    f"[Not found in {where}: {name}.]" for name in not_found)
             return Answer(
-                text=text, raw_text=raw, segments=segments, not_found=not_found,
+                text=with_not_found(clean_answer(raw, cfg.model.seg_token), not_found, volume),
+                raw_text=raw, segments=segments, not_found=not_found,
                 mode="volume" if volume else "slice", axis=ax,
                 slice_index=None if volume else indices[0], key_slices=keys_idx,
                 fine_tuned=self.model.fine_tuned,
@@ -528,6 +513,28 @@ class ChatSession:
             gen = generate(self.model, keys, self._visual_bank,
                            self.model.config.generation.max_new_tokens, None, use_cache=True)
         return self._queries(gen)
+
+    def _segments(self, names: list[str], masks: list[np.ndarray], axis: int, volume: bool,
+                  done: Callable[[int], None] = lambda count: None,
+                  ) -> tuple[list[Segment], list[str]]:
+        """The answer's segments from the decoded masks (volume answers: holes filled
+        with ``[model] volume_fill_holes``, the largest 3-D component of a single-object
+        structure), and the names whose mask is empty: the grounding module found no such
+        structure, so they get no segment. ``done(j)`` follows the count."""
+        segments: list[Segment] = []
+        not_found: list[str] = []
+        for j, (name, mask) in enumerate(zip(names, masks)):
+            if volume:
+                if self.model.config.model.volume_fill_holes:
+                    mask = fill_holes(mask, axis)
+                if is_single_object(name):
+                    mask = largest_component(mask)
+            if mask.any():
+                segments.append(Segment(name=name, mask=mask, index=len(segments)))
+            else:
+                not_found.append(name)
+            done(j + 1)
+        return segments, not_found
 
     def _queries(self, gen: Any) -> torch.Tensor:
         """The grounding module's queries of a generated turn ``(K, H)``: the ``[SEG]``
@@ -646,6 +653,15 @@ class ChatSession:
             px, py = to_input(x, y)
             points.append((px, py, int(lab)))
         return hint_maps(box_geom.size, box, points)
+
+
+def with_not_found(text: str, not_found: list[str], volume: bool) -> str:
+    """The answer text with a note for each structure the grounding module did not find."""
+    if not not_found:
+        return text
+    where = "this volume" if volume else "this slice"
+    return (text + " " if text else "") + " ".join(f"[Not found in {where}: {name}.]"
+                                                   for name in not_found)
 
 
 class _Streamer:

@@ -41,9 +41,8 @@ import torch
 from medsegr.errors import InputError
 from medsegr.io.images import MedicalImage
 from medsegr.modeling.generation import ConversationState, generate, reference_forward
-from medsegr.answers import Answer, Hints, Segment, Turn
-from medsegr.pipeline import HINT_SEGMENT_NAME, ChatSession, MedSegRPipeline
-from medsegr.imaging.postprocess import fill_holes, is_single_object, largest_component
+from medsegr.answers import Answer, Hints, Turn
+from medsegr.pipeline import HINT_SEGMENT_NAME, ChatSession, MedSegRPipeline, with_not_found
 from medsegr.imaging.preprocess import letterbox
 from medsegr.prompts import clean_answer, segment_names, validate_question
 
@@ -180,28 +179,13 @@ class ReferenceSession(ChatSession):
             raw = self.model.tokenizer.decode(tokens, skip_special_tokens=False)
             turn.answer = raw
             t = time.perf_counter()
-            segments: list[Segment] = []
-            not_found: list[str] = []
             names = segment_names(raw, cfg.model.seg_token)
             if not names and prompt_hints is not None:
                 names = [HINT_SEGMENT_NAME]
-            for j, name in enumerate(names):
-                mask = masks[j] if j < len(masks) else np.zeros(self.image.shape, dtype=bool)
-                if volume:
-                    if cfg.model.volume_fill_holes:
-                        mask = fill_holes(mask, ax)
-                    if is_single_object(name):
-                        mask = largest_component(mask)
-                if mask.any():
-                    segments.append(Segment(name=name, mask=mask, index=len(segments)))
-                else:  # as in ChatSession.ask: no segment, a "not found" note instead
-                    not_found.append(name)
+            masks += [np.zeros(self.image.shape, dtype=bool)] * (len(names) - len(masks))
+            segments, not_found = self._segments(names, masks, ax, volume)  # as ChatSession.ask
             timings["masks"] += time.perf_counter() - t
-            text = clean_answer(raw, cfg.model.seg_token)
-            if not_found:
-                where = "this volume" if volume else "this slice"
-                text = (text + " " if text else "") + " ".join(
-                    f"[Not found in {where}: {name}.]" for name in not_found)
+            text = with_not_found(clean_answer(raw, cfg.model.seg_token), not_found, volume)
             self.turns.append(turn)
             self._shown_image = image_id
             timings["total"] = time.perf_counter() - t0

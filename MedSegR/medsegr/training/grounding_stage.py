@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from medsegr.imaging.channels import hint_maps, input_channels
+from medsegr.training.config import GroundingStageSection
 from medsegr.modeling.grounding import GroundingConfig, GroundingModule, loss_terms
 from medsegr.training.grounding_data import GroundingItem
 
@@ -46,28 +47,11 @@ ITEMS_FORMAT = 2
 
 
 @dataclass
-class StageSettings:
-    """``[grounding_stage]`` of a training config."""
+class StageSettings(GroundingStageSection):
+    """``[grounding_stage]`` of a training config, with what the stage takes from its
+    other sections (precision, seed, logging interval)."""
 
-    steps: int = 1500
-    #: images per step (each with all its queries)
-    batch_size: int = 8
-    lr: float = 2e-3
-    warmup_steps: int = 50
-    weight_decay: float = 1e-4
-    #: images of a step that get hints from one of their structures
-    hint_share: float = 0.25
-    #: of those, the share with no text query (hints alone)
-    hint_only_share: float = 0.3
-    #: loss weights
-    bce: float = 1.0
-    dice: float = 1.0
-    presence: float = 0.5
     mixed_precision: str = "bf16"
-    eval_every: int = 250
-    save_every: int = 100
-    #: stop after this many seconds of training (0: no limit); the ablation's equal budget
-    max_seconds: float = 0.0
     seed: int = 0
     log_every: int = 25
 
