@@ -26,7 +26,7 @@ DEFAULT_CT_WINDOW = "wide"
 
 
 #: voxels mapped at once (bounds the float64 temporaries of the mapping)
-_CHUNK = 1 << 20
+_CHUNK = 1 << 18
 
 
 def normalise(array: np.ndarray, modality: str, window: str | None = None) -> np.ndarray:
@@ -54,9 +54,19 @@ def normalise(array: np.ndarray, modality: str, window: str | None = None) -> np
         if high <= low:
             high = low + 1.0
         span = high - low
+    # the formula's own type: float32 for a Python-float window, float64 for numpy
+    # percentiles; computed in one chunk-sized buffer, or in ``out`` when float32
+    kind = np.result_type(np.float32, low, span)
+    buffer = None if kind == np.float32 else np.empty(min(_CHUNK, flat.size), dtype=kind)
     for start in range(0, flat.size, _CHUNK):
         part = np.asarray(flat[start:start + _CHUNK], dtype=np.float32)
-        out[start:start + _CHUNK] = np.clip((part - low) / span, 0.0, 1.0)
+        target = out[start:start + part.size]
+        work = target if buffer is None else buffer[:part.size]
+        np.subtract(part, low, out=work)
+        np.divide(work, span, out=work)
+        np.clip(work, 0.0, 1.0, out=work)
+        if buffer is not None:
+            target[...] = work
     return out.reshape(np.shape(array))
 
 
