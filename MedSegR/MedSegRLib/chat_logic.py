@@ -357,7 +357,9 @@ class MedSegRChatLogic:
             conversation.turns.append(Turn(
                 question=prepared.question, answer=answer.text, raw_answer=answer.raw_text,
                 scope=prepared.scope, axis=answer.axis, slice_index=answer.slice_index, where=prepared.where,
-                segments=[SegmentRecord(w.id, w.name, w.color, w.voxels, w.terminology) for w in written],
+                segments=[SegmentRecord(w.id, w.name, w.color, w.voxels, w.terminology,
+                                        measured=s.measured.describe() if s.measured else None)
+                          for w, s in zip(written, answer.segments)],
                 request_id=answer.request_id, fine_tuned=answer.fine_tuned, timings=dict(answer.timings),
                 asked_at=now_iso(), notice=prepared.notice))
             if self.engine_info and not conversation.engine:

@@ -34,6 +34,9 @@ class SegmentRecord:
     voxels: int
     terminology: str | None = None
     state: str = "proposed"  # proposed | accepted | removed
+    #: what the engine measured on the mask, one line (None from an engine that does not
+    #: measure, or a conversation saved before it did)
+    measured: str | None = None
 
 
 @dataclass
@@ -136,9 +139,13 @@ def _segment(record: Any) -> SegmentRecord:
     term = record.get("terminology")
     if term is not None and not isinstance(term, str):
         raise TypeError("field 'terminology' should be a string or null")
+    measured = record.get("measured")
+    if measured is not None and not isinstance(measured, str):
+        raise TypeError("field 'measured' should be a string or null")
     return SegmentRecord(id=_get(record, "id", str), name=_get(record, "name", str),
                          color=tuple(float(c) for c in color),  # type: ignore[arg-type]
-                         voxels=int(_get(record, "voxels", int)), terminology=term, state=state)
+                         voxels=int(_get(record, "voxels", int)), terminology=term, state=state,
+                         measured=measured)
 
 
 def _turn(record: Any) -> Turn:

@@ -101,6 +101,9 @@ def _segments_html(turn: Turn, turn_index: int, visible: Callable[[str], bool]) 
         hidden = "" if visible(segment.id) else " · hidden"
         rows.append(f"{swatch} <b>{label}</b> "
                     f'<span style="color:{MUTED_FG}">({detail}{state}{hidden})</span>')
+        if segment.measured:
+            rows.append(f'&nbsp;&nbsp;<span style="font-size:small">Measured by the engine: '
+                        f"{html.escape(segment.measured)}</span>")
     links = ""
     if live:
         any_visible = any(visible(s.id) for s in live)
@@ -173,6 +176,8 @@ def to_markdown(conversation: Conversation) -> str:
                 coded = "" if segment.terminology else ", no standard code (free-text name)"
                 lines.append(f"- {segment.name} ({segment.voxels:,} voxels, {segment.state}, "
                              f"colour {_hex(segment.color)}{coded})")
+                if segment.measured:
+                    lines.append(f"  - measured by the engine: {segment.measured}")
             lines.append("")
     lines.append("Research software, not for clinical decisions.")
     return "\n".join(lines) + "\n"

@@ -20,7 +20,7 @@ import numpy as np
 
 from medsegr.vocabulary import segment_terminology
 
-__all__ = ["API_VERSION", "NRRD_MEDIA_TYPE", "Answer", "Hints", "Segment", "Turn"]
+__all__ = ["API_VERSION", "NRRD_MEDIA_TYPE", "Answer", "Hints", "Measurement", "Segment", "Turn"]
 
 #: the HTTP API version (the ``/v1`` prefix); the server serves it, the client checks it
 API_VERSION = "1"
@@ -58,6 +58,74 @@ class Turn:
     answer: str | None = None
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """What the engine measured on a segment's mask (:mod:`medsegr.imaging.measurements`),
+    never what the language model wrote: size, patient side, intensity, pieces, extent."""
+
+    mode: str  # "slice" | "volume"
+    voxels: int
+    #: area on the slice (slice answers), cm²
+    area_cm2: float | None
+    #: volume (volume answers), mL
+    volume_ml: float | None
+    #: "left", "right", "midline", "both", or None without a patient orientation
+    side: str | None
+    intensity_mean: float | None
+    intensity_sd: float | None
+    #: "HU" on CT, "" (scanner units) otherwise
+    intensity_unit: str
+    components: int
+    #: bounding box along the patient axes ("right-left", "anterior-posterior",
+    #: "inferior-superior"), mm; a slice answer leaves out the axis through the slice
+    extent_mm: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "voxels": self.voxels, "area_cm2": self.area_cm2,
+                "volume_ml": self.volume_ml, "side": self.side,
+                "intensity_mean": self.intensity_mean, "intensity_sd": self.intensity_sd,
+                "intensity_unit": self.intensity_unit, "components": self.components,
+                "extent_mm": dict(self.extent_mm)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Measurement":
+        def number(key: str) -> float | None:
+            value = data.get(key)
+            return None if value is None else float(value)
+
+        return cls(mode=str(data.get("mode", "")), voxels=int(data.get("voxels", 0)),
+                   area_cm2=number("area_cm2"), volume_ml=number("volume_ml"),
+                   side=None if data.get("side") is None else str(data["side"]),
+                   intensity_mean=number("intensity_mean"), intensity_sd=number("intensity_sd"),
+                   intensity_unit=str(data.get("intensity_unit", "")),
+                   components=int(data.get("components", 0)),
+                   extent_mm={str(k): float(v) for k, v in dict(data.get("extent_mm") or {}).items()})
+
+    def describe(self) -> str:
+        """One line for people: "12.3 cm², patient's left, 35 ± 12 HU, 1 piece, 41 × 58 mm
+        (right-left × anterior-posterior)"."""
+        parts = []
+        if self.volume_ml is not None:
+            parts.append(f"{self.volume_ml:.{1 if self.volume_ml >= 1 else 2}f} mL")
+        elif self.area_cm2 is not None:
+            parts.append(f"{self.area_cm2:.{1 if self.area_cm2 >= 1 else 2}f} cm²")
+        if self.side in ("left", "right"):
+            parts.append(f"patient's {self.side}")
+        elif self.side == "both":
+            parts.append("both sides")
+        elif self.side == "midline":
+            parts.append("midline")
+        if self.intensity_mean is not None:
+            unit = f" {self.intensity_unit}" if self.intensity_unit else ""
+            parts.append(f"{self.intensity_mean:.0f} ± {self.intensity_sd or 0.0:.0f}{unit}")
+        parts.append(f"{self.components} piece{'s' if self.components != 1 else ''}")
+        if self.extent_mm:
+            sizes = " × ".join(f"{v:.0f}" for v in self.extent_mm.values())
+            axes = " × ".join(self.extent_mm)
+            parts.append(f"{sizes} mm ({axes})")
+        return ", ".join(parts)
+
+
 @dataclass
 class Segment:
     """One segment of an answer: the structure the answer names, and its mask."""
@@ -71,6 +139,8 @@ class Segment:
     #: the coded description (:func:`medsegr.vocabulary.segment_terminology`); None from
     #: an engine that does not send one
     terminology: dict[str, Any] | None = None
+    #: what the engine measured on the mask (None from an engine that does not measure)
+    measured: Measurement | None = None
 
     @property
     def coded(self) -> bool:
@@ -103,6 +173,10 @@ class Answer:
     #: structures the answer named whose presence score was below the threshold on every
     #: slice asked about: the grounding module did not find them, and they have no segment
     not_found: list[str] = field(default_factory=list)
+    #: the grounding module's presence probability of each ``[SEG]`` of the answer, in
+    #: the order the answer names them (the highest over the slices asked about); empty
+    #: from an engine that does not report it
+    presence: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no mask data)."""
@@ -114,10 +188,13 @@ class Answer:
             "slice_index": self.slice_index,
             "key_slices": self.key_slices,
             "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels,
-                          "terminology": segment_terminology(s.name)} for s in self.segments],
+                          "terminology": segment_terminology(s.name),
+                          "measured": s.measured.to_dict() if s.measured else None}
+                         for s in self.segments],
             "fine_tuned": self.fine_tuned,
             "timings_s": {k: round(v, 4) for k, v in self.timings.items()},
             "tokens": self.tokens,
             "encoded_slices": self.encoded_slices,
             "not_found": list(self.not_found),
+            "presence": list(self.presence),
         }

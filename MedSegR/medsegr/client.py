@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from medsegr import __version__
-from medsegr.answers import API_VERSION, NRRD_MEDIA_TYPE, Answer, Segment
+from medsegr.answers import API_VERSION, NRRD_MEDIA_TYPE, Answer, Measurement, Segment
 from medsegr.io.nrrd_codec import NrrdError, decode_nrrd, encode_nrrd
 
 __all__ = [
@@ -360,9 +360,12 @@ class EngineClient:
         for seg in record.get("segments", []):
             mask = self._mask(session_id, str(seg["id"]), grid)
             coded = seg.get("terminology")
+            measured = seg.get("measured")
             segments.append(Segment(id=str(seg["id"]), name=str(seg["name"]),
                                     index=int(seg["index"]), mask=mask,
-                                    terminology=coded if isinstance(coded, dict) else None))
+                                    terminology=coded if isinstance(coded, dict) else None,
+                                    measured=(Measurement.from_dict(measured)
+                                              if isinstance(measured, dict) else None)))
         return Answer(
             request_id=str(record["request_id"]), text=str(record["text"]),
             raw_text=str(record["raw_text"]), segments=segments, mode=str(record["mode"]),
@@ -373,7 +376,8 @@ class EngineClient:
             encoded_slices=int(record["encoded_slices"]),
             key_slices=[int(k) for k in record.get("key_slices", [])],
             tokens={k: int(v) for k, v in record.get("tokens", {}).items()},
-            not_found=[str(n) for n in record.get("not_found", [])])
+            not_found=[str(n) for n in record.get("not_found", [])],
+            presence=[float(p) for p in record.get("presence", [])])
 
     def _mask(self, session_id: str, segment_id: str, grid: _Grid | None) -> np.ndarray:
         path = f"/sessions/{_quote(session_id)}/segments/{_quote(segment_id)}"

@@ -33,6 +33,7 @@ from medsegr.io.images import MedicalImage
 from medsegr.modeling.generation import ConversationState, generate
 from medsegr.modeling.medsegr_model import Key, MedSegRModel
 from medsegr.imaging.channels import hint_maps, input_channels, letterbox_raw, neighbour_indices, raw_volume
+from medsegr.imaging.measurements import measure_segment
 from medsegr.imaging.postprocess import fill_holes, is_single_object, largest_component
 from medsegr.imaging.preprocess import Letterbox, letterbox, letterbox_geometry, normalise, unletterbox
 from medsegr.prompts import clean_answer, render, segment_names, validate_question
@@ -452,8 +453,8 @@ class ChatSession:
             names = segment_names(raw, cfg.model.seg_token)
             hint_only = not names and prompt_hints is not None
             report("masks", 0, len(names) or int(hint_only))
-            masks = self._decode(ax, indices, embeddings, seg_states, len(names) or int(hint_only),
-                                 prompt_hints)
+            masks, presence = self._decode(ax, indices, embeddings, seg_states,
+                                           len(names) or int(hint_only), prompt_hints)
             if hint_only:
                 names = [HINT_SEGMENT_NAME]
             segments, not_found = self._segments(names, masks, ax, volume,
@@ -465,6 +466,7 @@ class ChatSession:
             return Answer(
                 text=with_not_found(clean_answer(raw, cfg.model.seg_token), not_found, volume),
                 raw_text=raw, segments=segments, not_found=not_found,
+                presence=[round(p, 4) for p in presence],
                 mode="volume" if volume else "slice", axis=ax,
                 slice_index=None if volume else indices[0], key_slices=keys_idx,
                 fine_tuned=self.model.fine_tuned,
@@ -530,7 +532,9 @@ class ChatSession:
                 if is_single_object(name):
                     mask = largest_component(mask)
             if mask.any():
-                segments.append(Segment(name=name, mask=mask, index=len(segments)))
+                segments.append(Segment(name=name, mask=mask, index=len(segments),
+                                        measured=measure_segment(self.image, mask, volume=volume,
+                                                                 axis=axis)))
             else:
                 not_found.append(name)
             done(j + 1)
@@ -549,15 +553,17 @@ class ChatSession:
 
     def _decode(self, axis: int, indices: list[int], embeddings: list[torch.Tensor],
                 seg_states: dict[int, torch.Tensor], count: int, hints: torch.Tensor | None,
-                ) -> list[np.ndarray]:
+                ) -> tuple[list[np.ndarray], list[float]]:
         """Masks of the answer's ``count`` segments on every slice in ``indices``: one
         grounding-module backbone pass per slice, shared by every segment; segment ``j``
         of a slice uses the ``[SEG]`` state of the nearest key slice that produced a
         ``j``-th ``[SEG]`` (no state: a hints-only query). A segment whose presence on a
-        slice is below ``[model] presence_threshold`` has no voxel there."""
+        slice is below ``[model] presence_threshold`` has no voxel there. Also returns
+        each segment's presence probability, the highest over the slices."""
         masks = [np.zeros(self.image.shape, dtype=bool) for _ in range(count)]
+        presence = [0.0] * count
         if count == 0:
-            return masks
+            return masks, presence
         mcfg = self.model.config.model
         gcfg = self.model.grounding.config
         logit_cut = float(np.log(mcfg.mask_threshold / (1 - mcfg.mask_threshold)))
@@ -602,8 +608,10 @@ class ChatSession:
                     stacked = torch.where(torch.tensor(null)[:, None], nq[None].expand_as(stacked), stacked)
                 out = self.model.ground(channels, images, stacked, torch.tensor(owner))
                 logits = unletterbox(out.logits.float(), box).cpu().numpy() > logit_cut
-                present = (out.presence.float().cpu().numpy() >= presence_cut)
+                scores = out.presence.float().cpu().numpy()
+                present = scores >= presence_cut
             for q, (b, j) in enumerate((b, j) for b in range(len(chunk)) for j in range(count)):
+                presence[j] = max(presence[j], float(1.0 / (1.0 + np.exp(-scores[q]))))
                 if not present[q] or not logits[q].any():
                     continue
                 i = chunk[b]
@@ -611,7 +619,7 @@ class ChatSession:
                 sl: list[Any] = [slice(None)] * 3
                 sl[axis] = i
                 masks[j][tuple(sl)] = view.from_display(logits[q])
-        return masks
+        return masks, presence
 
     def _grounding_precision(self) -> Any:
         """bfloat16 autocast for the grounding module where the CPU computes it natively

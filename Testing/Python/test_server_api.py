@@ -203,6 +203,14 @@ def test_a_segment_below_the_presence_threshold_comes_back_in_not_found(
                            max_new_tokens=48)
     assert [s.name for s in found.segments] == ["liver", "spleen"] and found.not_found == []
     assert "Not found" not in found.text
+    assert len(found.presence) == 2 and all(p > 0.99 for p in found.presence)
+    in_plane_cm2 = spacing[0] * spacing[1] / 100.0  # an axial slice of the session image
+    for seg in found.segments:  # measured by the engine on the mask it sent
+        assert seg.measured is not None and seg.measured.mode == "slice"
+        assert seg.measured.voxels == seg.voxels > 0 and seg.measured.components >= 1
+        assert seg.measured.area_cm2 == pytest.approx(seg.voxels * in_plane_cm2, abs=0.01)
+        # the slice normal is 20 degrees off the inferior-superior axis: that one is left out
+        assert set(seg.measured.extent_mm) == {"right-left", "anterior-posterior"}
 
     monkeypatch.setattr(model.config.model, "presence_threshold", 1.0)  # nothing is present
     with grounding_finds_everything(model):

@@ -4,6 +4,7 @@ conversations, settings, main-thread dispatch, error messages, and segment writi
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -60,7 +61,9 @@ def sample_conversation() -> Conversation:
         raw_answer="The <p>spleen</p> [SEG] shows a hyperdense area.", scope="slice", axis=0, slice_index=41,
         where="axial slice 41 (k axis, Red view)",
         segments=[SegmentRecord("MedSegR_spleen", "spleen", (157 / 255, 108 / 255, 162 / 255), 1234,
-                                terminology.lookup("spleen").entry)],
+                                terminology.lookup("spleen").entry,
+                                measured="9.9 cm², patient's left, 52 ± 9 HU, 1 piece, 41 × 38 mm "
+                                         "(right-left × anterior-posterior)")],
         request_id="abc", fine_tuned=True, timings={"total": 2.5}, asked_at="2025-01-01T00:00:00+00:00"))
     return conversation
 
@@ -75,6 +78,9 @@ def test_conversation_json_round_trip_and_strict_reading():
         Conversation.from_json("{broken")
     with pytest.raises(ConversationFormatError, match="format"):
         Conversation.from_json('{"format": "something else"}')
+    older = json.loads(conversation.to_json())  # saved before the engine measured
+    del older["turns"][0]["segments"][0]["measured"]
+    assert Conversation.from_json(json.dumps(older)).turns[0].segments[0].measured is None
     damaged = conversation.to_json().replace('"state": "proposed"', '"state": "maybe"')
     with pytest.raises(ConversationFormatError, match="unknown segment state 'maybe'"):
         Conversation.from_json(damaged)
@@ -100,6 +106,7 @@ def test_chat_html_escapes_text_and_offers_one_click_actions():
     assert "&lt;b&gt;bleeds&lt;/b&gt;" in page and "<b>bleeds</b>" not in page
     assert 'href="medsegr:accept/0"' in page and 'href="medsegr:hide/0"' in page and 'href="medsegr:remove/0"' in page
     assert "#9d6ca2" in page and "1,234 voxels" in page
+    assert "Measured by the engine: 9.9 cm², patient&#x27;s left, 52 ± 9 HU" in page
     hidden = transcript.render_html(conversation, visible=lambda _sid: False)
     assert 'href="medsegr:show/0"' in hidden and "hidden" in hidden
     conversation.turns[0].segments[0].state = "accepted"
@@ -118,6 +125,7 @@ def test_markdown_transcript():
     assert "- Engine: medsegr 0.1.0, model smollm2 + litemedsam, device cpu" in text
     assert "## 1. Which organ <b>bleeds</b>? Segment it." in text
     assert "- spleen (1,234 voxels, proposed, colour #9d6ca2)" in text
+    assert "  - measured by the engine: 9.9 cm², patient's left, 52 ± 9 HU, 1 piece" in text
     assert text.rstrip().endswith("not for clinical decisions.")
     assert "no standard code" not in text
 

@@ -169,7 +169,7 @@ class ReferenceSession(ChatSession):
                 slice_raw = self.model.tokenizer.decode(slice_tokens, skip_special_tokens=False)
                 count = len(segment_names(slice_raw, cfg.model.seg_token)) or int(prompt_hints is not None)
                 for j, mask in enumerate(self._decode(ax, [i], [embedding], {i: states}, count,
-                                                      prompt_hints)):
+                                                      prompt_hints)[0]):
                     if j == len(masks):
                         masks.append(np.zeros(self.image.shape, dtype=bool))
                     masks[j] |= mask

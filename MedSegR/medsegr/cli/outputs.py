@@ -93,7 +93,8 @@ def write_result_files(folder: Path, session: ImageView, question: str, answer: 
     record = {"question": question, "image": image.source, **answer.summary(),
               "segments": [{"index": s.index, "name": s.name, "voxels": s.voxels,
                             "color": list(sp.color), "label_value": s.index + 1,
-                            "terminology": segment_terminology(s.name)}
+                            "terminology": segment_terminology(s.name),
+                            "measured": s.measured.to_dict() if s.measured else None}
                            for s, sp in zip(answer.segments, specs)],
               "image_geometry": {"shape_zyx": list(image.shape), "spacing": list(image.spacing),
                                  "origin": list(image.origin),
@@ -135,6 +136,8 @@ def print_answer(answer: "Answer", paths: dict[str, Path], as_json: bool,
     print()
     for seg in answer.segments:
         print(f"  segment {seg.index + 1}: {seg.name} ({seg.voxels} voxels)")
+        if seg.measured is not None:
+            print(f"    measured: {seg.measured.describe()}")
     if not answer.segments:
         print("  no segment in this answer")
     print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, "

@@ -71,12 +71,32 @@ class SegmentTerminology(BaseModel):
     color: list[int] | None = Field(None, description="recommended display colour, 0-255 RGB")
 
 
+class SegmentMeasurement(BaseModel):
+    """What the engine measured on the mask (never what the model wrote)."""
+
+    mode: Literal["slice", "volume"]
+    voxels: int
+    area_cm2: float | None = Field(None, description="area on the slice (slice answers)")
+    volume_ml: float | None = Field(None, description="volume (volume answers)")
+    side: Literal["left", "right", "midline", "both"] | None = Field(
+        None, description="the patient side of the mask's centroid against the body's "
+        "midline, from the image direction; null without a patient orientation")
+    intensity_mean: float | None = None
+    intensity_sd: float | None = None
+    intensity_unit: str = Field(description='"HU" on CT, "" (scanner units) otherwise')
+    components: int = Field(description="connected pieces (26-connected)")
+    extent_mm: dict[str, float] = Field(description="bounding box along the patient axes "
+                                        "(right-left, anterior-posterior, inferior-superior), "
+                                        "mm; a slice answer leaves out the axis through it")
+
+
 class SegmentRecord(BaseModel):
     id: str
     name: str
     index: int
     voxels: int
     terminology: SegmentTerminology | None = None
+    measured: SegmentMeasurement | None = None
     mask_url: str = Field(description="GET it (with the token) for the mask as gzip NRRD "
                           "(uint8 0/1) on the session image's exact grid")
 
@@ -101,6 +121,10 @@ class AnswerRecord(BaseModel):
                                  "named that the grounding module did not find (presence "
                                  "below the engine's threshold on every slice asked about): "
                                  "they have no segment, and the text says so")
+    presence: list[float] = Field(default_factory=list, description="the grounding module's "
+                                  "presence probability of each [SEG] of the answer, in the "
+                                  "order the answer names them (the highest over the slices "
+                                  "asked about)")
 
 
 class SessionRecord(BaseModel):

@@ -173,7 +173,8 @@ class SessionStore:
     # -- answers and masks -----------------------------------------------------------
     def store_answer(self, entry: SessionEntry, request_id: str, segments: list[Any]
                      ) -> list[dict[str, Any]]:
-        """Keep an answer's masks for download; returns ``[{id, name, index, voxels, terminology}]``."""
+        """Keep an answer's masks for download; returns ``[{id, name, index, voxels,
+        terminology, measured}]``."""
         stored = []
         records = []
         for seg in segments:
@@ -183,7 +184,8 @@ class SessionStore:
                               shape=tuple(int(n) for n in mask.shape))  # type: ignore[arg-type]
             stored.append(item)
             records.append({"id": item.segment_id, "name": seg.name, "index": int(seg.index),
-                            "voxels": int(mask.sum()), "terminology": segment_terminology(seg.name)})
+                            "voxels": int(mask.sum()), "terminology": segment_terminology(seg.name),
+                            "measured": seg.measured.to_dict() if seg.measured else None})
         with self._lock:
             for item in stored:
                 entry.masks[item.segment_id] = item

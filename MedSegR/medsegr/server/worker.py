@@ -313,7 +313,8 @@ class ModelWorker:
                 "fine_tuned": bool(answer.fine_tuned), "timings": timings,
                 "tokens": {k: int(v) for k, v in answer.tokens.items()},
                 "encoded_slices": int(encoded + answer.encoded_slices), "segments": segments,
-                "not_found": [str(name) for name in answer.not_found]}
+                "not_found": [str(name) for name in answer.not_found],
+                "presence": [float(p) for p in answer.presence]}
 
     def _encode_volume(self, job: Job) -> int:
         """Encode a volume's slices before asking, a few at a time, so that a cancel or
