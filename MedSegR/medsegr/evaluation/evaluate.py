@@ -43,6 +43,10 @@ class TurnResult:
     #: facts the answer states (side, area, size, count, density) and whether each is
     #: true of the slice (:mod:`medsegr.evaluation.facts`): (kind, stated text, ok)
     facts: list[tuple[str, str, bool]] = field(default_factory=list)
+    #: the names the answer wrote before its [SEG]s, in order, and the grounding
+    #: module's presence probability of each (:attr:`medsegr.answers.Answer.presence`)
+    seg_names: list[str] = field(default_factory=list)
+    presence: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +109,13 @@ class EvalReport:
         }
 
 
+def is_heldout_wording(record: Any) -> bool:
+    """Whether ``record`` asks in the held-out wordings (never trained on)."""
+    from medsegr.data.conversations import TEMPLATES_ATTRIBUTE
+
+    return (record.attributes or {}).get(TEMPLATES_ATTRIBUTE) == "heldout"
+
+
 def names_structure(answer: str, name: str) -> bool:
     """Whether the answer text mentions ``name`` (case-, space- and underscore-insensitive)."""
     def norm(text: str) -> str:
@@ -131,16 +142,25 @@ def per_source_sample(records: list[Any], per_source: int) -> list[Any]:
 
 def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: bool = True,
              limit: int | None = None, progress: bool = True,
-             per_source: int | None = None) -> EvalReport:
+             per_source: int | None = None, templates: str = "trained") -> EvalReport:
+    """Ask every record's conversation of ``split`` (or a ``per_source`` sample, the
+    first ``limit``) and score the answers. ``templates``: the records asked in the
+    training wordings (``"trained"``), in the held-out wordings (``"heldout"``, the test
+    split's ``-t`` records) or ``"all"``."""
     from tqdm import tqdm
 
     from medsegr.data.records import load_dataset
     from medsegr.evaluation.facts import slice_ground_truth
     from medsegr.evaluation.references import OracleBox, otsu_floor
-    from medsegr.prompts import clean_answer
+    from medsegr.prompts import clean_answer, segment_names
 
     root = Path(root)
     records = load_dataset(root, split)
+    if templates not in ("trained", "heldout", "all"):
+        raise ValueError(f"templates must be trained, heldout or all, not {templates!r}")
+    if templates != "all":
+        want = templates == "heldout"
+        records = [r for r in records if is_heldout_wording(r) == want]
     if per_source is not None:
         records = per_source_sample(records, per_source)
     if limit is not None:
@@ -182,7 +202,9 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                     names_structure(text, names[m]) for m in turn.masks),
                 absent_ok=(len(answer.segments) == 0) if is_absent else None,
                 seconds=seconds,
-                facts=[(c.kind, c.text, bool(c.ok)) for c in truth.check(answer.raw_text)])
+                facts=[(c.kind, c.text, bool(c.ok)) for c in truth.check(answer.raw_text)],
+                seg_names=segment_names(answer.raw_text, seg_token),
+                presence=list(answer.presence))
             if references and turn.masks:
                 assert oracle is not None
                 embedding = session.embeddings(axis, [index])[0][0]  # cached: not re-encoded
@@ -194,7 +216,8 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                 result.references["otsu"] = [MaskScore.of(floor, truths[m]) for m in turn.masks]
             results.append(result)
     return EvalReport(checkpoint=str(pipeline.checkpoint or "base parts"), dataset=str(root),
-                      split=split if per_source is None else f"{split} (at most {per_source} per source)",
+                      split=(split if per_source is None else f"{split} (at most {per_source} per source)")
+                      + ("" if templates == "trained" else f", {templates} wordings"),
                       fine_tuned=pipeline.model.fine_tuned, turns=results,
                       seconds=time.perf_counter() - t_start)
 
