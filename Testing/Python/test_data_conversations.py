@@ -221,3 +221,56 @@ def test_a_procedural_dataset_states_only_true_facts(tmp_path):
                     checks.append(check)
     summary = summarise_facts(checks)
     assert summary["facts"] >= 20 and summary["accuracy"] == 1.0
+
+
+# --------------------------------------------------------------------------- held-out wordings
+def _heldout_patterns() -> list[re.Pattern[str]]:
+    from medsegr.data import conversations as conv
+
+    out = []
+    for template in (*conv.HELDOUT_EXPLICIT_Q, *conv.HELDOUT_IMPLICIT_Q, *conv.HELDOUT_ABSENT_Q,
+                     conv.HELDOUT_ABSENT_CLUE_Q):
+        parts = re.split(r"\{[a-z_]+\}", template)
+        out.append(re.compile(".+".join(re.escape(p) for p in parts) + "$"))
+    return out
+
+
+def test_the_heldout_wordings_are_never_used_by_the_training_conversations():
+    patterns = _heldout_patterns()
+    rng = random.Random(7)
+    questions = {t.question for _ in range(400) for t in make_conversation(_scene(), rng)}
+    assert len(questions) > 60
+    assert not [q for q in questions if any(p.match(q) for p in patterns)]
+
+
+def test_a_heldout_conversation_asks_in_the_heldout_wordings_and_answers_as_trained():
+    from medsegr.data.conversations import make_heldout_conversation
+
+    patterns = _heldout_patterns()
+    kinds = Counter()
+    for seed in range(60):
+        turns = make_heldout_conversation(_scene(), random.Random(seed))
+        assert len(turns) == 1
+        turn = turns[0]
+        assert any(p.match(turn.question) for p in patterns), turn.question
+        kinds[turn.type] += 1
+        assert check_answer_markers(turn.answer, len(turn.masks)) == []
+        assert (SEG_TOKEN in turn.answer) == bool(turn.masks)
+    assert set(kinds) == {"explicit", "implicit", "absent"}
+
+
+def test_the_test_split_gets_one_heldout_record_per_slice_and_the_others_do_not_change():
+    from medsegr.data.conversations import TEMPLATES_ATTRIBUTE
+    from medsegr.data.scenes import SliceRef, records_for_scene
+
+    def build(heldout: bool):
+        return records_for_scene(_scene(), _specs(), SliceRef("images/x.nii.gz", "axial", 3, "axial"),
+                                 record_id="x-axi-003", subject="x", source="s", modality="CT",
+                                 count=3, rng=random.Random(5), heldout_templates=heldout)
+
+    plain, with_heldout = build(False), build(True)
+    assert with_heldout[:-1] == plain and len(with_heldout) == len(plain) + 1
+    extra = with_heldout[-1]
+    assert extra.id == "x-axi-003-t0" and extra.attributes[TEMPLATES_ATTRIBUTE] == "heldout"
+    assert any(p.match(extra.conversation[0].question) for p in _heldout_patterns())
+    assert all(TEMPLATES_ATTRIBUTE not in r.attributes for r in plain)

@@ -87,6 +87,9 @@ def test_evaluate_a_split_and_write_the_report(dataset, tiny_pipeline, tmp_path)
     assert all(t.absent_ok is False for t in absent)      # it wrongly gave a mask
     kidney = report.turns[0]
     assert kidney.expected == ["kidney"] and len(kidney.scores) == 1
+    # every [SEG] the answer wrote has its presence probability beside its name
+    assert all(len(t.presence) == len(t.seg_names) >= 1 for t in report.turns)
+    assert all(0.0 <= p <= 1.0 for t in report.turns for p in t.presence)
     assert set(kidney.references) == {"oracle_box", "otsu"}
     data = report.to_dict()
     assert data["text"]["false_claim_rate"] == 1.0
@@ -98,6 +101,23 @@ def test_evaluate_a_split_and_write_the_report(dataset, tiny_pipeline, tmp_path)
     assert json.loads(paths["json"].read_text(encoding="utf-8"))["split"] == "val"
     md = paths["markdown"].read_text(encoding="utf-8")
     assert "By question type" in md and "Otsu" in md and "absent" in md
+
+
+def test_the_heldout_wordings_are_evaluated_apart(dataset, tiny_pipeline):
+    """``templates``: the split's records asked in the training wordings, in the held-out
+    ones (the test split's ``-t`` records) or all; this validation split has none of
+    the held-out kind."""
+    from types import SimpleNamespace
+
+    from medsegr.evaluation.evaluate import evaluate, is_heldout_wording
+
+    assert is_heldout_wording(SimpleNamespace(attributes={"templates": "heldout"}))
+    assert not is_heldout_wording(SimpleNamespace(attributes={}))
+    none = evaluate(tiny_pipeline, dataset, "val", references=False, limit=1, progress=False,
+                    templates="heldout")
+    assert none.turns == [] and none.split == "val, heldout wordings"
+    with pytest.raises(ValueError, match="templates"):
+        evaluate(tiny_pipeline, dataset, "val", references=False, templates="new")
 
 
 def test_eval_command_bad_input(tmp_path, capsys):

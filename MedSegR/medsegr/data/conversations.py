@@ -241,6 +241,27 @@ _ABSENT_Q = (
 )
 
 
+#: a family of wordings kept out of training entirely: only the test split's extra
+#: ``-t`` records ask with them (:func:`make_heldout_conversation`), so how answers
+#: generalise to new wording is measured (``medsegr eval --templates heldout``)
+HELDOUT_EXPLICIT_Q = (
+    "I need the {n} delineated on this image.", "Could you produce a mask for the {n}?",
+    "Please isolate the {n} for me.", "Trace the boundary of the {n}.",
+)
+HELDOUT_IMPLICIT_Q = (
+    "I am looking for the {noun} that {clue}; please isolate it.",
+    "Identify the {noun} that {clue} and trace its boundary.",
+    "Somewhere here is the {noun} that {clue}. Could you produce a mask for it?",
+)
+HELDOUT_ABSENT_Q = (
+    "I need the {n} delineated on this image.", "Could you produce a mask for the {n}?",
+    "Trace the boundary of the {n}.",
+)
+HELDOUT_ABSENT_CLUE_Q = "I am looking for the {noun} that {clue}; please isolate it."
+#: the record attribute that marks a held-out-wording record
+TEMPLATES_ATTRIBUTE = "templates"
+
+
 def _it(entry: Structure) -> str:
     return "they" if entry.plural else "it"
 
@@ -434,12 +455,13 @@ def _lesion_words(lesion: Item) -> str:
 Generated = tuple[Turn, list[str]]  # the turn and the item keys it is about
 
 
-def _explicit(scene: Scene, rng: random.Random) -> Generated | None:
+def _explicit(scene: Scene, rng: random.Random, questions: tuple[str, ...] = _EXPLICIT_Q,
+              ) -> Generated | None:
     items = [i for i in scene.items.values()]
     if not items:
         return None
     item = rng.choice(items)
-    question = rng.choice(_EXPLICIT_Q).format(n=_alias(item.entry, rng) if not item.is_lesion else item.name)
+    question = rng.choice(questions).format(n=_alias(item.entry, rng) if not item.is_lesion else item.name)
     return Turn(question, "explicit", _plain_answer(item, scene, rng), (item.key,)), [item.key]
 
 
@@ -447,7 +469,8 @@ _PREPOSITIONS = ("in ", "on ", "to ", "around ", "under ", "above ", "below ", "
                  "inside ", "outside ", "deep ", "at ", "near ")
 
 
-def _implicit(scene: Scene, rng: random.Random) -> Generated | None:
+def _implicit(scene: Scene, rng: random.Random, questions: tuple[str, ...] = _IMPLICIT_Q,
+              ) -> Generated | None:
     items = [i for i in scene.items.values() if i.entry.clues and not i.is_lesion]
     if not items:
         return None
@@ -459,7 +482,7 @@ def _implicit(scene: Scene, rng: random.Random) -> Generated | None:
         return None
     if not _sides_hold(scene, item, clue):
         return None
-    question = rng.choice(_IMPLICIT_Q).format(noun=entry.noun, clue=clue)
+    question = rng.choice(questions).format(noun=entry.noun, clue=clue)
     name = seg(item.name)
     fact = f"The {item.name} {clue}"  # the knowledge that answers the question
     options = [f"{fact}; {_it(entry)} {entry.be} {about}: the {name}." if about.startswith(_PREPOSITIONS)
@@ -669,7 +692,8 @@ def _multi(scene: Scene, rng: random.Random) -> Generated | None:
     return Turn(question, "explicit", answer, (pair[0].key, pair[1].key)), [pair[0].key, pair[1].key]
 
 
-def _absent(scene: Scene, rng: random.Random) -> Generated | None:
+def _absent(scene: Scene, rng: random.Random, questions: tuple[str, ...] = _ABSENT_Q,
+            clue_question: str = "Segment the {noun} that {clue}.") -> Generated | None:
     choices: list[tuple[Structure, str]] = [(a.entry, a.reason) for a in scene.absences]
     if not choices or rng.random() < 0.4:
         present = {i.entry.key for i in scene.items.values()}
@@ -683,12 +707,12 @@ def _absent(scene: Scene, rng: random.Random) -> Generated | None:
     if not choices:
         return None
     entry, reason = rng.choice(choices)
-    question = rng.choice(_ABSENT_Q).format(n=entry.name, be=entry.be, it="them" if entry.plural else "it")
+    question = rng.choice(questions).format(n=entry.name, be=entry.be, it="them" if entry.plural else "it")
     options = [f"There {entry.be} no {entry.name} in this image: {reason}.",
                f"No {entry.name} {entry.be} visible here; {reason}.",
                f"I cannot segment the {entry.name}: {reason}."]
     if rng.random() < 0.5 and entry.clues:
-        question = f"Segment the {entry.noun} that {rng.choice(entry.clues)}."
+        question = clue_question.format(noun=entry.noun, clue=rng.choice(entry.clues))
         options = [f"That would be the {entry.name}, but {reason}.",
                    f"The {entry.name} would, but {reason}; nothing to segment."]
     return Turn(question, "absent", _fit(rng, options), (), "absent"), []
@@ -843,3 +867,22 @@ def make_conversation(scene: Scene, rng: random.Random, max_turns: int = 3,
             checked |= set(step[1])
         focus = step[1] or focus
     return turns
+
+
+def make_heldout_conversation(scene: Scene, rng: random.Random) -> list[Turn]:
+    """One single-turn conversation whose question uses the held-out wordings
+    (:data:`HELDOUT_EXPLICIT_Q`, :data:`HELDOUT_IMPLICIT_Q`, :data:`HELDOUT_ABSENT_Q`):
+    an explicit, implicit or absent-structure question with the answer the training
+    wordings would get. Empty when the scene allows none."""
+    kinds: list[tuple[Callable[[], Generated | None], float]] = [
+        (lambda: _explicit(scene, rng, HELDOUT_EXPLICIT_Q), 1.0),
+        (lambda: _implicit(scene, rng, HELDOUT_IMPLICIT_Q), 1.2),
+        (lambda: _absent(scene, rng, HELDOUT_ABSENT_Q, HELDOUT_ABSENT_CLUE_Q), 0.8),
+    ]
+    while kinds:
+        make = _pick(kinds, rng)
+        kinds = [(k, w) for k, w in kinds if k is not make]
+        made = make()
+        if made is not None:
+            return [made[0]]
+    return []

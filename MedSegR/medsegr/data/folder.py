@@ -432,7 +432,8 @@ def _case_records(case: Case, split: str, writer: DatasetWriter, options: Folder
                                     source=f"folder-{layout}", modality=image.modality,
                                     count=options.conversations_per_slice, rng=text_rng,
                                     attributes={"generator": "folder", "layout": layout, "plane": plane,
-                                                "case": case.subject})
+                                                "case": case.subject},
+                                    heldout_templates=split == "test")
         out.extend((split, r) for r in records)
     return out, []
 

@@ -152,7 +152,7 @@ def volume_records(volume: RealVolume, writer: DatasetWriter, options: OfflineOp
         records = records_for_scene(scene, specs, where_slice, record_id=record_id, subject=subject,
                                     source=volume.source, modality=image.modality,
                                     count=_conversations(volume, options), rng=text_rng, windows=volume.windows,
-                                    attributes=attributes)
+                                    attributes=attributes, heldout_templates=split == "test")
         out.extend((split, r) for r in records)
         copies = 0
         if split == "train" and options.augment:

@@ -224,7 +224,7 @@ def make_subject(index: int, kind: str, split: str, options: ProceduralOptions, 
             scene, specs, SliceRef(image_rel, axis, slice_index, "axial"),
             record_id=f"{subject}-s{design_index}", subject=subject, source=f"procedural-{kind}",
             modality=phantom.modality, count=options.conversations_per_slice, rng=text_rng,
-            windows=_WINDOWS[kind], attributes=attributes)
+            windows=_WINDOWS[kind], attributes=attributes, heldout_templates=split == "test")
         out.extend((split, r) for r in records)
     return out
 

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from medsegr.data.conversations import (Absence, Item, Scene, containment, make_conversation, measure,
+from medsegr.data.conversations import (TEMPLATES_ATTRIBUTE, Absence, Item, Scene, containment,
+                                       make_conversation, make_heldout_conversation, measure,
                                        midline_column)
 from medsegr.data.knowledge import Structure
 from medsegr.data.records import MaskRef, Record, Turn
@@ -143,10 +144,16 @@ def scene_from_masks(masks: Mapping[str, np.ndarray], specs: Mapping[str, MaskSp
 def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceRef, *, record_id: str,
                       subject: str, source: str, modality: str, count: int, rng: random.Random,
                       windows: Sequence[str | None] = (None,), attributes: Mapping[str, Any] | None = None,
-                      max_turns: int = 3) -> list[Record]:
+                      max_turns: int = 3, heldout_templates: bool = False) -> list[Record]:
     """Up to ``count`` records on one slice, each with its own conversation (distinct
     first questions). The record's masks are the structures present on the slice, named
-    as the answers name them."""
+    as the answers name them.
+
+    With ``heldout_templates`` (the test split) one more record, ``RECORD_ID-t0``, asks
+    a single question in the held-out wordings
+    (:func:`medsegr.data.conversations.make_heldout_conversation`), with the attribute
+    ``templates = "heldout"``; its random numbers come from its own generator, so the
+    other records are what they would be without it."""
     refs = [MaskRef(key=key, file=specs[key].file, label=specs[key].label, name=item.name,
                     snomed=specs[key].entry.snomed) for key, item in scene.items.items()]
     records: list[Record] = []
@@ -164,4 +171,14 @@ def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceR
             id=f"{record_id}-c{len(records)}", subject=subject, source=source, image=where.image,
             modality=modality, window=rng.choice(list(windows)), axis=where.axis, slice=where.index,
             masks=masks, conversation=turns, attributes=dict(attributes or {})))
+    if heldout_templates:
+        turns = make_heldout_conversation(scene, random.Random(f"{record_id}|heldout-templates"))
+        if turns:
+            used = {k for t in turns for k in t.masks}
+            masks = [r for r in refs if r.key in used] + [r for r in refs if r.key not in used]
+            records.append(Record(
+                id=f"{record_id}-t0", subject=subject, source=source, image=where.image,
+                modality=modality, window=windows[0] if windows else None, axis=where.axis,
+                slice=where.index, masks=masks, conversation=turns,
+                attributes={**dict(attributes or {}), TEMPLATES_ATTRIBUTE: "heldout"}))
     return records

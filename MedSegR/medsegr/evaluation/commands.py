@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--per-source", type=int, default=None, metavar="N",
                    help="a quick sample: at most N evenly spaced records of each source")
+    p.add_argument("--templates", choices=("trained", "heldout", "all"), default="trained",
+                   help="which question wordings: the training family (default), the "
+                   "held-out family (the test split's -t records, never trained on), or both")
     p.add_argument("--no-references", action="store_true",
                    help="skip the oracle-box and Otsu references")
     p.add_argument("--presence-threshold", type=float, default=None, metavar="P",
@@ -54,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         pipe.model.config.model.presence_threshold = args.presence_threshold
     report = evaluate(pipe, args.dataset, args.split, references=not args.no_references,
                       limit=args.limit, progress=not args.no_progress,
-                      per_source=args.per_source)
+                      per_source=args.per_source, templates=args.templates)
     paths = write_report(report, args.out)
     print(markdown(report))
     print(f"wrote {paths['markdown']} and {paths['json']}")
