@@ -4,7 +4,7 @@
 #   make bench  MedSegR against a LISA-style reference on the same weights (BENCH_ARGS=--quick)
 #   make bench-engine  the engine suite: cold start, slice, follow-up, volume (BENCH_ARGS=--quick)
 #   make checkpoint  rebuild the default dataset and retrain the bundled checkpoint
-#   make evaluate    evaluate the bundled checkpoint on the default dataset's test split
+#   make evaluate    evaluate the bundled checkpoint on the test split (training wordings, then the held-out wordings)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -55,15 +55,19 @@ sources: env
 dataset: sources
 	$(VENV)/bin/medsegr data build default --out $(DATASET) --overwrite
 
-# configs/train-default.toml reads datasets/default and writes runs/default
+# configs/train-default.toml reads datasets/default and writes runs/default (text stage,
+# then the grounding stage); configs/train-answers.toml continues from runs/default/final
+# (more text training of the top layers, then the grounding stage again) into runs/answers
 checkpoint: dataset
 	$(VENV)/bin/medsegr train configs/train-default.toml
-	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/default/final MedSegR/Resources/checkpoint.new
+	$(VENV)/bin/medsegr train configs/train-answers.toml
+	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/answers/final MedSegR/Resources/checkpoint.new
 	rm -rf MedSegR/Resources/checkpoint && mv MedSegR/Resources/checkpoint.new MedSegR/Resources/checkpoint
 
 evaluate: env
 	test -d $(DATASET) || $(MAKE) dataset
 	$(VENV)/bin/medsegr eval default $(DATASET) --split test --out $(EVAL_OUT)
+	$(VENV)/bin/medsegr eval default $(DATASET) --split test --templates heldout --out $(EVAL_OUT)/heldout-wordings
 
 clean:
 	rm -rf $(DEMO_OUT) $(BENCH_OUT) .pytest_cache

@@ -243,3 +243,118 @@ def test_image_store_keeps_only_the_most_recent_normalised_volumes():
     assert loads == ["a", "b", "c"]
     store.normalised(b, "MR")
     assert loads == ["a", "b", "c", "b"]
+
+
+def test_length_buckets_cover_every_example_once_in_batches_of_similar_length():
+    from medsegr.training.batches import LengthBuckets
+
+    lengths = [((i * 37) % 101) + 10 for i in range(203)]
+    sampler = LengthBuckets(lengths, batch_size=8, seed=3, pool=4)
+    first = list(sampler)
+    assert len(first) == len(sampler) == 26
+    assert sorted(i for batch in first for i in batch) == list(range(203))
+    # within a pool of 32 examples sorted by length, a batch spans a quarter of its range
+    spans = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in first if len(b) == 8]
+    assert np.median(spans) < 0.3 * (max(lengths) - min(lengths))
+    second = list(sampler)  # the next epoch: another order
+    assert second != first and sorted(i for b in second for i in b) == list(range(203))
+    again = LengthBuckets(lengths, batch_size=8, seed=3, pool=4)
+    assert list(again) == first  # deterministic for a seed
+
+
+def test_continued_text_training_of_the_top_layers_then_a_warm_grounding_stage(dataset, tmp_path):
+    """From a fine-tuned checkpoint: only the LoRA of the layers from [optim]
+    train_from_layer up changes (the lower layers, the visual projector and the added
+    tokens' rows stay); [optim] max_seconds ends the text stage early and the grounding
+    stage still runs; [grounding_stage] warm_start starts from the checkpoint's module."""
+    import torch
+
+    from medsegr.errors import ConfigError
+    from medsegr.modeling.checkpoint import from_pretrained
+    from medsegr.training.config import TrainConfig
+    from medsegr.training.trainer import train
+
+    start = tmp_path / "start"
+    stage = {"steps": 3, "batch_size": 2, "lr": 1e-3, "warmup_steps": 1, "eval_every": 0,
+             "save_every": 0}
+    train(TrainConfig.from_file(write_config(tmp_path / "s.toml", dataset, start, grounding=stage,
+                                             steps=2, mixed_precision="no")), progress=False)
+    before = from_pretrained(start / "final", device="cpu", trainable=True)
+    out = tmp_path / "more"
+    warm = {**stage, "lr": 1e-12, "warm_start": True}
+    cfg = write_config(tmp_path / "m.toml", dataset, out, grounding=warm, init=str(start / "final"),
+                       steps=50, mixed_precision="no", train_from_layer=1, length_buckets=True,
+                       max_seconds=1e-6)
+    result = train(TrainConfig.from_file(cfg), progress=False)
+    assert result.steps == 1 and result.grounding_stage_steps == 3  # stopped by the clock
+    after = from_pretrained(out / "final", device="cpu", trainable=True)
+    old = dict(before.named_parameters())
+    changed = {name for name, p in after.named_parameters()
+               if ("lora_" in name or name.startswith("visual_projector.") or "trainable_tokens" in name)
+               and not torch.equal(p, old[name])}
+    assert changed and all(".layers.0." not in n and "lora_" in n for n in changed), changed
+    start_weights = dict(before.grounding.named_parameters())
+    for key, value in after.grounding.named_parameters():  # lr 1e-12: still the start's weights
+        assert torch.allclose(value.float(), start_weights[key].float(), atol=1e-5), key
+    meta = json.loads((out / "final" / "medsegr_config.json").read_text(encoding="utf-8"))
+    assert meta["training"]["grounding_stage"]["warm_start"] is True
+    assert meta["training"]["text_seconds"] >= 0
+
+    with pytest.raises(ConfigError, match="init_checkpoint"):  # nothing to keep below the layer
+        TrainConfig.from_file(write_config(tmp_path / "x.toml", dataset, tmp_path / "x",
+                                           train_from_layer=1))
+    with pytest.raises(ConfigError, match="warm_start"):
+        TrainConfig.from_file(write_config(tmp_path / "y.toml", dataset, tmp_path / "y",
+                                           grounding={**stage, "warm_start": True}))
+    with pytest.raises(ConfigError, match="decoder layers"):
+        train(TrainConfig.from_file(write_config(tmp_path / "z.toml", dataset, tmp_path / "z",
+                                                 init=str(start / "final"), train_from_layer=99)),
+              progress=False)
+
+
+def test_absent_queries_in_the_models_own_words(tiny_model):
+    """Which names of a generated answer become absent queries (a known structure of
+    another body region than the image's, never one the image may show), and how they
+    join their item; the prompt is the engine's."""
+    import torch
+
+    from medsegr.answers import Turn
+    from medsegr.pipeline import ChatSession
+    from medsegr.training.generated_absent import apply, clearly_absent, prompt_keys
+    from medsegr.training.grounding_data import GroundingItem
+
+    head = ["brain", "head"]
+    assert clearly_absent("liver", head) and clearly_absent("left kidney", head)
+    assert not clearly_absent("brain", head) and not clearly_absent("skull", head)
+    assert not clearly_absent("a thing nobody labels", head) and not clearly_absent("", head)
+    assert not clearly_absent("liver", [])  # an image of unknown regions: nothing is sure
+
+    fake = type("S", (), {"model": tiny_model})()  # ChatSession._keys reads only .model
+    assert prompt_keys(tiny_model, "Segment the liver.", "x") == ChatSession._keys(
+        fake, [Turn(question="Segment the liver.", image_id="x")])
+
+    hidden = 8
+    item = GroundingItem(record_id="r", source="s", cache_key="k", raw=np.zeros((1, 4, 4), np.float16),
+                         is_ct=False, targets=np.zeros((1, 4, 4), np.uint8), keys=["brain"],
+                         names=["brain"], flipped_targets=None, absent=["liver"],
+                         states=torch.zeros((2, hidden)), name_states=torch.zeros((2, hidden)))
+    added = apply([item], {"r": [("femur", torch.ones(hidden), torch.full((hidden,), 2.0))],
+                           "other": [("spleen", torch.ones(hidden), torch.ones(hidden))]})
+    assert added == 1 and item.absent == ["liver", "femur"] and item.queries == 3
+    assert item.states.shape == (3, hidden) and float(item.name_states[2, 0]) == 2.0
+
+
+def test_the_text_stage_cost_of_each_lever_is_measured_side_by_side(dataset, tmp_path):
+    """``python -m medsegr.training.text_cost``: every arm runs its timed steps from the
+    same start weights; the top-layers arms train fewer parameters."""
+    from medsegr.training.text_cost import ARMS, main
+
+    cfg = write_config(tmp_path / "c.toml", dataset, tmp_path / "run", mixed_precision="no")
+    out = tmp_path / "cost.json"
+    assert main([str(cfg), "--steps", "2", "--json", str(out)]) == 0
+    result = json.loads(out.read_text(encoding="utf-8"))
+    rows = {r["arm"]: r for r in result["rows"]}
+    assert list(rows) == list(ARMS)
+    assert all(r["s_per_step"] > 0 and 0 <= r["padding_share"] < 1 for r in rows.values())
+    assert rows["top-layers"]["trainable_parameters"] < rows["all-layers"]["trainable_parameters"]
+    assert rows["top-layers"]["trained_from_layer"] >= 1 and rows["all-layers"]["trained_from_layer"] == 0

@@ -4,6 +4,8 @@ Used by the text stage (:mod:`.trainer`); the grounding stage has its own batche
 
 from __future__ import annotations
 
+import random
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -43,3 +45,37 @@ def collate(pad_id: int):
                 "pixels": (torch.stack([torch.from_numpy(b["pixels"]) for b in batch]).float()
                            if all(b.get("pixels") is not None for b in batch) else None)}
     return fn
+
+
+class LengthBuckets(torch.utils.data.Sampler[list[int]]):
+    """Batches of examples of similar length, so little of a batch is padding.
+
+    Each epoch the examples are shuffled, cut into pools of ``pool`` batches, each pool
+    is sorted by length and cut into batches, and the batches of the epoch are shuffled
+    (the order of lengths carries no signal). Deterministic for a given ``seed``.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int = 0, pool: int = 64) -> None:
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.pool = max(1, pool)
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        self.epoch += 1
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        size = self.batch_size * self.pool
+        batches: list[list[int]] = []
+        for start in range(0, len(order), size):
+            chunk = sorted(order[start:start + size], key=lambda i: self.lengths[i])
+            batches += [chunk[k:k + self.batch_size] for k in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        yield from batches

@@ -22,6 +22,9 @@ Sections and their defaults (every key optional; unknown keys are refused)::
     warmup_steps = 20              # linear warm-up, then cosine decay
     max_grad_norm = 1.0
     mixed_precision = "no"         # "bf16" on a GPU, or on a CPU with AVX-512 BF16 / AMX
+    train_from_layer = 0           # LoRA of the layers from this index up only (0: all)
+    length_buckets = false         # batches of similar length
+    max_seconds = 0                # stop the text stage after this much time (0: no limit)
 
     [grounding_stage]              # after the text stage: LLM frozen, [SEG] states cached
     steps = 0                      # 0: no grounding stage
@@ -33,6 +36,8 @@ Sections and their defaults (every key optional; unknown keys are refused)::
     max_seconds = 0                # stop after this much training time (0: no limit)
     hint_share = 0.25              # images given box/point hints from one structure
     hint_only_share = 0.3          # ... of which with no text query
+    warm_start = false             # start from init_checkpoint's grounding module
+    generated_absent = 0.0         # share of records asked about an absent structure by the model itself
 
     [loss]
     ce = 1.0                       # weight of the answer text's cross-entropy
@@ -83,6 +88,15 @@ class OptimSection:
     warmup_steps: int = 20
     max_grad_norm: float = 1.0
     mixed_precision: str = "no"
+    #: train the LoRA of the decoder layers from this index up only; the layers below,
+    #: the visual projector and the added tokens' rows stay as the start checkpoint has
+    #: them, and the backward pass stops at this layer (0: train all of them)
+    train_from_layer: int = 0
+    #: batches of examples of similar length (less padding); shuffled in pools of 64
+    #: batches, then the batches are shuffled
+    length_buckets: bool = False
+    #: stop the text stage after this many seconds of training (0: no limit)
+    max_seconds: float = 0.0
 
 
 @dataclass
@@ -122,6 +136,13 @@ class GroundingStageSection:
     save_every: int = 100
     #: stop after this many seconds of training (0: no limit)
     max_seconds: float = 0.0
+    #: start from the grounding module of the start checkpoint (``[engine]
+    #: init_checkpoint``) instead of fresh weights
+    warm_start: bool = False
+    #: share of the training records on which the frozen model is asked about an absent
+    #: structure; the [SEG]s of its own answers become absent queries
+    #: (:mod:`medsegr.training.generated_absent`)
+    generated_absent: float = 0.0
 
 
 @dataclass
@@ -177,6 +198,13 @@ class TrainConfig:
             (o.weight_decay >= 0, "[optim] weight_decay must not be negative"),
             (o.warmup_steps >= 0, "[optim] warmup_steps must not be negative"),
             (o.max_grad_norm >= 0, "[optim] max_grad_norm must not be negative (0: no clipping)"),
+            (o.train_from_layer >= 0, "[optim] train_from_layer must not be negative"),
+            (o.max_seconds >= 0, "[optim] max_seconds must not be negative (0: no limit)"),
+            (o.train_from_layer == 0 or bool(self.engine.init_checkpoint) or o.steps == 0,
+             "[optim] train_from_layer > 0 keeps the visual projector and the lower layers as "
+             "they are: set [engine] init_checkpoint to a fine-tuned checkpoint"),
+            (not self.grounding_stage.warm_start or bool(self.engine.init_checkpoint),
+             "[grounding_stage] warm_start needs [engine] init_checkpoint"),
             (o.mixed_precision in ("no", "bf16", "fp16"),
              "[optim] mixed_precision must be no, bf16 or fp16"),
             (self.grounding_stage.steps >= 0, "[grounding_stage] steps must not be negative"),
@@ -186,6 +214,8 @@ class TrainConfig:
              "[grounding_stage] warmup_steps/eval_every/save_every must be >= 0"),
             (0 <= self.grounding_stage.hint_share <= 1 and 0 <= self.grounding_stage.hint_only_share <= 1,
              "[grounding_stage] hint_share and hint_only_share must be between 0 and 1"),
+            (0 <= self.grounding_stage.generated_absent <= 1,
+             "[grounding_stage] generated_absent must be between 0 and 1"),
             (min(self.grounding_stage.bce, self.grounding_stage.dice, self.grounding_stage.presence, self.grounding_stage.weight_decay, self.grounding_stage.max_seconds) >= 0,
              "[grounding_stage] loss weights, weight_decay and max_seconds must not be negative"),
             (self.loss.ce >= 0, "[loss] ce must not be negative"),

@@ -257,14 +257,18 @@ def _lr(step: int, settings: StageSettings) -> float:
 
 def train_grounding(config: GroundingConfig, settings: StageSettings, train_items: list[GroundingItem],
                     val_items: list[GroundingItem], cache: Any, out_dir: Path,
-                    progress: bool = True) -> GroundingModule:
+                    progress: bool = True, start: dict[str, torch.Tensor] | None = None,
+                    ) -> GroundingModule:
     """Train (or resume, from ``out_dir/state.pt``) a grounding module; returns it.
-    ``cache`` is the encoder cache (None when ``config.embed_dim`` is 0)."""
+    ``cache`` is the encoder cache (None when ``config.embed_dim`` is 0); ``start`` the
+    weights to start from (a fresh module when None; a resumed state wins)."""
     from tqdm import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(settings.seed)
     module = GroundingModule(config)
+    if start is not None:
+        module.load_state_dict(start)
     optimizer = torch.optim.AdamW(module.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr(s, settings))
     step, elapsed = 0, 0.0
@@ -384,6 +388,32 @@ def prepare_items(model: Any, config: Any, split: str, cache: Any, progress: boo
     return items
 
 
+def _generated_absent(model: Any, config: Any, items: list[GroundingItem], cache: Any,
+                      progress: bool) -> int:
+    """Add the absent queries of the model's own answers to ``items``
+    (:mod:`medsegr.training.generated_absent`), collected once and kept in
+    ``OUTPUT_DIR/grounding-cache/``; returns how many were added."""
+    from medsegr.io.atomic import atomic_path
+    from medsegr.training import generated_absent
+
+    section = config.grounding_stage
+    stamp = hashlib_stamp(ITEMS_FORMAT, llm_digest(model), config.data.train_split, len(items),
+                          section.generated_absent, config.run.seed,
+                          generated_absent.QUESTIONS)
+    file = config.output_dir / "grounding-cache" / f"generated-absent-{stamp}.pt"
+    if file.is_file():
+        collected = torch.load(file, map_location="cpu", weights_only=False)
+    else:
+        collected = generated_absent.collect(
+            model, items, cache, section.generated_absent, seed=config.run.seed,
+            mixed_precision="bf16" if config.optim.mixed_precision == "bf16" else "no",
+            progress=progress)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(file) as tmp:
+            torch.save(collected, tmp)
+    return generated_absent.apply(items, collected)
+
+
 def hashlib_stamp(*parts: Any) -> str:
     import hashlib
 
@@ -395,17 +425,24 @@ def run_grounding_stage(model: Any, config: Any, cache: Any, progress: bool = Tr
     load the result into it; returns what the checkpoint records of the stage."""
     t0 = time.perf_counter()
     train_items = prepare_items(model, config, config.data.train_split, cache, progress)
+    generated = 0
+    if config.grounding_stage.generated_absent > 0:
+        generated = _generated_absent(model, config, train_items, cache, progress)
     val_items = (prepare_items(model, config, config.data.val_split, cache, progress)
                  if config.data.val_split else [])
     prepare_s = time.perf_counter() - t0
     settings = StageSettings.from_config(config)
+    start = ({k: v.detach().clone() for k, v in model.grounding.state_dict().items()}
+             if settings.warm_start else None)
     module = train_grounding(model.grounding.config, settings, train_items, val_items, cache,
-                             config.output_dir / "grounding", progress=progress)
+                             config.output_dir / "grounding", progress=progress, start=start)
     model.grounding.load_state_dict(module.state_dict())
     model.grounding.eval()
     saved = torch.load(config.output_dir / "grounding" / STATE_NAME, map_location="cpu",
                        weights_only=False)
     record: dict[str, Any] = {"steps": int(saved["step"]), "train_seconds": round(saved["elapsed_s"], 1),
+                              "warm_start": settings.warm_start,
+                              "generated_absent_queries": generated,
                               "prepare_seconds": round(prepare_s, 1), "train_records": len(train_items)}
     if val_items:
         report = evaluate_items(module, val_items, cache if module.config.embed_dim else None,

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsegr.errors import CheckpointError, InputError
-from medsegr.training.batches import ExampleDataset, collate
+from medsegr.errors import CheckpointError, ConfigError, InputError
+from medsegr.training.batches import ExampleDataset, LengthBuckets, collate
 from medsegr.training.config import TrainConfig
 from medsegr.training.curves import read_metrics
 from medsegr.training.encoder_cache import EncoderCache, encoder_digest
@@ -81,19 +82,38 @@ def load_examples(config: TrainConfig, model: Any, split: str) -> tuple[list[Exa
 
 
 # -- model ---------------------------------------------------------------------
-def mark_trainable(model: Any) -> list[torch.nn.Parameter]:
+def mark_trainable(model: Any, from_layer: int = 0) -> list[torch.nn.Parameter]:
     """Freeze everything but LoRA, the added tokens' rows and the visual projector;
-    return the trainable parameters (in a fixed order)."""
+    return the trainable parameters (in a fixed order).
+
+    With ``from_layer`` > 0 only the LoRA of decoder layers ``from_layer`` and up train:
+    nothing below them needs a gradient, so the backward pass stops there."""
     params = []
+    layers = _decoder_layer_count(model)
+    if from_layer >= layers > 0:
+        raise ConfigError(f"[optim] train_from_layer = {from_layer}, but the language model has "
+                          f"{layers} decoder layers (0..{layers - 1})")
     for name, p in model.named_parameters():
         train = name.startswith(TRAINABLE_PREFIXES) or (
             name.startswith("llm.") and ("lora_" in name or "trainable_tokens_delta" in name))
+        if from_layer > 0 and train:
+            match = _LAYER.search(name)
+            train = "lora_" in name and match is not None and int(match.group(1)) >= from_layer
         p.requires_grad_(train)
         if train:
             params.append(p)
     if not params:
         raise CheckpointError("the model has no trainable parameters")
     return params
+
+
+_LAYER = re.compile(r"\.layers\.(\d+)\.")
+
+
+def _decoder_layer_count(model: Any) -> int:
+    found = {int(m.group(1)) for name, _ in model.named_parameters()
+             if name.startswith("llm.") and (m := _LAYER.search(name))}
+    return max(found) + 1 if found else 0
 
 
 def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
@@ -125,10 +145,11 @@ def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
 
 
 def _save_resumable(output_dir: Path, step: int, model: Any, optimizer: Any, scheduler: Any,
-                    config: TrainConfig, keep: int) -> Path:
+                    config: TrainConfig, keep: int, elapsed_s: float = 0.0) -> Path:
     return save_resumable(output_dir, f"checkpoint-{step:06d}", model,
                           {"step": step, "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict()}, config, keep)
+                           "scheduler": scheduler.state_dict(), "elapsed_s": elapsed_s},
+                          config, keep)
 
 
 def _resolve_resume(resume: str | None, output_dir: Path) -> Path | None:
@@ -169,7 +190,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
     set_seed(config.run.seed + accelerator.process_index)
 
     model = build_training_model(config, resume_dir / "model" if resume_dir else None)
-    params = mark_trainable(model)
+    params = mark_trainable(model, config.optim.train_from_layer)
     model.to(accelerator.device)
 
     # data + frozen-encoder cache (the main process encodes, the others wait and read)
@@ -185,20 +206,29 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
 
     pad = model.tokenizer.pad_token_id
     pad = pad if pad is not None else sorted(model.eos_token_ids)[0]
-    loader = torch.utils.data.DataLoader(
-        ExampleDataset(train_examples, cache), batch_size=config.optim.batch_size, shuffle=True,
-        collate_fn=collate(pad), generator=torch.Generator().manual_seed(config.run.seed))
+    if config.optim.length_buckets:
+        loader = torch.utils.data.DataLoader(
+            ExampleDataset(train_examples, cache), collate_fn=collate(pad),
+            batch_sampler=LengthBuckets([len(e.input_ids) for e in train_examples],
+                                        config.optim.batch_size, seed=config.run.seed))
+    else:
+        loader = torch.utils.data.DataLoader(
+            ExampleDataset(train_examples, cache), batch_size=config.optim.batch_size,
+            shuffle=True, collate_fn=collate(pad),
+            generator=torch.Generator().manual_seed(config.run.seed))
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr,
                                   weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(config.optim.warmup_steps, config.optim.steps))
 
     step = 0
+    elapsed_before = 0.0  # training seconds of the run before a resume ([optim] max_seconds)
     if resume_dir is not None:
         state = torch.load(resume_dir / STATE_NAME, map_location="cpu", weights_only=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = int(state["step"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
         rng = state.get("rng", {})
         if rng and accelerator.num_processes == 1:
             random.setstate(rng["python"])
@@ -219,6 +249,10 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
     last_loss = float("nan")
     window: list[dict[str, float]] = []
     t0 = time.perf_counter()
+    # [optim] max_seconds reached: the text stage ends here, as if at its last step
+    timed_out = bool(config.optim.max_seconds) and elapsed_before >= config.optim.max_seconds
+    if timed_out:
+        stop_at = step
     weights = dict(ce_weight=config.loss.ce)
     while step < stop_at:
         for batch in loader:
@@ -245,7 +279,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
             bar.set_postfix(loss=f"{loss:.3f}")
             if step % config.run.log_every == 0 or step == stop_at:
                 record = {"step": step, "kind": "train", "lr": scheduler.get_last_lr()[0],
-                          "elapsed_s": round(time.perf_counter() - t0, 2),
+                          "elapsed_s": round(elapsed_before + time.perf_counter() - t0, 2),
                           **{k: float(np.mean([w[k] for w in window if k in w]))
                              for k in window[0]}}
                 window = []
@@ -260,10 +294,16 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     _save_resumable(out, step, accelerator.unwrap_model(model), optimizer,
-                                    scheduler, config, config.run.keep_checkpoints)
+                                    scheduler, config, config.run.keep_checkpoints,
+                                    elapsed_before + time.perf_counter() - t0)
+            if (config.optim.max_seconds and step < stop_at
+                    and elapsed_before + time.perf_counter() - t0 >= config.optim.max_seconds):
+                timed_out = True
+                stop_at = step
             if step >= stop_at:
                 break
     bar.close()
+    text_elapsed = elapsed_before + time.perf_counter() - t0
     accelerator.wait_for_everyone()
     final = out / "final"
     stage_steps = 0
@@ -272,9 +312,9 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
         unwrapped.eval()
         if step > 0:
             _save_resumable(out, step, unwrapped, optimizer, scheduler, config,
-                            config.run.keep_checkpoints)
+                            config.run.keep_checkpoints, text_elapsed)
         grounding: dict[str, Any] | None = None
-        if config.grounding_stage.steps and step >= config.optim.steps:
+        if config.grounding_stage.steps and (step >= config.optim.steps or timed_out):
             from medsegr.training.grounding_stage import run_grounding_stage
 
             grounding = run_grounding_stage(unwrapped, config, cache, progress=progress)
@@ -282,6 +322,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
         unwrapped.eval()
         training: dict[str, Any] = {
             "steps": step, "grounding_stage": grounding, "train_split": config.data.train_split,
+            "text_seconds": round(text_elapsed, 1),
             "train_examples": len(train_examples),
             "final_loss": last_loss if math.isfinite(last_loss) else None}
         if config.engine.init_checkpoint:
