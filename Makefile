@@ -61,6 +61,8 @@ dataset: sources
 checkpoint: dataset
 	$(VENV)/bin/medsegr train configs/train-default.toml
 	$(VENV)/bin/medsegr train configs/train-answers.toml
+	$(VENV)/bin/medsegr eval runs/answers/final $(DATASET) --split val --no-references --out runs/answers/eval-val
+	$(VENV)/bin/python -m medsegr.evaluation.presence_threshold runs/answers/eval-val/eval.json --write runs/answers/final
 	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/answers/final MedSegR/Resources/checkpoint.new
 	rm -rf MedSegR/Resources/checkpoint && mv MedSegR/Resources/checkpoint.new MedSegR/Resources/checkpoint
 

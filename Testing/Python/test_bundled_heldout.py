@@ -57,11 +57,11 @@ def test_held_out_real_structure_keeps_its_dice(pipeline, source, question, key,
     assert dice >= THRESHOLDS[minimum], f"Dice {dice:.3f}; answer: {answer.raw_text}"
 
 
-#: measured 0.967, 0.826 and 0.970 for the bundled checkpoint (docs/model-card.md)
+#: measured 0.977, 0.998 and 0.969 for the bundled checkpoint (docs/model-card.md)
 THRESHOLDS = {"LUNGS_MIN": 0.88, "BODY_MIN": 0.7, "COLIN_BRAIN_MIN": 0.9}
 
 
-#: the README's demo question (`make demo`); measured 0.982 / 0.649 for the bundled checkpoint
+#: the README's demo question (`make demo`); measured 0.981 / 0.650 for the bundled checkpoint
 DEMO_QUESTION = "Which tissue forms the deep, myelinated part of the cerebral hemispheres? Segment it."
 DEMO_MIN = {"grey + white matter": 0.9, "white matter": 0.5}
 

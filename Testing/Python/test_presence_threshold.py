@@ -55,3 +55,20 @@ def test_the_command_prints_the_table_and_refuses_a_report_without_presence(tmp_
     done = subprocess.run([sys.executable, "-m", "medsegr.evaluation.presence_threshold", str(old)],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "both are needed" in done.stderr
+
+
+def test_the_chosen_threshold_is_written_into_a_checkpoint_config(tmp_path: Path):
+    from medsegr.evaluation.presence_threshold import main
+
+    good = tmp_path / "eval.json"
+    good.write_text(json.dumps(report()))
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "medsegr_config.json").write_text(json.dumps(
+        {"format": 1, "config": {"model": {"presence_threshold": 0.5}}, "training": {"steps": 3}}))
+    assert main([str(good), "--write", str(ckpt)]) == 0
+    data = json.loads((ckpt / "medsegr_config.json").read_text())
+    assert data["config"]["model"]["presence_threshold"] == 0.5  # the middle of the tie
+    evidence = data["training"]["presence_threshold"]
+    assert evidence["threshold"] == 0.5 and evidence["split"] == "val" and data["training"]["steps"] == 3
+    assert main([str(good), "--write", str(tmp_path / "missing")]) == 2

@@ -18,7 +18,9 @@ presence probability (the highest over the slices asked about). Two kinds count:
 
 The chosen threshold maximises ``declined + kept`` (shares of their kinds); among equal
 scores the middle one. The table of every threshold is printed (and written with
-``--json``).
+``--json``); ``--write CHECKPOINT`` sets it as the checkpoint's ``[model]
+presence_threshold`` (its ``medsegr_config.json``, with the choice recorded under
+``training.presence_threshold``).
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("report", type=Path, help="eval.json of `medsegr eval`")
     parser.add_argument("--json", type=Path, help="write the table and the choice here")
+    parser.add_argument("--write", type=Path, metavar="CHECKPOINT",
+                        help="set the chosen threshold in this checkpoint folder's config")
     args = parser.parse_args(argv)
     try:
         report = json.loads(args.report.read_text(encoding="utf-8"))
@@ -101,7 +105,30 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps({"report": str(args.report), "absent_answers": len(absent),
                                          "present_segs": len(present), "rows": rows,
                                          "chosen": chosen}, indent=2) + "\n", encoding="utf-8")
+    if args.write:
+        row = next(r for r in rows if r["threshold"] == chosen)
+        try:
+            write_threshold(args.write, chosen, {**row, "split": report.get("split"),
+                                                 "absent_answers": len(absent),
+                                                 "present_segs": len(present)})
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"error: cannot set the threshold in {args.write}: {exc}", file=sys.stderr)
+            return 2
+        print(f"set [model] presence_threshold = {chosen} in {args.write / 'medsegr_config.json'}")
     return 0
+
+
+def write_threshold(checkpoint: Path, threshold: float, evidence: dict[str, Any]) -> None:
+    """Set ``[model] presence_threshold`` in ``checkpoint``'s ``medsegr_config.json``
+    (atomically), recording ``evidence`` under ``training.presence_threshold``."""
+    from medsegr.io.atomic import atomic_path
+
+    file = checkpoint / "medsegr_config.json"
+    data = json.loads(file.read_text(encoding="utf-8"))
+    data["config"]["model"]["presence_threshold"] = float(threshold)
+    data.setdefault("training", {})["presence_threshold"] = evidence
+    with atomic_path(file) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

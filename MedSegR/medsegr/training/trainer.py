@@ -133,6 +133,9 @@ def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
         # a checkpoint from before the grounding module is compared without the old mask
         # path's keys, every missing key at its default
         saved = MedSegRConfig.from_dict(upgraded_config(read_checkpoint_config(start)["config"])).to_dict()
+        # the presence threshold is chosen after training (on validation answers): not a
+        # difference in what is trained
+        saved["model"]["presence_threshold"] = engine.to_dict()["model"]["presence_threshold"]
         if saved != engine.to_dict():
             diff = sorted(k for k in set(saved) | set(engine.to_dict())
                           if saved.get(k) != engine.to_dict().get(k))
