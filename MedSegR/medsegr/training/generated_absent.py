@@ -7,10 +7,11 @@ the ribs: the <p>femur</p> [SEG]"), and its ``[SEG]`` state then looks present. 
 share of the training records (``[grounding_stage] generated_absent``) the frozen model
 itself is asked about one of the record's absent structures (other body regions), as
 the engine asks: a first question on the record's image, greedy, up to its first
-``[SEG]``. Each ``[SEG]`` of that answer whose name is a known structure of another body region than the image's becomes
-one more absent query of that record (empty target, presence 0), with the states the
-model produced. Names that may be on the image (its regions, unknown names) are left
-out: they would teach the score to refuse what is there.
+``[SEG]``. Each ``[SEG]`` of that answer whose name is a known structure of another body
+region than the image's becomes one more absent query of that record (empty target,
+presence 0), with the states the model produced. Names that may be on the image (its
+regions, unknown names) are left out: they would teach the score to refuse what is
+there.
 """
 
 from __future__ import annotations
