@@ -13,6 +13,7 @@ hints use the in-plane voxel indices of the sliced plane (axial ``(i, j)``, coro
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,11 +82,7 @@ class Measurement:
     extent_mm: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "voxels": self.voxels, "area_cm2": self.area_cm2,
-                "volume_ml": self.volume_ml, "side": self.side,
-                "intensity_mean": self.intensity_mean, "intensity_sd": self.intensity_sd,
-                "intensity_unit": self.intensity_unit, "components": self.components,
-                "extent_mm": dict(self.extent_mm)}
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Measurement":

@@ -30,7 +30,7 @@ from medsegr.answers import Answer, Hints, Segment, Turn
 from medsegr.config import MedSegRConfig
 from medsegr.errors import InputError, MedSegRError
 from medsegr.io.images import MedicalImage
-from medsegr.modeling.generation import ConversationState, generate
+from medsegr.modeling.generation import ConversationState, generate, prompt_keys
 from medsegr.modeling.medsegr_model import Key, MedSegRModel
 from medsegr.imaging.channels import hint_maps, input_channels, letterbox_raw, neighbour_indices, raw_volume
 from medsegr.imaging.measurements import measure_segment
@@ -366,19 +366,7 @@ class ChatSession:
 
     # -- prompts ----------------------------------------------------------------
     def _keys(self, turns: list[Turn]) -> list[Key]:
-        cfg = self.model.config
-        text = render(self.model.tokenizer, cfg.llm.system_prompt, turns, cfg.model.image_token)
-        ids = self.model.tokenizer.encode(text, add_special_tokens=False)
-        images = [t.image_id for t in turns if t.image_id]
-        keys: list[Key] = []
-        n = self.model.num_visual_tokens
-        for token in ids:
-            if token == self.model.image_token_id:
-                image_id = images.pop(0)
-                keys.extend(("img", image_id, i) for i in range(n))
-            else:
-                keys.append(int(token))
-        return keys
+        return prompt_keys(self.model, turns)
 
     # -- asking -------------------------------------------------------------------
     def _target_slices(self, axis: str | int, slice_index: int | None, volume: bool,

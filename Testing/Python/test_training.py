@@ -319,8 +319,9 @@ def test_absent_queries_in_the_models_own_words(tiny_model):
     import torch
 
     from medsegr.answers import Turn
-    from medsegr.pipeline import ChatSession
-    from medsegr.training.generated_absent import apply, clearly_absent, prompt_keys
+    from medsegr.modeling.generation import prompt_keys
+    from medsegr.prompts import render
+    from medsegr.training.generated_absent import apply, clearly_absent
     from medsegr.training.grounding_data import GroundingItem
 
     head = ["brain", "head"]
@@ -329,9 +330,14 @@ def test_absent_queries_in_the_models_own_words(tiny_model):
     assert not clearly_absent("a thing nobody labels", head) and not clearly_absent("", head)
     assert not clearly_absent("liver", [])  # an image of unknown regions: nothing is sure
 
-    fake = type("S", (), {"model": tiny_model})()  # ChatSession._keys reads only .model
-    assert prompt_keys(tiny_model, "Segment the liver.", "x") == ChatSession._keys(
-        fake, [Turn(question="Segment the liver.", image_id="x")])
+    # the engine's prompt (ChatSession._keys): the image token becomes the visual tokens
+    keys = prompt_keys(tiny_model, [Turn(question="Segment the liver.", image_id="x")])
+    text = render(tiny_model.tokenizer, tiny_model.config.llm.system_prompt,
+                  [Turn(question="Segment the liver.", image_id="x")], tiny_model.config.model.image_token)
+    ids = tiny_model.tokenizer.encode(text, add_special_tokens=False)
+    assert [k for k in keys if isinstance(k, int)] == [t for t in ids if t != tiny_model.image_token_id]
+    assert [k for k in keys if not isinstance(k, int)] == [("img", "x", i) for i in
+                                                          range(tiny_model.num_visual_tokens)]
 
     hidden = 8
     item = GroundingItem(record_id="r", source="s", cache_key="k", raw=np.zeros((1, 4, 4), np.float16),

@@ -157,6 +157,16 @@ def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceR
     refs = [MaskRef(key=key, file=specs[key].file, label=specs[key].label, name=item.name,
                     snomed=specs[key].entry.snomed) for key, item in scene.items.items()]
     records: list[Record] = []
+
+    def add(suffix: str, turns: list[Turn], window: str | None, extra: Mapping[str, Any]) -> None:
+        # the masks the conversation asks about first, then the rest of the slice's
+        used = {k for t in turns for k in t.masks}
+        masks = [r for r in refs if r.key in used] + [r for r in refs if r.key not in used]
+        records.append(Record(
+            id=f"{record_id}-{suffix}", subject=subject, source=source, image=where.image,
+            modality=modality, window=window, axis=where.axis, slice=where.index, masks=masks,
+            conversation=turns, attributes={**dict(attributes or {}), **extra}))
+
     seen: set[str] = set()
     attempts = 0
     while len(records) < count and attempts < count * 4:
@@ -165,20 +175,9 @@ def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceR
         if not turns or turns[0].question in seen:
             continue
         seen.add(turns[0].question)
-        used = {k for t in turns for k in t.masks}
-        masks = [r for r in refs if r.key in used] + [r for r in refs if r.key not in used]
-        records.append(Record(
-            id=f"{record_id}-c{len(records)}", subject=subject, source=source, image=where.image,
-            modality=modality, window=rng.choice(list(windows)), axis=where.axis, slice=where.index,
-            masks=masks, conversation=turns, attributes=dict(attributes or {})))
+        add(f"c{len(records)}", turns, rng.choice(list(windows)), {})
     if heldout_templates:
         turns = make_heldout_conversation(scene, random.Random(f"{record_id}|heldout-templates"))
         if turns:
-            used = {k for t in turns for k in t.masks}
-            masks = [r for r in refs if r.key in used] + [r for r in refs if r.key not in used]
-            records.append(Record(
-                id=f"{record_id}-t0", subject=subject, source=source, image=where.image,
-                modality=modality, window=windows[0] if windows else None, axis=where.axis,
-                slice=where.index, masks=masks, conversation=turns,
-                attributes={**dict(attributes or {}), TEMPLATES_ATTRIBUTE: "heldout"}))
+            add("t0", turns, windows[0] if windows else None, {TEMPLATES_ATTRIBUTE: "heldout"})
     return records

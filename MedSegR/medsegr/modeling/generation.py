@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -70,6 +70,26 @@ class GeneratedTurn:
 
     #: the id of ``[SEG]`` in ``token_ids`` (set by :func:`generate`)
     seg_token_id: int = -1
+
+
+def prompt_keys(model: MedSegRModel, turns: list[Any]) -> list[Key]:
+    """The prompt of ``turns`` (:class:`medsegr.answers.Turn`) as generation keys: the
+    system prompt and the chat template over the turns, each turn's image token expanded
+    to the model's visual tokens of that image (``("img", image_id, i)``)."""
+    from medsegr.prompts import render
+
+    cfg = model.config
+    text = render(model.tokenizer, cfg.llm.system_prompt, turns, cfg.model.image_token)
+    images = [t.image_id for t in turns if t.image_id]
+    keys: list[Key] = []
+    n = model.num_visual_tokens
+    for token in model.tokenizer.encode(text, add_special_tokens=False):
+        if token == model.image_token_id:
+            image_id = images.pop(0)
+            keys.extend(("img", image_id, i) for i in range(n))
+        else:
+            keys.append(int(token))
+    return keys
 
 
 def common_prefix(a: Sequence[Key], b: Sequence[Key]) -> int:

@@ -24,7 +24,7 @@ import torch
 
 from medsegr.answers import Turn
 from medsegr.errors import InputError
-from medsegr.prompts import render, segment_names
+from medsegr.prompts import segment_names
 from medsegr.training.grounding_data import GroundingItem, structure_regions
 
 #: the question asked about an absent structure (the training wordings)
@@ -33,22 +33,6 @@ QUESTIONS = ("Segment the {}.", "Show me the {}.", "Where is the {}? Segment it.
 
 #: one collected query: (name, [SEG] state, pooled name state)
 Collected = tuple[str, torch.Tensor, torch.Tensor]
-
-
-def prompt_keys(model: Any, question: str, image_id: str) -> list[Any]:
-    """The engine's prompt keys for a first ``question`` on the image ``image_id`` (the
-    chat template, the image token expanded to the visual tokens), as
-    :class:`medsegr.pipeline.ChatSession` builds them."""
-    cfg = model.config
-    text = render(model.tokenizer, cfg.llm.system_prompt, [Turn(question=question, image_id=image_id)],
-                  cfg.model.image_token)
-    keys: list[Any] = []
-    for token in model.tokenizer.encode(text, add_special_tokens=False):
-        if token == model.image_token_id:
-            keys.extend(("img", image_id, i) for i in range(model.num_visual_tokens))
-        else:
-            keys.append(int(token))
-    return keys
 
 
 def clearly_absent(name: str, image_keys: list[str]) -> bool:
@@ -71,7 +55,7 @@ def collect(model: Any, items: list[GroundingItem], cache: Any, share: float, se
     docstring) for ``share`` of ``items``."""
     from tqdm import tqdm
 
-    from medsegr.modeling.generation import generate
+    from medsegr.modeling.generation import generate, prompt_keys
 
     rng = random.Random(seed * 7919 + 11)
     chosen = [it for it in items if it.absent and rng.random() < share]
@@ -86,8 +70,9 @@ def collect(model: Any, items: list[GroundingItem], cache: Any, share: float, se
             question = rng.choice(QUESTIONS).format(name)
             bank = {"x": model.visual_tokens(cache.get(item.cache_key)[None].float())[0]}
             # the first [SEG] is the one about the asked structure: stop there
-            gen = generate(model, prompt_keys(model, question, "x"), bank, max_new_tokens, None,
-                           use_cache=True, on_token=lambda token: token != model.seg_token_id)
+            keys = prompt_keys(model, [Turn(question=question, image_id="x")])
+            gen = generate(model, keys, bank, max_new_tokens, None, use_cache=True,
+                           on_token=lambda token: token != model.seg_token_id)
             raw = model.tokenizer.decode(gen.token_ids, skip_special_tokens=False)
             names = segment_names(raw, model.config.model.seg_token)
             if not names or gen.seg_states.shape[0] != len(names):
