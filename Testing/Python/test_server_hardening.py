@@ -351,7 +351,8 @@ def test_an_upload_over_the_memory_bound_is_refused_before_decoding(server, monk
                                                  {"Content-Type": "application/x-nrrd"}))
     grown = rss_bytes() - before
     assert (status, code) == (413, "too_large"), message
-    assert "2048.0 MiB" in message and "1024.0 MiB" in message and "decoded" in message
+    # 512 x 512 x 1024 uint8, kept in its type: 1 byte + its 4-byte normalised copy a voxel
+    assert "1280.0 MiB" in message and "1024.0 MiB" in message and "decoded" in message
     assert calls == []  # refused from the header: the decoder never ran
     assert grown < 64 * MIB, grown / MIB  # nothing near the 256 MiB (let alone 2 GiB) volume
 

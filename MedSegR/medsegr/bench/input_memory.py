@@ -7,8 +7,9 @@
 For each case the input file is generated into a temporary folder, then a new Python
 process (``sys.executable -c ...``) imports ``medsegr.io.images``,
 ``medsegr.imaging.intensity`` and numpy, takes its resident set size (``VmRSS``) as the
-baseline, reads the file with :func:`medsegr.io.images.load_image` and normalises it
-with :func:`medsegr.imaging.intensity.normalise`, and reports its peak RSS
+baseline, reads the file with :func:`medsegr.io.images.load_image` as ``medsegr ask``
+does (``stored_type=True``: an 8- or 16-bit image stays in its type) and normalises it
+with :func:`medsegr.imaging.intensity.normalise`, as a session does, and reports its peak RSS
 (``ru_maxrss``, KiB on Linux) minus the baseline. The cases:
 
 * ``png_16000x16000``: a 16000×16000 8-bit grayscale PNG (a constant value per row, a
@@ -21,13 +22,12 @@ with :func:`medsegr.imaging.intensity.normalise`, and reports its peak RSS
 * ``niigz_short_data``: a NIfTI ``.nii.gz`` declaring 512×512×512 ``int16`` (256 MiB)
   that holds 1 MiB of voxel data: refused.
 
-Bound: the peak growth is at most twice the float32 size of the decoded volume (the
-image and its normalised copy, both float32: the normalisation works in place in its
-result, in chunks of 256 K voxels) plus ``FIXED_ALLOWANCE`` (32 MiB) for what does not
-grow with the volume (code pages and buffers of the reader touched on first use: a
-refused input, which reaches the same code, peaks at 5–6 MiB; the decoded cases measured
-12–21 MiB above twice the volume in two installs of the same machine); for a refused
-input, at most 64 MiB. Exit status 1 when a bound is exceeded
+Bound: the peak growth is under twice the float32 size of the decoded volume. What is
+held is the image in its stored type (1 byte a voxel for both decoded cases) and its
+normalised float32 copy (the normalisation works in place in its result, in chunks of
+256 K voxels), 5 bytes a voxel of the 8 allowed, plus what does not grow with the volume
+(code pages and buffers of the reader touched on first use: a refused input, which
+reaches the same code, peaks at 5–6 MiB). For a refused input, at most 64 MiB. Exit status 1 when a bound is exceeded
 or a case does not end as expected (decoded, or refused).
 """
 
@@ -51,8 +51,6 @@ KIB = 1024
 MIB = 1024 * KIB
 #: bound on the peak growth of a refused input
 REFUSAL_BOUND = 64 * MIB
-#: allowance above twice the float32 volume for costs that do not grow with the volume
-FIXED_ALLOWANCE = 32 * MIB
 
 _CHILD = """
 import json, resource, sys
@@ -68,8 +66,9 @@ import medsegr.io.images, medsegr.imaging.intensity, numpy
 baseline = rss_kib()
 row = {"baseline_kib": baseline, "voxels": 0, "refused": None}
 try:
-    image = medsegr.io.images.load_image(sys.argv[1])
+    image = medsegr.io.images.load_image(sys.argv[1], stored_type=True)
     row["voxels"] = int(image.array.size)
+    row["stored_dtype"] = str(image.array.dtype)
     normalised = medsegr.imaging.intensity.normalise(image.array, image.modality)
     row["normalised_dtype"] = str(normalised.dtype)
 except Exception as error:  # a refusal is a result here
@@ -98,6 +97,7 @@ class Row:
     file_bytes: int
     expected: str
     voxels: int
+    stored_dtype: str | None
     float32_bytes: int
     peak_growth_bytes: int
     bound_bytes: int
@@ -197,11 +197,12 @@ def measure(case: Case, folder: Path) -> Row:
     voxels = int(child["voxels"])
     refused = child["refused"]
     float32_bytes = 4 * (case.voxels if not case.refused else voxels)
-    bound = REFUSAL_BOUND if case.refused else 2 * float32_bytes + FIXED_ALLOWANCE
+    bound = REFUSAL_BOUND if case.refused else 2 * float32_bytes
     as_expected = (refused is not None) if case.refused else (refused is None
                                                               and voxels == case.voxels)
     return Row(case=case.name, file_bytes=file_bytes, expected=(
-        "refused" if case.refused else "decoded"), voxels=voxels, float32_bytes=float32_bytes,
+        "refused" if case.refused else "decoded"), voxels=voxels,
+        stored_dtype=child.get("stored_dtype"), float32_bytes=float32_bytes,
         peak_growth_bytes=growth, bound_bytes=bound, within_bound=growth <= bound,
         as_expected=as_expected, refused=refused, seconds=round(seconds, 2))
 

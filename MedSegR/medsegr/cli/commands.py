@@ -150,7 +150,7 @@ def _load_input_image(args: argparse.Namespace):  # -> MedicalImage
 
     try:
         return load_image(resolve(args.image), modality=args.modality,
-                          limits=limits_from_args(args))
+                          limits=limits_from_args(args), stored_type=True)
     except ImageTooLarge as exc:
         raise InputError(f"{exc}; raise it with {LIMIT_OPTIONS[exc.limit]}") from None
 

@@ -37,10 +37,11 @@ POINT_SIGMA = 4.0
 
 
 def raw_volume(array: np.ndarray, modality: str, normalised: np.ndarray) -> np.ndarray:
-    """What the channels are made from: Hounsfield units for CT (``array`` itself), the
+    """What the channels are made from: Hounsfield units for CT (``array`` itself, in
+    its own type: :func:`letterbox_raw` converts the few slices it takes), the
     percentile-normalised volume (``normalised``) otherwise."""
     if modality == "CT":
-        return np.asarray(array, dtype=np.float32)
+        return np.asarray(array)
     return np.asarray(normalised, dtype=np.float32)
 
 

@@ -2,9 +2,13 @@
 
 Conventions used throughout MedSegR
 -----------------------------------
-* ``MedicalImage.array`` is ``float32`` in numpy order ``(z, y, x)``: the slowest
-  axis is the slice axis ``k``, the fastest the column axis ``i``. It is always
-  3-D; a 2-D picture becomes shape ``(1, H, W)``.
+* ``MedicalImage.array`` is in numpy order ``(z, y, x)``: the slowest axis is the
+  slice axis ``k``, the fastest the column axis ``i``. It is always 3-D; a 2-D
+  picture becomes shape ``(1, H, W)``. Its type is ``float32``, or, where the reader
+  is asked to keep it (``stored_type=True``: what the engine's command line and server
+  do), the file's own narrow integer type (:data:`STORED_TYPES`: ``uint8``, ``int8``,
+  ``uint16``, ``int16``), a quarter or half of the memory; every value of those types
+  is exact in float32, and the engine converts slice by slice where it computes.
 * ``spacing``, ``origin`` and ``direction`` follow ITK: spacing is in index order
   ``(x, y, z)`` = ``(i, j, k)`` in mm, the origin is the physical position of voxel
   ``(0, 0, 0)`` in LPS coordinates (mm), and ``direction`` is the 3x3 matrix,
@@ -42,6 +46,7 @@ from medsegr.io.nrrd_codec import GzipStreamError, inflate_gzip
 
 __all__ = [
     "MODALITIES",
+    "STORED_TYPES",
     "READABLE_EXTENSIONS",
     "WRITABLE_EXTENSIONS",
     "ImageGeometry",
@@ -56,6 +61,10 @@ __all__ = [
 
 #: modality codes a :class:`MedicalImage` may carry ("OT" = other / unknown)
 MODALITIES = ("CT", "MR", "OT")
+
+#: voxel types a :class:`MedicalImage` may hold besides float32: narrow integers, each
+#: value exact in float32 (wider or other types are converted to float32)
+STORED_TYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16))
 
 #: 3-D medical formats: extension -> SimpleITK ImageIO
 _MEDICAL_IO = {
@@ -147,7 +156,8 @@ class MedicalImage:
     """A 3-D scalar image with its physical geometry.
 
     Attributes:
-        array: ``float32`` voxel values, numpy order ``(z, y, x)``, always 3-D.
+        array: voxel values, numpy order ``(z, y, x)``, always 3-D; ``float32`` or one
+            of :data:`STORED_TYPES` (see the module docstring).
         spacing: voxel size in mm, ITK order ``(x, y, z)``.
         origin: LPS position (mm) of voxel ``(0, 0, 0)``.
         direction: 9 values, row-major 3x3 ITK direction matrix (columns = index axes in LPS).
@@ -168,8 +178,9 @@ class MedicalImage:
     def __post_init__(self) -> None:
         if not isinstance(self.array, np.ndarray) or self.array.ndim != 3:
             raise InputError("MedicalImage.array must be a 3-D numpy array in (z, y, x) order")
-        if self.array.dtype != np.float32:
-            raise InputError(f"MedicalImage.array must be float32, got {self.array.dtype}")
+        if self.array.dtype != np.float32 and self.array.dtype not in STORED_TYPES:
+            raise InputError(f"MedicalImage.array must be float32, uint8, int8, uint16 or "
+                             f"int16, got {self.array.dtype}")
         if self.modality not in MODALITIES:
             raise InputError(f"unknown modality {self.modality!r}: expected one of {', '.join(MODALITIES)}")
         self.spacing = _check_spacing(self.spacing)
@@ -201,7 +212,7 @@ class MedicalImage:
 
 
 def load_image(path: str | os.PathLike[str], modality: str | None = None,
-               limits: ImageLimits | None = None) -> MedicalImage:
+               limits: ImageLimits | None = None, *, stored_type: bool = False) -> MedicalImage:
     """Read a medical image file or DICOM series folder.
 
     Supported: NRRD (``.nrrd``, ``.nhdr``), NIfTI (``.nii``, ``.nii.gz``), MetaImage
@@ -218,6 +229,10 @@ def load_image(path: str | os.PathLike[str], modality: str | None = None,
     the decoded bytes; they are checked from the file header before the voxels are
     read, and compressed ``.gz`` files are never inflated far past what their header
     declares (:class:`medsegr.io.limits.ImageTooLarge` when exceeded).
+
+    ``stored_type``: keep the file's voxel type when it is one of :data:`STORED_TYPES`
+    (an 8- or 16-bit integer image then takes a quarter or half of the float32 memory);
+    otherwise, and by default, the array is float32.
     """
     requested = _normalise_modality(modality)
     bounds = limits if limits is not None else ImageLimits()
@@ -240,7 +255,8 @@ def load_image(path: str | os.PathLike[str], modality: str | None = None,
         image, dicom_modality = _read_file(source, io_name, bounds)
         is_raster = io_name in _RASTER_IO.values()
     image = _as_scalar_3d(image, str(source))
-    array = _checked_voxels(sitk.GetArrayViewFromImage(image), str(source), copy=True)
+    array = _checked_voxels(sitk.GetArrayViewFromImage(image), str(source), copy=True,
+                            stored_type=stored_type)
     chosen = _modality_from_tag(dicom_modality) if dicom_modality is not None else requested
     if chosen is None:
         chosen = "OT" if is_raster else _guess_medical_modality(array)
@@ -993,15 +1009,22 @@ def _to_grayscale(image: sitk.Image, source: str) -> sitk.Image:
 _FINITE_CHUNK = 1 << 22
 
 
-def _checked_voxels(values: np.ndarray, source: str, copy: bool = False) -> np.ndarray:
-    """``values`` as float32 (a copy when ``copy``, e.g. of a view of a SimpleITK image)
+def _checked_voxels(values: np.ndarray, source: str, copy: bool = False,
+                    stored_type: bool = False) -> np.ndarray:
+    """``values`` as float32, or in their own type when ``stored_type`` and that is one
+    of :data:`STORED_TYPES` (a copy when ``copy``, e.g. of a view of a SimpleITK image),
     after checking for empty axes and NaN/Inf; no temporary larger than a chunk."""
     if 0 in values.shape:
         raise InputError(f"image has a zero-size axis (shape {values.shape}): {source}")
+    dtype = np.dtype(np.float32)
+    if stored_type and values.dtype.newbyteorder("=") in STORED_TYPES:
+        dtype = values.dtype.newbyteorder("=")
     if copy:
-        array = np.array(values, dtype=np.float32, order="C", copy=True)
+        array = np.array(values, dtype=dtype, order="C", copy=True)
     else:
-        array = np.ascontiguousarray(values, dtype=np.float32)
+        array = np.ascontiguousarray(values, dtype=dtype)
+    if dtype != np.float32:
+        return array  # integers are always finite
     flat = array.reshape(-1)
     bad = 0
     for start in range(0, flat.size, _FINITE_CHUNK):
@@ -1048,6 +1071,8 @@ def image_from_array(
     origin: Sequence[float] | None = None,
     direction: Sequence[float] | None = None,
     modality: str | None = None,
+    *,
+    stored_type: bool = False,
 ) -> MedicalImage:
     """Wrap a numpy array as a :class:`MedicalImage`.
 
@@ -1058,6 +1083,8 @@ def image_from_array(
         direction: 9 values, row-major orthonormal 3x3. Default identity.
         modality: ``CT``/``MR``/``OT``; when None, ``CT`` if the values look like
             Hounsfield units, else ``OT``.
+        stored_type: keep an array of one of :data:`STORED_TYPES` in its type (else
+            float32).
     """
     requested = _normalise_modality(modality)
     data = np.asarray(array)
@@ -1066,7 +1093,8 @@ def image_from_array(
     if data.dtype != np.bool_ and (not np.issubdtype(data.dtype, np.number) or np.iscomplexobj(data)):
         raise InputError(f"image array must have a real numeric dtype, got {data.dtype}")
     was_2d = data.ndim == 2
-    volume = _checked_voxels(data[np.newaxis] if was_2d else data, "<array>")
+    volume = _checked_voxels(data[np.newaxis] if was_2d else data, "<array>",
+                             stored_type=stored_type)
     chosen = requested or ("CT" if _looks_like_hounsfield(volume) else "OT")
     return MedicalImage(
         array=volume,
@@ -1158,7 +1186,7 @@ def write_image(
 ) -> Path:
     """Atomically write ``image`` to a single-file ``.nrrd``, ``.nii``, ``.nii.gz`` or ``.mha``.
 
-    A :class:`MedicalImage` is written as float32 with its geometry; a SimpleITK
+    A :class:`MedicalImage` is written in its voxel type with its geometry; a SimpleITK
     image is written as it is (pixel type and geometry). Returns the path written.
     """
     target = Path(path)

@@ -87,8 +87,8 @@ class Engine:
     def _check_session_memory(self, needed: int) -> None:
         if needed > self.store.max_bytes:
             raise ApiError(413, "too_large", f"this image needs {needed / 2**20:.1f} MiB of session "
-                           f"memory once decoded (the image and its normalised copy, 32-bit "
-                           f"floats); the engine allows {self.store.max_bytes / 2**20:.1f} MiB for "
+                           f"memory once decoded (the image and its normalised 32-bit float "
+                           f"copy); the engine allows {self.store.max_bytes / 2**20:.1f} MiB for "
                            "all sessions together (--max-session-memory)")
 
     def open_session(self, body: bytes, modality: str | None, window: str | None) -> SessionEntry:
@@ -100,12 +100,13 @@ class Engine:
             except NrrdTooLarge as exc:
                 raise ApiError(413, "too_many_voxels", str(exc)) from None
             image = image_from_array(array, spacing=spacing, origin=origin, direction=direction,
-                                     modality=modality)
-            self._check_session_memory(2 * image.array.nbytes)
+                                     modality=modality, stored_type=True)
+            del array  # the image holds it (or its float32 copy)
+            self._check_session_memory(image.array.nbytes + 4 * image.array.size)
             session = self.pipeline.new_session(image, window=window)
         entry = self.store.add(session)
         log.info("session %s opened: %s voxels (z, y, x) %s, %s, %.1f MiB", entry.id,
-                 f"{array.size:,}", image.shape, image.modality, entry.memory_bytes() / 2**20)
+                 f"{image.array.size:,}", image.shape, image.modality, entry.memory_bytes() / 2**20)
         return entry
 
     def mask_nrrd(self, entry: SessionEntry, item: StoredMask) -> bytes:

@@ -21,11 +21,13 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
+from medsegr.io.images import STORED_TYPES
 from medsegr.io.limits import ImageLimits
 from medsegr.io.nrrd_codec import MAX_HEADER_BYTES, NrrdError, NrrdInfo, NrrdTooLarge, nrrd_info
 from medsegr.server.errors import ApiError
 
-#: what a session holds per voxel: the image as float32 and its normalised float32 copy
+#: what a session holds per voxel at most: the image as float32 and its normalised
+#: float32 copy (an 8- or 16-bit image is kept in its own type: 1 or 2 bytes, not 4)
 SESSION_BYTES_PER_VOXEL = 4 + 4
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -57,8 +59,13 @@ def upload_header(head: bytes | bytearray, limits: ImageLimits) -> NrrdInfo | No
 
 def session_bytes(info: NrrdInfo | None) -> int:
     """The session memory an image with this header takes once decoded (0 when the
-    header cannot be read: such an image is never decoded)."""
-    return 0 if info is None else info.voxels * SESSION_BYTES_PER_VOXEL
+    header cannot be read: such an image is never decoded): the image in its own type
+    when that is one of :data:`medsegr.io.images.STORED_TYPES` (else float32), and its
+    normalised float32 copy."""
+    if info is None:
+        return 0
+    kept = info.dtype.itemsize if info.dtype.newbyteorder("=") in STORED_TYPES else 4
+    return info.voxels * (kept + 4)
 
 
 async def read_upload(chunks: AsyncIterator[bytes], check: Callable[[bytes], object]) -> bytes:
