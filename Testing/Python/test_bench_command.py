@@ -106,6 +106,12 @@ def test_engine_suite_on_the_tiny_model(tmp_path: Path):
     assert sl["runs"] == 2 and sl["generated_tokens"] == [30, 30]
     assert sl["encoded_slices"] == [1, 1]  # a new session each time: the encoder runs
     assert sl["timings"]["total"]["median"] >= sl["timings"]["decode"]["median"] > 0
+    # streamed: the first text comes after encoding, before the answer is complete
+    first = [r["first_text_s"] for r in data["raw"]["slice"][0]["result"]["runs"]]
+    assert all(0 < f < t for f, t in zip(first, (r["timings"]["total"] for r in
+               data["raw"]["slice"][0]["result"]["runs"])))
+    assert sl["first_text_s"]["median"] > 0
+    assert any(t["target"].startswith("first streamed text") for t in data["targets"])
     fu = summary["followup"]
     assert fu["encoded_slices"] == [0] and fu["reused_tokens"][0] > 0
     assert fu["ratio"]["median"] < 1

@@ -22,6 +22,8 @@ ANSWER_TOKENS = 30
 
 TARGET_COLD_CACHED_S = 5.0
 TARGET_SLICE_S = 2.0
+#: the first streamed text of a slice answer, after the slice is encoded
+TARGET_FIRST_TEXT_S = 1.0
 TARGET_FOLLOWUP_RATIO = 0.5
 TARGET_PEAK_MIB = 2048.0
 

@@ -1,8 +1,9 @@
 """The engine suite's report: derived numbers, targets, Markdown and the JSON record.
 
 - :func:`summarise`: per workload, medians and spreads from the raw worker results;
-- :func:`targets`: cached cold start <= 5 s, slice question <= 2 s, follow-up <=
-  0.5 x the first question, peak memory <= 2 GiB in every workload;
+- :func:`targets`: cached cold start <= 5 s, slice question <= 2 s, its first streamed
+  text <= 1 s after the slice is encoded, follow-up <= 0.5 x the first question, peak
+  memory <= 2 GiB in every workload;
 - :func:`render`: the machine, a results table, the targets and notes (Markdown);
 - :func:`to_json`: every number, the raw worker results included.
 """
@@ -14,8 +15,8 @@ import math
 from typing import Any, Callable, Sequence
 
 from medsegr.bench.cpu_load import BUSY_CORES
-from medsegr.bench.engine_plan import (ANSWER_TOKENS, TARGET_COLD_CACHED_S, TARGET_FOLLOWUP_RATIO,
-                                       TARGET_PEAK_MIB, TARGET_SLICE_S)
+from medsegr.bench.engine_plan import (ANSWER_TOKENS, TARGET_COLD_CACHED_S, TARGET_FIRST_TEXT_S,
+                                       TARGET_FOLLOWUP_RATIO, TARGET_PEAK_MIB, TARGET_SLICE_S)
 from medsegr.bench.engine_runner import EngineBench
 from medsegr.bench.http_workload import render_http
 from medsegr.bench.questions import SAMPLE
@@ -86,6 +87,8 @@ def summarise(bench: EngineBench) -> dict[str, Any]:
              for k in ("total", "encode", "prefill", "decode", "masks")}
         out["slice"] = {**proc_meta("slice"), "runs": len(runs), "timings": t,
                         "decode_tok_per_s": spread([r["decode_tok_per_s"] for r in runs]),
+                        "first_text_s": spread([r["first_text_s"] for r in runs
+                                                if r.get("first_text_s") is not None]),
                         "generated_tokens": [r["tokens"]["generated"] for r in runs],
                         "prompt_tokens": runs[0]["tokens"]["prompt"],
                         "encoded_slices": [r["encoded_slices"] for r in runs],
@@ -165,6 +168,10 @@ def targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     rows.append(with_quiet(f"slice question, {ANSWER_TOKENS}-token answer (median)",
                            sl.get("timings", {}).get("total", {}).get("median"), "s",
                            TARGET_SLICE_S, sl.get("quiet", {})))
+    first_text = sl.get("first_text_s", {}).get("median")
+    rows.append({"target": "first streamed text of the slice question, after encoding (median)",
+                 "value": first_text, "unit": "s", "limit": TARGET_FIRST_TEXT_S,
+                 "result": ok(first_text, TARGET_FIRST_TEXT_S)})
     fu = summary.get("followup", {})
     rows.append(with_quiet("follow-up / first question (median)",
                            fu.get("ratio", {}).get("median"), "x", TARGET_FOLLOWUP_RATIO,
@@ -275,7 +282,8 @@ def render(bench: EngineBench, summary: dict[str, Any], machine: dict[str, Any])
             split = (f"encode {_f(t['encode']['median'])} · prefill {_f(t['prefill']['median'])} "
                      f"({s['prompt_tokens']} prompt tokens) · decode {_f(t['decode']['median'])} "
                      f"({_f(s['decode_tok_per_s']['median'], 1)} tok/s, "
-                     f"{_mm(s['decode_tok_per_s'], 1)}) · masks {_f(t['masks']['median'], 3)}")
+                     f"{_mm(s['decode_tok_per_s'], 1)}) · masks {_f(t['masks']['median'], 3)}; "
+                     f"first text {_f(s.get('first_text_s', {}).get('median'))} after encoding")
             lines.append(f"| 3. Slice question, {ANSWER_TOKENS}-token answer (new session each) "
                          f"| {s['runs']} | {_f(t['total']['median'])} | {_mm(t['total'])} | {split} "
                          f"| {memcell(s)} | {busy(s)} |")
@@ -415,6 +423,7 @@ def to_json(bench: EngineBench, summary: dict[str, Any], machine: dict[str, Any]
         "device": bench.options.device, "machine": machine, "bench_wall_s": wall_s,
         "summary": summary, "targets": targets(summary),
         "targets_limits": {"cold_cached_s": TARGET_COLD_CACHED_S, "slice_s": TARGET_SLICE_S,
+                           "first_text_s": TARGET_FIRST_TEXT_S,
                            "followup_ratio": TARGET_FOLLOWUP_RATIO,
                            "peak_mib": TARGET_PEAK_MIB},
         "raw": {name: [dataclasses.asdict(r) for r in runs] for name, runs in bench.runs.items()},

@@ -1,7 +1,9 @@
 """The engine suite's question workloads, each run inside its own worker process.
 
 - ``slice``: one untimed warm-up question, then ``reps`` questions about axial slice
-  90, each on a new session so that the image encoder runs every time;
+  90, each on a new session so that the image encoder runs every time, streamed: the
+  time from the end of encoding (the pipeline's ``answering`` progress report) to the
+  first non-empty piece of text is ``first_text_s``;
 - ``followup``: ``reps`` pairs of a first question and a follow-up on the same
   session and slice (embedding and KV cache reused);
 - ``volume``: a volume question on ``volume_slices`` consecutive axial slices, after
@@ -88,11 +90,23 @@ def slice_workload(device: str, model: str, reps: int, quiet: Quiet) -> dict[str
         t = time.perf_counter()
         session = pipe.new_session(image)
         session_s.append(time.perf_counter() - t)
+        marks: dict[str, float] = {}
         with ForeignCpu() as load:
-            answer = session.ask(QUESTION, axis="axial", slice_index=SLICE_INDEX)
-        runs.append({**answer_record(answer), "foreign_cores": load.cores})
+            answer = session.ask(QUESTION, axis="axial", slice_index=SLICE_INDEX,
+                                 on_token=lambda piece: _mark(marks, "text", bool(piece)),
+                                 on_progress=lambda stage, *_: _mark(marks, stage, True))
+        first_text = (marks["text"] - marks["answering"]
+                      if "text" in marks and "answering" in marks else None)
+        runs.append({**answer_record(answer), "first_text_s": first_text,
+                     "foreign_cores": load.cores})
     return {**setup, "image_shape": list(image.shape), "warmup": answer_record(warm),
             "new_session_s": session_s, "runs": runs, "waited_s": quiet.waited_s}
+
+
+def _mark(marks: dict[str, float], name: str, when: bool) -> None:
+    """Note the first time ``name`` happens (when ``when``)."""
+    if when and name not in marks:
+        marks[name] = time.perf_counter()
 
 
 def followup_workload(device: str, model: str, reps: int, quiet: Quiet) -> dict[str, Any]:
