@@ -325,9 +325,12 @@ def test_ablation_helpers_and_grounding_benchmark():
                          flipped_targets=None, absent=[])
     (center,) = _center_only([item])
     assert center.raw.shape == (1, 4, 4) and np.array_equal(center.raw[0], item.raw[1])
-    table = markdown({"arms": {"default": {"steps": 3, "dice": 0.5, "absent_empty": 1.0,
-                                           "by_structure": {"brain": [0.9, 2]}, "by_source": {}}}})
-    assert "| default | 3 | 0.500 | 1.000 | 0.90 |" in table
+    results = {"arms": {"default": {"steps": 3, "train_seconds": 59.6, "dice": 0.5,
+                                    "absent_empty": 1.0, "by_structure": {"brain": [0.9, 2]},
+                                    "by_source": {}}}}
+    assert "| default | 3 | 60 | 0.500 | 1.000 | 0.90 |" in markdown(results)
+    table = markdown(results, ("brain", "left_lung"))
+    assert "| left lung |" in table and table.endswith("| 0.90 | – |")
     module = GroundingModule(GroundingConfig(size=64, query_in=8, embed_dim=16)).eval()
     assert time_module(module, masks=2, repeats=1, bf16=False) > 0
 

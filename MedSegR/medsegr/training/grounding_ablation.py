@@ -10,10 +10,15 @@ Arms (each against the shipped setting: 256², 2.5D, the LiteMedSAM embedding fu
 - ``no-embedding``: without the frozen encoder's embedding;
 - ``384``: a 384² working grid;
 - ``2d``: the slice alone, no neighbours;
-- ``name-pool``: the query also holds the mean state of the name before ``[SEG]``.
+- ``name-pool``: the query also holds the mean state of the name before ``[SEG]``;
+- ``checkpoint`` (not trained here, so not in the default list): the config's init
+  checkpoint's own module, scored the same way, for reference.
 
 The items of the train and test splits come from the grounding stage's cache
-(``OUTPUT_DIR/grounding-cache``; the test split's is made here the first time).
+(``OUTPUT_DIR/grounding-cache``; the test split's is made here the first time). When the
+config asks for ``generated_absent`` queries, every arm trains with them, as the stage does.
+An arm already in ``--out`` with the same ``--seconds`` is kept, so a stopped run goes on
+with the arms it had not finished.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from medsegr.training.grounding_data import GroundingItem
 from medsegr.training.grounding_stage import StageSettings, evaluate_items, train_grounding
 
 ARMS = ("default", "no-embedding", "384", "2d", "name-pool")
+#: scored, not trained
+REFERENCE_ARMS = ("checkpoint",)
 
 
 def _resized(items: list[GroundingItem], model: Any, config: Any, split: str, size: int) -> list[GroundingItem]:
@@ -59,7 +66,7 @@ def _center_only(items: list[GroundingItem]) -> list[GroundingItem]:
 def run(config_path: str, seconds: float, out: Path, arms: list[str], progress: bool = True) -> dict[str, Any]:
     from medsegr.training.config import TrainConfig
     from medsegr.training.encoder_cache import EncoderCache, encoder_digest
-    from medsegr.training.grounding_stage import prepare_items
+    from medsegr.training.grounding_stage import _generated_absent, prepare_items
     from medsegr.training.trainer import build_training_model
 
     config = TrainConfig.from_file(config_path)
@@ -67,11 +74,28 @@ def run(config_path: str, seconds: float, out: Path, arms: list[str], progress: 
     model.eval()
     cache = EncoderCache(config.cache_dir, encoder_digest(model))
     train_items = prepare_items(model, config, config.data.train_split, cache, progress)
+    generated = (_generated_absent(model, config, train_items, cache, progress)
+                 if config.grounding_stage.generated_absent > 0 else 0)
     test_items = prepare_items(model, config, "test", cache, progress)
     base = model.grounding.config
     results: dict[str, Any] = {"seconds_per_arm": seconds, "train_records": len(train_items),
+                               "generated_absent_queries": generated,
                                "test_records": len(test_items), "arms": {}}
+    if out.is_file():
+        earlier = json.loads(out.read_text(encoding="utf-8"))
+        if earlier.get("seconds_per_arm") == seconds:
+            results["arms"] = earlier.get("arms", {})
     for arm in arms:
+        if arm in results["arms"]:
+            print(f"{arm}: kept from {out}", flush=True)
+            continue
+        if arm == "checkpoint":
+            report = evaluate_items(model.grounding, test_items,
+                                    cache if base.embed_dim else None, base.name_pool,
+                                    StageSettings.from_config(config).mixed_precision)
+            results["arms"][arm] = _row(report, steps=0, trained_s=0.0)
+            _write(out, results)
+            continue
         cfg = dataclasses.replace(base)
         tr, te = train_items, test_items
         if arm == "no-embedding":
@@ -104,27 +128,43 @@ def run(config_path: str, seconds: float, out: Path, arms: list[str], progress: 
         report = evaluate_items(module, te, cache if cfg.embed_dim else None, cfg.name_pool,
                                 settings.mixed_precision)
         steps = int(torch.load(arm_dir / "state.pt", weights_only=False)["step"])
-        results["arms"][arm] = {
-            "steps": steps, "train_seconds": round(trained_s, 1),
-            "dice": round(report["dice"], 4), "absent_empty": round(report["absent_empty"], 4),
-            "by_structure": {k: [round(v[0], 4), v[1]] for k, v in report["by_structure"].items()},
-            "by_source": {k: [round(v[0], 4), v[1]] for k, v in report["by_source"].items()}}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        results["arms"][arm] = _row(report, steps, trained_s)
+        _write(out, results)
         print(f"{arm}: {steps} steps, test Dice {report['dice']:.3f}, absent empty "
               f"{report['absent_empty']:.3f}", flush=True)
     return results
 
 
-def markdown(results: dict[str, Any]) -> str:
+def _row(report: dict[str, Any], steps: int, trained_s: float) -> dict[str, Any]:
+    return {"steps": steps, "train_seconds": round(trained_s, 1),
+            "dice": round(report["dice"], 4), "absent_empty": round(report["absent_empty"], 4),
+            "by_structure": {k: [round(v[0], 4), v[1]] for k, v in report["by_structure"].items()},
+            "by_source": {k: [round(v[0], 4), v[1]] for k, v in report["by_source"].items()}}
+
+
+def _write(out: Path, results: dict[str, Any]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+
+
+#: the structures the grounding module's targets name, in the docs' table
+TARGET_STRUCTURES = ("body", "bone", "left_lung", "right_lung", "lungs", "liver", "heart",
+                     "vertebra", "brain", "left_cerebral_hemisphere",
+                     "right_cerebral_hemisphere", "head", "white_matter", "lesion")
+
+
+def markdown(results: dict[str, Any], structures: tuple[str, ...] | None = None) -> str:
+    """The arms as a Markdown table: every structure, or those of ``structures``."""
     arms = results["arms"]
-    keys = sorted({k for a in arms.values() for k in a["by_structure"]})
-    head = "| arm | steps | Dice (all) | absent empty | " + " | ".join(keys) + " |"
-    lines = [head, "|" + "---|" * (4 + len(keys))]
+    keys = list(structures) if structures else sorted(
+        {k for a in arms.values() for k in a["by_structure"]})
+    head = ("| arm | steps | train s | Dice (all) | absent empty | "
+            + " | ".join(k.replace("_", " ") for k in keys) + " |")
+    lines = [head, "|" + "---|" * (5 + len(keys))]
     for name, a in arms.items():
         cells = [f"{a['by_structure'][k][0]:.2f}" if k in a["by_structure"] else "–" for k in keys]
-        lines.append(f"| {name} | {a['steps']} | {a['dice']:.3f} | {a['absent_empty']:.3f} | "
-                     + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {a['steps']} | {a.get('train_seconds', 0):.0f} | {a['dice']:.3f} "
+                     f"| {a['absent_empty']:.3f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -133,11 +173,17 @@ def main(argv: list[str] | None = None) -> int:
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("config", help="a training config with [grounding_stage] (its init checkpoint's LLM)")
     p.add_argument("--seconds", type=float, default=240.0, help="training time per arm")
-    p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    p.add_argument("--arms", default=",".join(ARMS),
+                   help=f"comma-separated, of {', '.join(ARMS + REFERENCE_ARMS)}")
     p.add_argument("--out", default="docs/eval/grounding-ablation.json")
+    p.add_argument("--table", action="store_true",
+                   help="only print the table of --out's arms (the targets' structures)")
     args = p.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.out).read_text(encoding="utf-8")), TARGET_STRUCTURES))
+        return 0
     arms = [a for a in args.arms.split(",") if a]
-    unknown = sorted(set(arms) - set(ARMS))
+    unknown = sorted(set(arms) - set(ARMS) - set(REFERENCE_ARMS))
     if unknown:
         p.error(f"unknown arm(s): {', '.join(unknown)}")
     results = run(args.config, args.seconds, Path(args.out), arms)
