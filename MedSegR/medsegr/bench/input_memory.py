@@ -27,8 +27,9 @@ held is the image in its stored type (1 byte a voxel for both decoded cases) and
 normalised float32 copy (the normalisation works in place in its result, in chunks of
 256 K voxels), 5 bytes a voxel of the 8 allowed, plus what does not grow with the volume
 (code pages and buffers of the reader touched on first use: a refused input, which
-reaches the same code, peaks at 5–6 MiB). For a refused input, at most 64 MiB. Exit status 1 when a bound is exceeded
-or a case does not end as expected (decoded, or refused).
+reaches the same code, peaks at 3–4 MiB). For a refused input, at most 64 MiB. Exit
+status 1 when a bound is exceeded or a case does not end as expected (decoded, or
+refused).
 """
 
 from __future__ import annotations
