@@ -350,3 +350,28 @@ def test_a_flipped_image_with_only_absent_queries_makes_a_batch():
     for seed in range(8):
         batch = make_batch([item], None, False, StageSettings(), random.Random(seed), train=True)
         assert batch["present"].tolist() == [False, False] and batch["targets"].sum() == 0
+
+
+def test_the_state_digest_follows_what_shapes_the_seg_states_only():
+    """A checkpoint whose presence threshold or grounding settings changed after its states
+    were cached keeps its cache; a change to the LLM's trained weights or prompt does not."""
+    import torch
+
+    from medsegr.config import MedSegRConfig
+    from medsegr.modeling.builder import build_model
+    from medsegr.training.grounding_stage import llm_digest
+
+    model = build_model(MedSegRConfig.tiny(), device="cpu")
+    first = llm_digest(model)
+    model.config.model.presence_threshold = 0.6
+    model.config.model.mask_threshold = 0.4
+    model.config.generation.max_new_tokens = 17
+    model.config.grounding.name_pool = not model.config.grounding.name_pool
+    assert llm_digest(model) == first
+    model.config.llm.system_prompt = model.config.llm.system_prompt + " Be brief."
+    assert llm_digest(model) != first
+    model.config.llm.system_prompt = model.config.llm.system_prompt[:-len(" Be brief.")]
+    assert llm_digest(model) == first
+    with torch.no_grad():
+        next(p for n, p in model.named_parameters() if n.startswith("visual_projector.")).add_(1.0)
+    assert llm_digest(model) != first

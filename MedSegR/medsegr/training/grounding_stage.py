@@ -346,12 +346,28 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- the stage
+#: the model config's sections (and keys; None: all) that the ``[SEG]`` states depend on
+STATE_CONFIG: dict[str, tuple[str, ...] | None] = {
+    "llm": ("source", "gguf_file", "system_prompt"),
+    "vision": None,
+    "model": ("visual_grid", "seg_token", "image_token", "visual_projector_hidden"),
+    "lora": None,
+}
+
+
 def llm_digest(model: Any) -> str:
     """Identifies what the ``[SEG]`` states depend on: the LLM's trained pieces (LoRA,
-    the added tokens' rows), the visual projector and the model config."""
+    the added tokens' rows), the visual projector and the parts of the model config that
+    shape them (:data:`STATE_CONFIG`; not the grounding module's settings, the
+    thresholds or generation, which a checkpoint may change after its states were
+    cached, as ``presence_threshold --write`` does)."""
     import hashlib
 
-    h = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    config = model.config.to_dict()
+    shaping = {section: {k: v for k, v in config[section].items()
+                         if keys is None or k in keys}
+               for section, keys in STATE_CONFIG.items()}
+    h = hashlib.sha256(json.dumps(shaping, sort_keys=True).encode())
     for name, p in sorted(model.named_parameters()):
         if name.startswith("visual_projector.") or "lora_" in name or "trainable_tokens" in name:
             h.update(name.encode())
