@@ -47,6 +47,7 @@ from medsegr.io.nrrd_codec import GzipStreamError, inflate_gzip
 __all__ = [
     "MODALITIES",
     "STORED_TYPES",
+    "kept_type",
     "READABLE_EXTENSIONS",
     "WRITABLE_EXTENSIONS",
     "ImageGeometry",
@@ -65,6 +66,13 @@ MODALITIES = ("CT", "MR", "OT")
 #: voxel types a :class:`MedicalImage` may hold besides float32: narrow integers, each
 #: value exact in float32 (wider or other types are converted to float32)
 STORED_TYPES = tuple(np.dtype(t) for t in (np.uint8, np.int8, np.uint16, np.int16))
+
+
+def kept_type(dtype: np.dtype) -> np.dtype:
+    """The type an image of ``dtype`` voxels holds when read with ``stored_type=True``:
+    ``dtype`` in native byte order when it is one of :data:`STORED_TYPES`, else float32."""
+    native = np.dtype(dtype).newbyteorder("=")
+    return native if native in STORED_TYPES else np.dtype(np.float32)
 
 #: 3-D medical formats: extension -> SimpleITK ImageIO
 _MEDICAL_IO = {
@@ -1016,9 +1024,7 @@ def _checked_voxels(values: np.ndarray, source: str, copy: bool = False,
     after checking for empty axes and NaN/Inf; no temporary larger than a chunk."""
     if 0 in values.shape:
         raise InputError(f"image has a zero-size axis (shape {values.shape}): {source}")
-    dtype = np.dtype(np.float32)
-    if stored_type and values.dtype.newbyteorder("=") in STORED_TYPES:
-        dtype = values.dtype.newbyteorder("=")
+    dtype = kept_type(values.dtype) if stored_type else np.dtype(np.float32)
     if copy:
         array = np.array(values, dtype=dtype, order="C", copy=True)
     else:

@@ -45,7 +45,8 @@ from medsegr.server.schemas import AskRequest
 from medsegr.server.security import AuthMiddleware, TokenCheck
 from medsegr.server.sessions import SessionEntry, SessionStore, StoredMask
 from medsegr.server.settings import ServerSettings
-from medsegr.server.uploads import MAX_HEADER_BYTES, DecodeBudget, session_bytes, upload_header
+from medsegr.server.uploads import (MAX_HEADER_BYTES, DecodeBudget, image_session_bytes,
+                                   session_bytes, upload_header)
 from medsegr.server.worker import AskParams, Job, ModelWorker
 
 log = logging.getLogger("medsegr.server")
@@ -102,7 +103,7 @@ class Engine:
             image = image_from_array(array, spacing=spacing, origin=origin, direction=direction,
                                      modality=modality, stored_type=True)
             del array  # the image holds it (or its float32 copy)
-            self._check_session_memory(image.array.nbytes + 4 * image.array.size)
+            self._check_session_memory(image_session_bytes(image.array.dtype, image.array.size))
             session = self.pipeline.new_session(image, window=window)
         entry = self.store.add(session)
         log.info("session %s opened: %s voxels (z, y, x) %s, %s, %.1f MiB", entry.id,

@@ -21,7 +21,9 @@ import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 
-from medsegr.io.images import STORED_TYPES
+import numpy as np
+
+from medsegr.io.images import kept_type
 from medsegr.io.limits import ImageLimits
 from medsegr.io.nrrd_codec import MAX_HEADER_BYTES, NrrdError, NrrdInfo, NrrdTooLarge, nrrd_info
 from medsegr.server.errors import ApiError
@@ -62,10 +64,13 @@ def session_bytes(info: NrrdInfo | None) -> int:
     header cannot be read: such an image is never decoded): the image in its own type
     when that is one of :data:`medsegr.io.images.STORED_TYPES` (else float32), and its
     normalised float32 copy."""
-    if info is None:
-        return 0
-    kept = info.dtype.itemsize if info.dtype.newbyteorder("=") in STORED_TYPES else 4
-    return info.voxels * (kept + 4)
+    return 0 if info is None else image_session_bytes(info.dtype, info.voxels)
+
+
+def image_session_bytes(dtype: np.dtype, voxels: int) -> int:
+    """The session memory of ``voxels`` voxels of ``dtype`` as the server keeps them:
+    the image in :func:`medsegr.io.images.kept_type` and its normalised float32 copy."""
+    return voxels * (kept_type(dtype).itemsize + 4)
 
 
 async def read_upload(chunks: AsyncIterator[bytes], check: Callable[[bytes], object]) -> bytes:
@@ -118,4 +123,5 @@ class DecodeBudget:
 
 
 __all__ = ["DecodeBudget", "MAX_HEADER_BYTES", "SESSION_BYTES_PER_VOXEL", "header_end",
+           "image_session_bytes",
            "read_upload", "session_bytes", "upload_header"]

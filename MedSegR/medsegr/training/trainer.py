@@ -209,16 +209,14 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
 
     pad = model.tokenizer.pad_token_id
     pad = pad if pad is not None else sorted(model.eos_token_ids)[0]
-    if config.optim.length_buckets:
-        loader = torch.utils.data.DataLoader(
-            ExampleDataset(train_examples, cache), collate_fn=collate(pad),
-            batch_sampler=LengthBuckets([len(e.input_ids) for e in train_examples],
-                                        config.optim.batch_size, seed=config.run.seed))
-    else:
-        loader = torch.utils.data.DataLoader(
-            ExampleDataset(train_examples, cache), batch_size=config.optim.batch_size,
-            shuffle=True, collate_fn=collate(pad),
-            generator=torch.Generator().manual_seed(config.run.seed))
+    batching: dict[str, Any] = (
+        {"batch_sampler": LengthBuckets([len(e.input_ids) for e in train_examples],
+                                        config.optim.batch_size, seed=config.run.seed)}
+        if config.optim.length_buckets else
+        {"batch_size": config.optim.batch_size, "shuffle": True,
+         "generator": torch.Generator().manual_seed(config.run.seed)})
+    loader = torch.utils.data.DataLoader(ExampleDataset(train_examples, cache),
+                                         collate_fn=collate(pad), **batching)
     optimizer = torch.optim.AdamW(params, lr=config.optim.lr,
                                   weight_decay=config.optim.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
