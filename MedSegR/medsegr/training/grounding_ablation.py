@@ -66,7 +66,7 @@ def _center_only(items: list[GroundingItem]) -> list[GroundingItem]:
 def run(config_path: str, seconds: float, out: Path, arms: list[str], progress: bool = True) -> dict[str, Any]:
     from medsegr.training.config import TrainConfig
     from medsegr.training.encoder_cache import EncoderCache, encoder_digest
-    from medsegr.training.grounding_stage import _generated_absent, prepare_items
+    from medsegr.training.grounding_stage import add_generated_absent, prepare_items
     from medsegr.training.trainer import build_training_model
 
     config = TrainConfig.from_file(config_path)
@@ -74,8 +74,7 @@ def run(config_path: str, seconds: float, out: Path, arms: list[str], progress: 
     model.eval()
     cache = EncoderCache(config.cache_dir, encoder_digest(model))
     train_items = prepare_items(model, config, config.data.train_split, cache, progress)
-    generated = (_generated_absent(model, config, train_items, cache, progress)
-                 if config.grounding_stage.generated_absent > 0 else 0)
+    generated = add_generated_absent(model, config, train_items, cache, progress)
     test_items = prepare_items(model, config, "test", cache, progress)
     base = model.grounding.config
     results: dict[str, Any] = {"seconds_per_arm": seconds, "train_records": len(train_items),

@@ -404,15 +404,18 @@ def prepare_items(model: Any, config: Any, split: str, cache: Any, progress: boo
     return items
 
 
-def _generated_absent(model: Any, config: Any, items: list[GroundingItem], cache: Any,
-                      progress: bool) -> int:
+def add_generated_absent(model: Any, config: Any, items: list[GroundingItem], cache: Any,
+                         progress: bool) -> int:
     """Add the absent queries of the model's own answers to ``items``
-    (:mod:`medsegr.training.generated_absent`), collected once and kept in
+    (:mod:`medsegr.training.generated_absent`) when ``[grounding_stage]
+    generated_absent`` asks for them, collected once and kept in
     ``OUTPUT_DIR/grounding-cache/``; returns how many were added."""
     from medsegr.io.atomic import atomic_path
     from medsegr.training import generated_absent
 
     section = config.grounding_stage
+    if section.generated_absent <= 0:
+        return 0
     stamp = hashlib_stamp(ITEMS_FORMAT, llm_digest(model), config.data.train_split, len(items),
                           section.generated_absent, config.run.seed,
                           generated_absent.QUESTIONS)
@@ -441,9 +444,7 @@ def run_grounding_stage(model: Any, config: Any, cache: Any, progress: bool = Tr
     load the result into it; returns what the checkpoint records of the stage."""
     t0 = time.perf_counter()
     train_items = prepare_items(model, config, config.data.train_split, cache, progress)
-    generated = 0
-    if config.grounding_stage.generated_absent > 0:
-        generated = _generated_absent(model, config, train_items, cache, progress)
+    generated = add_generated_absent(model, config, train_items, cache, progress)
     val_items = (prepare_items(model, config, config.data.val_split, cache, progress)
                  if config.data.val_split else [])
     prepare_s = time.perf_counter() - t0
