@@ -57,13 +57,17 @@ dataset: sources
 
 # configs/train-default.toml reads datasets/default and writes runs/default (text stage,
 # then the grounding stage); configs/train-answers.toml continues from runs/default/final
-# (more text training of the top layers, then the grounding stage again) into runs/answers
+# (more text training of the top layers, then the grounding stage again) into runs/answers;
+# configs/train-measured.toml continues from runs/answers/final with the measured spans
+# (text stage of the top layers, then the grounding stage on the new [SEG] states) into
+# runs/measured
 checkpoint: dataset
 	$(VENV)/bin/medsegr train configs/train-default.toml
 	$(VENV)/bin/medsegr train configs/train-answers.toml
-	$(VENV)/bin/medsegr eval runs/answers/final $(DATASET) --split val --no-references --out runs/answers/eval-val
-	$(VENV)/bin/python -m medsegr.evaluation.presence_threshold runs/answers/eval-val/eval.json --write runs/answers/final
-	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/answers/final MedSegR/Resources/checkpoint.new
+	$(VENV)/bin/medsegr train configs/train-measured.toml
+	$(VENV)/bin/medsegr eval runs/measured/final $(DATASET) --split val --no-references --out runs/measured/eval-val
+	$(VENV)/bin/python -m medsegr.evaluation.presence_threshold runs/measured/eval-val/eval.json --write runs/measured/final
+	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/measured/final MedSegR/Resources/checkpoint.new
 	rm -rf MedSegR/Resources/checkpoint && mv MedSegR/Resources/checkpoint.new MedSegR/Resources/checkpoint
 
 evaluate: env

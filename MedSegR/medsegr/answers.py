@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+import re
 from typing import Any
 
 import numpy as np
 
 from medsegr.vocabulary import segment_terminology
 
-__all__ = ["API_VERSION", "NRRD_MEDIA_TYPE", "Answer", "Hints", "Measurement", "Segment", "Turn"]
+__all__ = ["API_VERSION", "MEASURED_CLOSE", "MEASURED_OPEN", "MEASURED_SPAN_RE", "NRRD_MEDIA_TYPE", "Answer", "Hints",
+           "Measurement", "Segment", "Turn", "measured_span", "strip_measured_spans"]
 
 #: the HTTP API version (the ``/v1`` prefix); the server serves it, the client checks it
 API_VERSION = "1"
@@ -57,6 +59,13 @@ class Turn:
     #: the image shown with this question, or None when it is the one already shown
     image_id: str | None
     answer: str | None = None
+
+
+#: the engine-inserted span after a ``[SEG]`` opens and closes with these; the language
+#: model reads the span (its measurements of the decoded mask) and never writes it
+MEASURED_OPEN = " (measured: "
+MEASURED_CLOSE = ")"
+MEASURED_SPAN_RE = re.compile(re.escape(MEASURED_OPEN) + r"[^()]*" + re.escape(MEASURED_CLOSE))
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,14 @@ class Measurement:
             axes = " × ".join(self.extent_mm)
             parts.append(f"{sizes} mm ({axes})")
         return ", ".join(parts)
+
+    def span_text(self) -> str:
+        """The short form the language model reads after a ``[SEG]`` (no axis names, no
+        brackets): "12.3 cm², patient's left, 35 ± 12 HU, 1 piece, 41 × 58 mm"; "not
+        found" for an empty mask."""
+        if self.voxels == 0:
+            return "not found"
+        return self.describe().split(" mm (", 1)[0] + (" mm" if self.extent_mm else "")
 
 
 @dataclass
@@ -195,3 +212,16 @@ class Answer:
             "not_found": list(self.not_found),
             "presence": list(self.presence),
         }
+
+
+def measured_span(measurement: Measurement | None) -> str:
+    """The engine-inserted span after a ``[SEG]``: ``" (measured: …)"`` with
+    :meth:`Measurement.span_text`; ``None`` (no mask) reads "not found"."""
+    text = "not found" if measurement is None else measurement.span_text()
+    return f"{MEASURED_OPEN}{text}{MEASURED_CLOSE}"
+
+
+def strip_measured_spans(text: str) -> str:
+    """``text`` without its engine-inserted measured spans (the measurements are shown
+    apart, per segment)."""
+    return MEASURED_SPAN_RE.sub("", text)

@@ -92,6 +92,10 @@ class ModelConfig:
     presence_threshold: float = 0.5
     #: volume answers: fill enclosed holes of each slice's mask
     volume_fill_holes: bool = False
+    #: after each generated [SEG] the engine decodes its mask and writes what it measured
+    #: into the conversation (" (measured: 12.3 cm², patient's left, …)"); the model was
+    #: trained to read these spans (on for checkpoints trained with them)
+    measured_spans: bool = False
     seed: int = 0
 
 

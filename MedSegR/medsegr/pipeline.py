@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from medsegr import __version__
-from medsegr.answers import Answer, Hints, Segment, Turn
+from medsegr.answers import Answer, Hints, Segment, Turn, measured_span, strip_measured_spans
 from medsegr.config import MedSegRConfig
 from medsegr.errors import InputError, MedSegRError
 from medsegr.io.images import MedicalImage
@@ -421,12 +421,16 @@ class ChatSession:
             keys = self._keys(self.turns + [turn])
             streamer = _Streamer(self.model.tokenizer, on_token) if on_token else None
             report("answering", 0, 0)
+            spanned: list[tuple[np.ndarray, float]] = []
+            span_s = [0.0]
             with self.pipeline.lock:
                 gen = generate(self.model, keys, self._visual_bank,
                                max_new_tokens or cfg.generation.max_new_tokens, self.state,
                                use_cache=True, temperature=cfg.generation.temperature,
                                min_new_tokens=cfg.generation.min_new_tokens, on_token=streamer,
-                               adjust_logits=self.pipeline.adjust_logits)
+                               adjust_logits=self.pipeline.adjust_logits,
+                               on_seg=self._span_hook(ax, center, embeddings[indices.index(center)],
+                                                      prompt_hints, spanned, span_s))
             if streamer is not None and streamer.cancelled:
                 raise Cancelled("the request was cancelled")
             raw = self.model.tokenizer.decode(gen.token_ids, skip_special_tokens=False)
@@ -434,34 +438,41 @@ class ChatSession:
             seg_states = {center: self._queries(gen)}
             for k in keys_idx:  # extra key slices: side runs, outside the conversation
                 if k != center:
-                    seg_states[k] = self._side_run(ax, k, question, embeddings[indices.index(k)])
+                    seg_states[k] = self._side_run(ax, k, question, embeddings[indices.index(k)],
+                                                   prompt_hints)
 
             # --- the grounding module on every slice: one backbone pass per slice ---
             t_mask = time.perf_counter()
             names = segment_names(raw, cfg.model.seg_token)
             hint_only = not names and prompt_hints is not None
             report("masks", 0, len(names) or int(hint_only))
-            masks, presence = self._decode(ax, indices, embeddings, seg_states,
-                                           len(names) or int(hint_only), prompt_hints)
+            if not volume and names and len(spanned) == len(names):
+                # a slice answer's masks were decoded for its measured spans already
+                masks, presence = [m for m, _ in spanned], [p for _, p in spanned]
+            else:
+                masks, presence = self._decode(ax, indices, embeddings, seg_states,
+                                               len(names) or int(hint_only), prompt_hints)
             if hint_only:
                 names = [HINT_SEGMENT_NAME]
             segments, not_found = self._segments(names, masks, ax, volume,
                                                  lambda done: report("masks", done, len(names)))
-            mask_s = time.perf_counter() - t_mask
+            mask_s = time.perf_counter() - t_mask + span_s[0]
             self.turns.append(turn)
             self._shown_image = image_id
             total = time.perf_counter() - t0
             return Answer(
-                text=with_not_found(clean_answer(raw, cfg.model.seg_token), not_found, volume),
+                text=with_not_found(clean_answer(strip_measured_spans(raw), cfg.model.seg_token),
+                                    not_found, volume),
                 raw_text=raw, segments=segments, not_found=not_found,
                 presence=[round(p, 4) for p in presence],
                 mode="volume" if volume else "slice", axis=ax,
                 slice_index=None if volume else indices[0], key_slices=keys_idx,
                 fine_tuned=self.model.fine_tuned,
-                timings={"encode": encode_s, "prefill": gen.prefill_s, "decode": gen.decode_s,
-                         "masks": mask_s, "total": total},
+                timings={"encode": encode_s, "prefill": gen.prefill_s,
+                         "decode": gen.decode_s - span_s[0], "masks": mask_s, "total": total},
                 tokens={"prompt": gen.prompt_tokens, "reused": gen.reused_tokens,
-                        "generated": len(gen.token_ids)},
+                        "generated": len(gen.token_ids) - len(gen.inserted),
+                        **({"inserted": len(gen.inserted)} if gen.inserted else {})},
                 encoded_slices=encoded)
 
     def reset(self) -> None:
@@ -495,14 +506,39 @@ class ChatSession:
             return [(lo + hi) // 2]
         return sorted({int(round(v)) for v in np.linspace(lo, hi, count + 2)[1:-1]})
 
-    def _side_run(self, axis: int, index: int, question: str, embedding: torch.Tensor) -> torch.Tensor:
+    def _side_run(self, axis: int, index: int, question: str, embedding: torch.Tensor,
+                  hints: torch.Tensor | None = None) -> torch.Tensor:
         image_id = f"{axis}:{index}"
         self._visual(image_id, embedding)
         keys = self._keys([Turn(question=question, image_id=image_id)])
         with self.pipeline.lock:
             gen = generate(self.model, keys, self._visual_bank,
-                           self.model.config.generation.max_new_tokens, None, use_cache=True)
+                           self.model.config.generation.max_new_tokens, None, use_cache=True,
+                           on_seg=self._span_hook(axis, index, embedding, hints, [], [0.0]))
         return self._queries(gen)
+
+    def _span_hook(self, axis: int, index: int, embedding: torch.Tensor, hints: torch.Tensor | None,
+                   found: list[tuple[np.ndarray, float]], seconds: list[float],
+                   ) -> Callable[[Any], list[int]] | None:
+        """Under ``[model] measured_spans``, the generation hook that decodes each new
+        ``[SEG]`` on slice ``index`` (the key slice the language model sees), measures the
+        mask as a slice answer's and returns the span's token ids; each ``(mask,
+        presence)`` is appended to ``found`` and the time spent added to ``seconds[0]``."""
+        if not self.model.config.model.measured_spans:
+            return None
+
+        def on_seg(turn: Any) -> list[int]:
+            t = time.perf_counter()
+            query = self._queries(turn)[-1:]
+            masks, presence = self._decode(axis, [index], [embedding], {index: query}, 1, hints)
+            found.append((masks[0], presence[0]))
+            measured = (measure_segment(self.image, masks[0], volume=False, axis=axis)
+                        if masks[0].any() else None)
+            ids = self.model.tokenizer.encode(measured_span(measured), add_special_tokens=False)
+            seconds[0] += time.perf_counter() - t
+            return ids
+
+        return on_seg
 
     def _segments(self, names: list[str], masks: list[np.ndarray], axis: int, volume: bool,
                   done: Callable[[int], None] = lambda count: None,

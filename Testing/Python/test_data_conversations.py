@@ -18,7 +18,7 @@ import pytest
 from medsegr.data import knowledge as kb
 from medsegr.data.conversations import (ANSWER_BUDGET, Absence, Scene, answer_cost, make_conversation,
                                         midline_column)
-from medsegr.data.records import SEG_TOKEN, check_answer_markers
+from medsegr.data.records import SEG_TOKEN, absent_name, check_answer_markers, is_absent_key
 from medsegr.data.scenes import MaskSpec, lesion_density, scene_from_masks
 from medsegr.evaluation.facts import check_facts
 from medsegr.prompts import segment_names
@@ -98,7 +98,8 @@ def test_the_scene_knows_its_geometry(scene, masks):
 def test_answers_keep_the_marker_format_and_the_budget(scene, turns):
     for turn in turns:
         assert check_answer_markers(turn.answer, len(turn.masks)) == [], turn.answer
-        assert segment_names(turn.answer, SEG_TOKEN) == [scene.items[k].name for k in turn.masks]
+        assert segment_names(turn.answer, SEG_TOKEN) == [
+            absent_name(k) if is_absent_key(k) else scene.items[k].name for k in turn.masks]
         assert answer_cost(turn.answer) <= ANSWER_BUDGET, turn.answer
         assert len(turn.answer.split()) <= 32, turn.answer
         for name in re.findall(r"<p>(.*?)</p>", turn.answer):
@@ -123,7 +124,23 @@ def test_every_stated_fact_is_true_on_the_masks(scene, masks, turns):
                                  densities={"liver lesions": "hypodense"}):
             assert check.ok, (check, turn.answer)
             kinds[check.kind] += 1
-    assert {"side", "image_side", "area", "count", "density", "size"} <= set(kinds)
+    assert {"side", "image_side", "count", "density"} <= set(kinds)
+    # no numbers of the model's own: areas and sizes are the engine's measured spans
+    assert kinds["area"] == 0 and kinds["size"] == 0
+    assert not any(re.search(r"\d+(\.\d+)?\s*(cm|mm)", t.answer) for t in turns)
+
+
+def test_a_side_is_stated_after_the_seg_it_belongs_to(turns):
+    """The model reads the measured span (which holds the patient side) before it states
+    a side: "the <p>left kidney</p> [SEG], on the image right, the patient's left."."""
+    sided = [t for t in turns if t.masks and re.search(r"image (left|right)", t.answer)
+             and t.reasoning != "laterality"]
+    assert sided
+    for turn in sided:
+        # (a patient side that is the structure's own name, "the left kidney … on the
+        # patient's left", is knowledge, not a measurement)
+        before = turn.answer.split(SEG_TOKEN)[0]
+        assert not re.search(r"image (left|right)", before), turn.answer
 
 
 def test_reasoning_states_the_deciding_rule(scene, turns):
@@ -132,9 +149,12 @@ def test_reasoning_states_the_deciding_rule(scene, turns):
     for turn in turns:
         answer = turn.answer
         if turn.reasoning == "size":
-            # both measured areas, the chosen one named
-            assert areas["left_kidney"] in answer and areas["right_kidney"] in answer, answer
-            assert ("larger" in answer) == ("larger" in turn.question or "bigger" in turn.question), answer
+            # both segmented (their measured spans follow), the conclusion after them
+            assert sorted(turn.masks) == ["left_kidney", "right_kidney"], turn
+            chosen = "left kidney" if ("larger" in turn.question or "bigger" in turn.question) else "right kidney"
+            conclusion = answer.split(SEG_TOKEN)[-1]
+            assert chosen in conclusion and ("larger" in conclusion) == (chosen == "left kidney"), answer
+            assert not any(a in answer for a in areas.values()), answer
             seen.add("size")
         if turn.reasoning == "laterality" and turn.type == "implicit":
             side = turn.masks[0].split("_")[0]
@@ -149,10 +169,16 @@ def test_reasoning_states_the_deciding_rule(scene, turns):
             assert "inside the <p>liver</p>" in answer or "inside the liver" in answer, answer
             seen.add("host")
         if turn.type == "absent":
-            assert SEG_TOKEN not in answer and "<p>" not in answer
             if turn.reasoning == "absent":
-                assert "removed" in answer or "cover" in answer, answer
+                # named with a [SEG] bound to an empty mask; after the engine's span
+                # ("not found") the answer says it is not on the slice, and why
+                assert len(turn.masks) == 1 and is_absent_key(turn.masks[0]), turn
+                assert answer.count(SEG_TOKEN) == 1, answer
+                after = answer.split(SEG_TOKEN)[1]
+                assert re.search(r"not (found|visible|on this slice)", after), answer
+                assert "removed" in after or "cover" in after, answer
             else:
+                assert SEG_TOKEN not in answer and "<p>" not in answer
                 assert "no lesion" in answer.lower(), answer
             seen.add("absent")
     assert seen == {"size", "laterality", "count", "host", "absent"}
@@ -274,3 +300,22 @@ def test_the_test_split_gets_one_heldout_record_per_slice_and_the_others_do_not_
     assert extra.id == "x-axi-003-t0" and extra.attributes[TEMPLATES_ATTRIBUTE] == "heldout"
     assert any(p.match(extra.conversation[0].question) for p in _heldout_patterns())
     assert all(TEMPLATES_ATTRIBUTE not in r.attributes for r in plain)
+
+
+def test_an_absent_structure_is_named_as_a_present_one_would_be(turns):
+    """What precedes an absent structure's [SEG] says nothing about this slice: the same
+    openings serve present structures, so the [SEG] state carries no guess of presence
+    (the grounding module's presence score and the measured span decide)."""
+    absent = [t for t in turns if t.type == "absent" and t.masks]
+    present = [t for t in turns if t.masks and t.type != "absent"]
+    assert len(absent) >= 20
+
+    def opening(answer: str) -> str:
+        return re.sub(r"<p>.*?</p>", "#", answer.split(SEG_TOKEN)[0]).split(":")[0].strip()
+
+    present_openings = {opening(t.answer) for t in present}
+    for turn in absent:
+        before = turn.answer.split(SEG_TOKEN)[0]
+        assert not re.search(r"\bnot\b|\bno\b|cannot|absent|removed", before), turn.answer
+    assert any(opening(t.answer) in present_openings for t in absent)
+    assert any(o.startswith("Looking for the #") for o in present_openings)

@@ -14,7 +14,7 @@ from medsegr.cli.commands import main
 from medsegr.data.folder import FolderOptions, build_folder, discover
 from medsegr.data.labeltables import read_label_table
 from medsegr.data.phantoms import draw_phantom
-from medsegr.data.records import DatasetError, VolumeCache, load_dataset
+from medsegr.data.records import DatasetError, VolumeCache, is_absent_key, load_dataset
 from medsegr.data.validate import check_dataset
 from medsegr.errors import InputError
 from medsegr.io.images import image_from_array, write_image
@@ -141,7 +141,8 @@ def test_totalsegmentator_layout(tmp_path):
     assert all(r.source == "folder-totalsegmentator" for r in records)
     answers = [t for r in records for t in r.conversation if t.type == "absent"]
     assert answers  # the gallbladder (never labelled here) and structures off the slice
-    assert all(not t.masks for t in answers)
+    # each is named with a [SEG] bound to an empty mask ("absent:<name>"), or has none
+    assert all(all(is_absent_key(k) for k in t.masks) for t in answers)
 
 
 def test_label_table_layout_csv_and_colour_table(tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from medsegr.cli.commands import main
 from medsegr.data.phantoms import KINDS, draw_phantom
 from medsegr.data.procedural import ProceduralOptions, build_procedural, split_plan
-from medsegr.data.records import VolumeCache, check_answer_markers, load_dataset
+from medsegr.data.records import VolumeCache, absent_name, check_answer_markers, is_absent_key, load_dataset
 from medsegr.data.validate import check_dataset
 from medsegr.prompts import segment_names
 
@@ -125,7 +125,8 @@ def test_conversations(records):
         for turn in record.conversation:
             assert check_answer_markers(turn.answer, len(turn.masks)) == []
             # the pipeline names each segment from its <p>...</p>: it is the mask's name
-            assert segment_names(turn.answer, "[SEG]") == [names[k] for k in turn.masks]
+            assert segment_names(turn.answer, "[SEG]") == [
+                absent_name(k) if is_absent_key(k) else names[k] for k in turn.masks]
             assert len(turn.answer.split()) <= 32, turn.answer
             assert not set(turn.masks) & set(segmented), "a follow-up repeats a mask"
             segmented.extend(turn.masks)

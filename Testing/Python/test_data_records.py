@@ -109,8 +109,23 @@ def test_turn_rules():
     _, problems = parse_record(raw, window_names=WINDOWS)
     text = "\n".join(problems)
     assert "first turn cannot be a 'multi-turn'" in text
-    assert "'absent' answer must not bind masks" in text
+    assert "an 'absent' answer binds only empty masks" in text
     assert "reserved marker [SEG]" in text
+
+
+def test_an_absent_answer_binds_an_empty_mask_key_and_only_it_does():
+    """An absent structure is named with a [SEG] bound to "absent:<name>" (no label
+    map: empty by definition); the key is refused in any other kind of turn."""
+    raw = make_record()
+    raw["conversation"][2]["masks"] = ["absent:liver"]
+    raw["conversation"][2]["answer"] = "Looking for the <p>liver</p> [SEG], not found on this slice."
+    record, problems = parse_record(raw, window_names=WINDOWS)
+    assert problems == [] and record is not None
+    assert record.conversation[2].masks == ("absent:liver",)
+    raw["conversation"][0]["masks"] = ["absent:liver"]
+    raw["conversation"][0]["answer"] = "The <p>liver</p> [SEG]."
+    _, problems = parse_record(raw, window_names=WINDOWS)
+    assert any("'absent:liver' is only for 'absent' turns" in p for p in problems), problems
 
 
 def test_window_only_for_ct():

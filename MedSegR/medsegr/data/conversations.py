@@ -15,18 +15,29 @@ is known to be absent. From it :func:`make_conversation` builds one conversation
 - ``multi-turn`` follow-ups that depend on the previous turn ("Now only the
   lesion.", "And the organ that contains it?", "Now the other one.");
 - ``absent``: structures that cannot be there (a liver in a head scan), organs
-  known to be missing, organs without lesions. These answers have no ``[SEG]`` and
-  say why (what the scan covers, "it has been removed", no lesion on the slice).
+  known to be missing, organs without lesions. An absent structure is named as a
+  present one would be, with a ``[SEG]`` bound to an empty mask ("absent:<name>"), and
+  after the engine's measured span, which then reads "not found", the answer says it
+  is not on the slice and why (what the scan covers, "it has been removed"): the
+  pixels decide whether it is there, not a guess from the image tokens. Organs
+  without lesions are answered without a ``[SEG]`` ("no lesion on this slice").
+
+With ``[model] measured_spans`` the engine writes what it measured on each decoded mask
+right after its ``[SEG]`` (:func:`medsegr.answers.measured_span`), and training
+conversations carry the same spans, measured on the ground truth, as read-only tokens.
+So numbers are never the model's: comparisons segment both structures and conclude
+after both spans ("Comparing the <p>left kidney</p> [SEG] and the <p>right kidney</p>
+[SEG]: the larger is the right kidney."), a side is stated after the ``[SEG]`` it belongs
+to, and lesion answers state no size.
 
 Answers reason before they segment, in one or two short sentences: what identifies
 the structure in this modality (the knowledge entry's appearance for CT or the MR
 sequence), where it is (the entry's location or the measured side of the midline),
-and the rule that decided the question (patient vs. image side, the two measured
-areas, the organ holding the lesion, the number of lesions). Every stated fact is
-measured on the slice's masks (side from the centroid and the midline, areas in cm²
-from the pixel spacing, lesion count from the connected components, lesion size as
-the largest one's equal-area diameter) or comes from the data source (a lesion's
-density); :mod:`medsegr.evaluation.facts` checks the same facts in any answer.
+and the rule that decided the question (patient vs. image side, the organ holding the
+lesion, the number of lesions). Every stated fact is
+measured on the slice's masks (side from the centroid and the midline, lesion count
+from the connected components) or comes from the data source (a lesion's density);
+:mod:`medsegr.evaluation.facts` checks the same facts in any answer.
 Answers stay short (:data:`ANSWER_BUDGET`, about 45 SmolLM2 tokens) because every
 token costs training time. Every ``[SEG]`` follows ``<p>name</p>`` and is bound to
 its mask key; ``<p>`` is used for nothing else.
@@ -43,7 +54,7 @@ from typing import Any
 import numpy as np
 
 from medsegr.data.knowledge import Structure, absent_candidates
-from medsegr.data.records import SEG_TOKEN, Turn
+from medsegr.data.records import SEG_TOKEN, Turn, absent_key
 
 __all__ = ["ANSWER_BUDGET", "SIDED_PLANES", "Absence", "Item", "Scene", "answer_cost", "make_conversation",
            "measure", "midline_column", "seg"]
@@ -100,6 +111,8 @@ class Absence:
 
     entry: Structure
     reason: str
+    #: the name the answers use for it (the entry's name when None)
+    name: str | None = None
 
 
 @dataclass
@@ -270,10 +283,6 @@ def _cap(text: str) -> str:
     return text[:1].upper() + text[1:]
 
 
-def _cm2(area_mm2: float) -> str:
-    return f"{area_mm2 / 100.0:.1f} cm²"
-
-
 def _number(count: int) -> str:
     return _NUMBER_WORDS.get(count, str(count))
 
@@ -368,7 +377,6 @@ def _about(item: Item, scene: Scene) -> list[str]:
     entry = item.entry
     looks = _looks(entry, scene)
     location = entry.location if _sides_hold(scene, item, entry.location) else ""
-    side = _where_side(scene, item) if entry.side else ""
     out = []
     if looks and location and not _repeats(looks, location):
         out.append(f"{looks}, {location}")
@@ -376,8 +384,6 @@ def _about(item: Item, scene: Scene) -> list[str]:
         out.append(f"{looks} on this {scene.description}")
     if location:
         out.append(location)
-    if side:
-        out.append(f"{looks}, {side}" if looks else side)
     if not out:
         where = _position(scene, item)
         if where:
@@ -397,6 +403,13 @@ def _plain_answer(item: Item, scene: Scene, rng: random.Random) -> str:
                     f"{_cap(about)}; {'these are' if entry.plural else 'this is'} the {name}."]
     if entry.location and _sides_hold(scene, item, entry.location):
         options.append(f"The {name} {entry.be} {entry.location}.")
+    options.append(f"Looking for the {name}.")  # as absent answers open: presence is measured
+    side = _where_side(scene, item) if entry.side else ""
+    if side:
+        # the side follows the [SEG]: the model reads it in the measured span first
+        looks = _looks(entry, scene)
+        options += [f"{_cap(looks)}: the {name}, {side}." if looks else f"The {name}, {side}.",
+                    f"The {name} lies {side}."]
     return _fit(rng, options, [f"Here {entry.be} the {name}.", f"{name}."])
 
 
@@ -414,23 +427,16 @@ def _lesion_noun(lesion: Item, count: int, rng: random.Random | None = None) -> 
 
 
 def _lesion_phrases(lesion: Item, scene: Scene, rng: random.Random, *, host: bool = True) -> list[str]:
-    """"one hypodense lesion in the liver, about 9 mm" and shorter variants (count,
-    size and density as measured/known; the host only when ``host``)."""
+    """"one hypodense lesion in the liver" and shorter variants (count and density as
+    measured/known; the host only when ``host``; no size: the engine measures it)."""
     count = max(int(lesion.attrs.get("count", 1) or 1), 1)
     density = lesion.attrs.get("density") or ""
     noun = _lesion_noun(lesion, count, rng)
     number = _number(count) if count > 1 or rng.random() < 0.7 else "a single"
     words = f"{number} {density} {noun}" if density else f"{number} {noun}"
-    size = lesion.attrs.get("size_mm")
-    size_text = ""
-    if size:
-        size_text = f"about {size:.0f} mm" if count == 1 else f"the largest about {size:.0f} mm"
     holder = scene.items.get(lesion.attrs.get("host", "")) if host else None
     where = f" in the {holder.name}" if holder is not None else ""
-    out = []
-    if size_text:
-        out.append(f"{words}{where}, {size_text}")
-    out.append(f"{words}{where}")
+    out = [f"{words}{where}"]
     if where:
         out.append(words)
     return out
@@ -564,12 +570,14 @@ def _size(scene: Scene, rng: random.Random) -> Generated | None:
         question = rng.choice((f"Segment the smaller {noun}.", f"Which {noun} looks smaller here? "
                                "Segment it.", f"Outline the smaller of the two {noun}s."))
         chosen, other, word = small, big, "smaller"
-    name, mine, theirs = seg(chosen.name), _cm2(chosen.area_mm2), _cm2(other.area_mm2)
-    options = [f"{_cap(chosen.name)} {mine}, {other.name} {theirs}: the {word} is the {name}.",
-               f"The {other.name} measures {theirs}, the {chosen.name} {mine}; {word}: the {name}.",
-               f"On this slice the {chosen.name} covers {mine}, the {other.name} {theirs}; "
-               f"so the {word} is the {name}."]
-    return Turn(question, "implicit", _fit(rng, options), (chosen.key,), "size"), [chosen.key]
+    # both are segmented, in a random order, and the comparison follows their measured
+    # spans: the areas are the engine's, never the model's
+    first, second = (chosen, other) if rng.random() < 0.5 else (other, chosen)
+    a, b = seg(first.name), seg(second.name)
+    options = [f"Comparing the {a} and the {b}: the {word} is the {chosen.name}.",
+               f"The {a} and the {b}; by area the {word} is the {chosen.name}.",
+               f"Measuring both, the {a} against the {b}: the {chosen.name} is {word}."]
+    return Turn(question, "implicit", _fit(rng, options), (first.key, second.key), "size"), [chosen.key]
 
 
 def _lesion_host(scene: Scene, rng: random.Random) -> Generated | None:
@@ -593,7 +601,7 @@ def _lesion_host(scene: Scene, rng: random.Random) -> Generated | None:
     name = seg(host.name)
     options = []
     for phrase in _lesion_phrases(lesion, scene, rng, host=False):
-        options += [f"{_cap(phrase)}{',' if phrase.endswith('mm') else ''} {verb} the {name}.",
+        options += [f"{_cap(phrase)} {verb} the {name}.",
                     f"I see {phrase}; {'they' if several else 'it'} {verb} the {host.name}, so the {name}."]
     return Turn(question, "implicit", _fit(rng, options), (host.key,), "lesion"), [host.key, lesion.key]
 
@@ -694,7 +702,13 @@ def _multi(scene: Scene, rng: random.Random) -> Generated | None:
 
 def _absent(scene: Scene, rng: random.Random, questions: tuple[str, ...] = _ABSENT_Q,
             clue_question: str = "Segment the {noun} that {clue}.") -> Generated | None:
-    choices: list[tuple[Structure, str]] = [(a.entry, a.reason) for a in scene.absences]
+    """A question about a structure that is not on the slice. The answer names it as a
+    present one would (what identifies it, where it lies: nothing about this slice) with
+    a ``[SEG]`` bound to an empty mask (:func:`~medsegr.data.records.absent_key`); after
+    the engine's measured span, which reads "not found", it says so and why. Whether a
+    structure is there is the grounding module's to tell from the pixels, not a guess
+    from the image tokens written before the mask exists."""
+    choices: list[Absence] = list(scene.absences)
     if not choices or rng.random() < 0.4:
         present = {i.entry.key for i in scene.items.values()}
         impossible = absent_candidates(set(scene.regions), exclude=present)
@@ -702,20 +716,27 @@ def _absent(scene: Scene, rng: random.Random, questions: tuple[str, ...] = _ABSE
             entry = rng.choice(impossible)
             places = " or the ".join(entry.regions)
             covers = " and the ".join(scene.regions)
-            choices = [(entry, rng.choice((f"this {scene.description} does not cover the {places}",
-                                           f"this {scene.description} covers the {covers}, not the {places}")))]
+            choices = [Absence(entry, rng.choice((f"this {scene.description} does not cover the {places}",
+                                                  f"this {scene.description} covers the {covers}, "
+                                                  f"not the {places}")))]
     if not choices:
         return None
-    entry, reason = rng.choice(choices)
-    question = rng.choice(questions).format(n=entry.name, be=entry.be, it="them" if entry.plural else "it")
-    options = [f"There {entry.be} no {entry.name} in this image: {reason}.",
-               f"No {entry.name} {entry.be} visible here; {reason}.",
-               f"I cannot segment the {entry.name}: {reason}."]
+    absence = rng.choice(choices)
+    entry, reason = absence.entry, absence.reason
+    name = absence.name or entry.name
+    question = rng.choice(questions).format(n=name, be=entry.be, it="them" if entry.plural else "it")
     if rng.random() < 0.5 and entry.clues:
         question = clue_question.format(noun=entry.noun, clue=rng.choice(entry.clues))
-        options = [f"That would be the {entry.name}, but {reason}.",
-                   f"The {entry.name} would, but {reason}; nothing to segment."]
-    return Turn(question, "absent", _fit(rng, options), (), "absent"), []
+    marker = seg(name)
+    looks = _looks(entry, scene)
+    leads = [f"{_cap(looks)}: the {marker}"] if looks else []
+    if entry.location:
+        leads.append(f"The {marker} {entry.be} {entry.location}")
+    leads.append(f"Looking for the {marker}")
+    ends = [f", not found on this slice: {reason}.", f"; not visible here, {reason}.",
+            f": not on this slice ({reason})."]
+    options = [lead + end for lead in leads for end in ends]
+    return Turn(question, "absent", _fit(rng, options), (absent_key(name),), "absent"), []
 
 
 # --------------------------------------------------------------------------- follow-ups
@@ -732,8 +753,9 @@ def _follow_other_side(scene: Scene, focus: list[str], rng: random.Random) -> Ge
     name = seg(other.name)
     side = scene.side_of(other.key)
     if side is not None:
-        options = [f"Its partner lies on the image {side[0]}, the patient's {side[1]}: the {name}.",
-                   f"Across the midline, on the image {side[0]}: the {name}.",
+        options = [f"Its partner across the midline: the {name}, on the image {side[0]}, "
+                   f"the patient's {side[1]}.",
+                   f"Across the midline: the {name}, on the image {side[0]}.",
                    f"The {name}, on the patient's {side[1]}."]
     else:
         options = [f"The {name}, its partner across the midline.", f"Its partner: the {name}."]

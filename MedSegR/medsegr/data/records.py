@@ -40,6 +40,7 @@ from medsegr.errors import InputError
 from medsegr.io.images import MODALITIES, MedicalImage, atomic_output, load_image
 
 __all__ = [
+    "ABSENT_KEY_PREFIX",
     "AXIS_NAMES",
     "QUESTION_TYPES",
     "SEG_TOKEN",
@@ -51,7 +52,9 @@ __all__ = [
     "SnomedCode",
     "Turn",
     "VolumeCache",
+    "absent_key",
     "check_answer_markers",
+    "is_absent_key",
     "iter_records",
     "load_dataset",
     "parse_record",
@@ -64,6 +67,23 @@ SEG_TOKEN = "[SEG]"
 SPLIT_NAMES = ("train", "val", "test")
 QUESTION_TYPES = ("explicit", "implicit", "multi-turn", "absent")
 AXIS_NAMES = ("axial", "coronal", "sagittal")
+#: an absent-structure turn binds its [SEG] to ``"absent:<name>"``: a structure that is not
+#: on the slice, whose mask is empty by definition (no label map); the engine's measured
+#: span after that [SEG] reads "not found"
+ABSENT_KEY_PREFIX = "absent:"
+
+
+def absent_key(name: str) -> str:
+    """The mask key of an absent structure named ``name`` (its mask is empty)."""
+    return ABSENT_KEY_PREFIX + name
+
+
+def is_absent_key(key: str) -> bool:
+    return key.startswith(ABSENT_KEY_PREFIX) and len(key) > len(ABSENT_KEY_PREFIX)
+
+
+def absent_name(key: str) -> str:
+    return key[len(ABSENT_KEY_PREFIX):]
 #: the format version written into ``dataset_info.json`` by the builders
 FORMAT_VERSION = 1
 
@@ -550,7 +570,10 @@ def _parse_turn(value: Any, number: int, mask_keys: set[str] | None, problems: l
             if not isinstance(item, str):
                 problems.append(f"{where}'masks' must list mask keys (strings), got {_json_type(item)}")
                 ok = False
-            elif mask_keys is not None and item not in mask_keys:
+            elif is_absent_key(item) and kind != "absent":
+                problems.append(f"{where}the empty mask key {item!r} is only for 'absent' turns")
+                ok = False
+            elif mask_keys is not None and item not in mask_keys and not is_absent_key(item):
                 problems.append(f"{where}unknown mask key {item!r} (the record's masks: "
                                 f"{', '.join(sorted(mask_keys)) or 'none'})")
                 ok = False
@@ -559,8 +582,9 @@ def _parse_turn(value: Any, number: int, mask_keys: set[str] | None, problems: l
     if answer is not None and masks is not None:
         for message in check_answer_markers(answer, len(masks)):
             problems.append(f"{where}{message}")
-        if kind == "absent" and masks:
-            problems.append(f"{where}an 'absent' answer must not bind masks")
+        if kind == "absent" and any(isinstance(m, str) and not is_absent_key(m) for m in masks):
+            problems.append(f"{where}an 'absent' answer binds only empty masks "
+                            f"('{ABSENT_KEY_PREFIX}<name>'), not the record's masks")
     if not ok:
         return None
     assert question is not None and kind is not None and answer is not None

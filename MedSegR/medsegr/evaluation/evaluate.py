@@ -21,6 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from medsegr.data.records import absent_name
+from medsegr.answers import strip_measured_spans
+from medsegr.evaluation.comparisons import comparison_agrees
 from medsegr.evaluation.metrics import MaskScore, summarise
 from medsegr.training.examples import ImageStore
 
@@ -47,6 +50,9 @@ class TurnResult:
     #: module's presence probability of each (:attr:`medsegr.answers.Answer.presence`)
     seg_names: list[str] = field(default_factory=list)
     presence: list[float] = field(default_factory=list)
+    #: a size (comparative) question: whether the answer's conclusion agrees with the
+    #: engine's measurements of its segments (:mod:`medsegr.evaluation.comparisons`)
+    comparative_ok: bool | None = None
 
 
 @dataclass
@@ -80,6 +86,7 @@ class EvalReport:
         named = [t.named_right for t in self.turns if t.named_right is not None]
         absent = [t.absent_ok for t in self.turns if t.absent_ok is not None]
         facts = [ok for t in self.turns for _, _, ok in t.facts]
+        compared = [t.comparative_ok for t in self.turns if t.comparative_ok is not None]
         return {
             "facts_stated": len(facts),
             "facts_correct_rate": float(np.mean(facts)) if facts else float("nan"),
@@ -88,6 +95,8 @@ class EvalReport:
             "absent_questions": len(absent),
             "absent_without_mask_rate": float(np.mean(absent)) if absent else float("nan"),
             "false_claim_rate": float(np.mean([not a for a in absent])) if absent else float("nan"),
+            "comparative_questions": len(compared),
+            "comparative_agree_rate": float(np.mean(compared)) if compared else float("nan"),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,26 +195,32 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
             answer = session.ask(turn.question, axis=axis, slice_index=index)
             seconds = time.perf_counter() - t0
             predicted = _by_seg_position(answer, seg_token, view)
+            qtype = str(turn.type)
+            is_absent = qtype == "absent" or (not turn.masks and seg_token not in turn.answer)
             scores = []
-            for j, key in enumerate(turn.masks):
+            # an absent structure's [SEG] (named, then measured "not found") has no mask to score
+            for j, key in enumerate([] if is_absent else turn.masks):
                 pred = predicted[j] if j < len(predicted) and predicted[j] is not None \
                     else np.zeros_like(truths[key])
                 scores.append(MaskScore.of(pred, truths[key]))
-            qtype = str(turn.type)
-            is_absent = qtype == "absent" or (not turn.masks and seg_token not in turn.answer)
-            text = clean_answer(answer.raw_text, seg_token)
+            # the model's own words: the engine's measured spans are not its statements
+            spoken = strip_measured_spans(answer.raw_text)
+            text = clean_answer(spoken, seg_token)
             result = TurnResult(
                 record_id=record.id, subject=record.subject, turn=k + 1, question_type=qtype,
-                question=turn.question, answer=text, expected=[names[m] for m in turn.masks],
+                question=turn.question, answer=text,
+                expected=[names[m] if m in names else absent_name(m) for m in turn.masks],
                 predicted=[s.name for s in answer.segments], scores=scores,
                 named_right=None if is_absent or not turn.masks else all(
                     names_structure(text, names[m]) for m in turn.masks),
                 absent_ok=(len(answer.segments) == 0) if is_absent else None,
                 seconds=seconds,
-                facts=[(c.kind, c.text, bool(c.ok)) for c in truth.check(answer.raw_text)],
+                facts=[(c.kind, c.text, bool(c.ok)) for c in truth.check(spoken)],
                 seg_names=segment_names(answer.raw_text, seg_token),
-                presence=list(answer.presence))
-            if references and turn.masks:
+                presence=list(answer.presence),
+                comparative_ok=(comparison_agrees(text, answer.segments)
+                                if turn.reasoning == "size" else None))
+            if references and turn.masks and not is_absent:
                 assert oracle is not None
                 embedding = session.embeddings(axis, [index])[0][0]  # cached: not re-encoded
                 result.references["oracle_box"] = [

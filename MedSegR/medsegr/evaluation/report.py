@@ -59,7 +59,10 @@ def markdown(report: EvalReport) -> str:
         f"| absent-structure questions with a wrongly claimed mask | "
         f"{_f(text['false_claim_rate'])} |",
         f"| stated facts (side, area, size, count, density) true of the slice | "
-        f"{_f(text['facts_correct_rate'])} (of {text['facts_stated']}) |", "",
+        f"{_f(text['facts_correct_rate'])} (of {text['facts_stated']}) |",
+        f"| comparative answers that agree with the engine's measurements | "
+        f"{_f(text.get('comparative_agree_rate', float('nan')))} "
+        f"(of {text.get('comparative_questions', 0)}) |", "",
     ]
     return "\n".join(lines)
 

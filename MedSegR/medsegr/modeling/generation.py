@@ -70,6 +70,8 @@ class GeneratedTurn:
 
     #: the id of ``[SEG]`` in ``token_ids`` (set by :func:`generate`)
     seg_token_id: int = -1
+    #: positions in ``token_ids`` that the engine inserted (measured spans), not the model
+    inserted: list[int] = field(default_factory=list)
 
 
 def prompt_keys(model: MedSegRModel, turns: list[Any]) -> list[Key]:
@@ -106,7 +108,8 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
              use_cache: bool = True, temperature: float = 0.0, min_new_tokens: int = 0,
              generator: torch.Generator | None = None,
              on_token: Callable[[int], bool | None] | None = None,
-             adjust_logits: Callable[[int, torch.Tensor], None] | None = None) -> GeneratedTurn:
+             adjust_logits: Callable[[int, torch.Tensor], None] | None = None,
+             on_seg: Callable[["GeneratedTurn"], list[int]] | None = None) -> GeneratedTurn:
     """Generate an answer for the prompt ``keys``.
 
     ``state`` (with ``use_cache``) is the conversation's cache: it is reused up to
@@ -114,6 +117,11 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     called for each generated token; returning ``False`` stops generation (cancel).
     ``adjust_logits(step, logits)`` may change the float logits of the ``step``-th new
     token in place before it is chosen (benchmarks use it to place a ``[SEG]``).
+    ``on_seg(turn_so_far)`` is called after each generated ``[SEG]`` (the turn so far,
+    that ``[SEG]``'s state last in ``seg_states``) and returns token ids the engine
+    inserts right after it (the measured span): they are fed with the ``[SEG]``, become
+    part of the answer's ``token_ids`` (``inserted`` says which) and are neither chosen
+    by the model nor counted against ``max_new_tokens``.
     """
     llm = model.llm
     seg_id = model.seg_token_id
@@ -154,15 +162,29 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     t1 = time.perf_counter()
     seq = list(keys)
     generated: list[int] = []
+    inserted: list[int] = []
     seg_states: list[torch.Tensor] = []
     token_states: list[torch.Tensor] = []
     finished = False
+    hidden_size = int(llm.config.hidden_size)
+
+    def so_far(finished: bool) -> GeneratedTurn:
+        return GeneratedTurn(
+            token_ids=list(generated),
+            seg_states=(torch.stack(seg_states) if seg_states
+                        else torch.zeros((0, hidden_size), device=model.device)),
+            prompt_tokens=len(keys), reused_tokens=reused, finished=finished,
+            prefill_s=prefill_s, decode_s=time.perf_counter() - t1,
+            token_states=torch.stack(token_states) if token_states else None,
+            seg_token_id=seg_id, inserted=list(inserted))
+
     while True:
+        produced = len(generated) - len(inserted)
         logits = logits.float()
-        if len(generated) < min_new_tokens:
+        if produced < min_new_tokens:
             logits[list(eos)] = float("-inf")
         if adjust_logits is not None:
-            adjust_logits(len(generated), logits)
+            adjust_logits(produced, logits)
         token = _select(logits, temperature, generator)
         if token in eos:
             finished = True
@@ -172,24 +194,24 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
             seg_states.append(hidden)
         if on_token is not None and on_token(token) is False:
             break
-        if len(generated) >= max_new_tokens:
+        if produced + 1 >= max_new_tokens:
             break
-        seq.append(token)
+        feed = [token]
+        if token == seg_id and on_seg is not None:
+            extra = [int(t) for t in on_seg(so_far(False))]
+            inserted.extend(range(len(generated), len(generated) + len(extra)))
+            generated.extend(extra)
+            feed += extra
+        seq.extend(feed)
         if use_cache:
-            hidden, logits = step(model.embed_keys([token], visual_bank))
-            state.keys.append(token)
+            hidden, logits = step(model.embed_keys(feed, visual_bank))
+            state.keys.extend(feed)
         else:
             hidden, logits = _last(reference_forward(model, seq, visual_bank))
-        token_states.append(hidden)
-    decode_s = time.perf_counter() - t1
-    hidden_size = int(llm.config.hidden_size)
-    states = (torch.stack(seg_states) if seg_states
-              else torch.zeros((0, hidden_size), device=model.device))
-    return GeneratedTurn(token_ids=generated, seg_states=states, prompt_tokens=len(keys),
-                         reused_tokens=reused, finished=finished, prefill_s=prefill_s,
-                         decode_s=decode_s,
-                         token_states=torch.stack(token_states) if token_states else None,
-                         seg_token_id=seg_id)
+        # one state per fed token (an inserted span's tokens share the last one: the
+        # name pooling never reads them)
+        token_states.extend([hidden] * len(feed))
+    return so_far(finished)
 
 
 @torch.no_grad()

@@ -16,10 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from medsegr.data.records import VolumeCache
+from medsegr.data.records import VolumeCache, is_absent_key
 from medsegr.errors import InputError
+from medsegr.imaging.measurements import measure_segment
 from medsegr.imaging.preprocess import Letterbox, letterbox, letterbox_geometry, normalise
-from medsegr.answers import Turn
+from medsegr.answers import MEASURED_SPAN_RE, Measurement, Turn, measured_span
 from medsegr.prompts import render
 from medsegr.imaging.slicing import SliceView
 
@@ -97,36 +98,104 @@ def slice_input(record: Any, store: ImageStore, size: int) -> SliceInput:
                       view=view, box=box)
 
 
-def conversation_tokens(model: Any, turns: Sequence[Any]) -> tuple[list[int], list[int]]:
+def slice_measurements(record: Any, store: ImageStore, view: SliceView,
+                       keys: Sequence[str]) -> dict[str, Measurement]:
+    """What the engine would measure on each mask ``key`` of ``record``'s slice (the
+    ground truth's :func:`~medsegr.imaging.measurements.measure_segment`, a slice
+    answer's): the measured spans that training conversations read after each ``[SEG]``."""
+    image = record.load_image(store.cache)
+    arrays = record.mask_arrays(store.cache)
+    where: list[Any] = [slice(None)] * 3
+    where[view.axis] = view.index
+    out: dict[str, Measurement] = {}
+    for key in dict.fromkeys(keys):
+        if key not in arrays:
+            continue
+        only = np.zeros(image.shape, dtype=bool)
+        only[tuple(where)] = arrays[key][tuple(where)]
+        out[key] = measure_segment(image, only, volume=False, axis=view.axis)
+    return out
+
+
+def with_spans(answer: str, spans: Sequence[str], seg_token: str) -> str:
+    """``answer`` with ``spans[j]`` written right after its ``j``-th ``seg_token``."""
+    pieces = answer.split(seg_token)
+    if len(pieces) - 1 != len(spans):
+        raise InputError(f"{len(pieces) - 1} {seg_token} markers but {len(spans)} measured spans")
+    out = pieces[0]
+    for span, piece in zip(spans, pieces[1:]):
+        out += seg_token + span + piece
+    return out
+
+
+def conversation_tokens(model: Any, turns: Sequence[Any],
+                        spans: Sequence[Sequence[str]] | None = None) -> tuple[list[int], list[int]]:
     """Token ids of a whole conversation (image tokens expanded to the model's N visual
     tokens, in the first user turn) and labels that are the token ids on every assistant
     answer (and its end-of-turn token) and :data:`IGNORE` elsewhere.
 
     The prompt of turn k is tokenised exactly as the pipeline tokenises it at inference
-    (the chat template over the turns so far).
+    (the chat template over the turns so far). With ``spans`` (per turn, one measured
+    span per ``[SEG]``; used when ``[model] measured_spans`` is on) each ``[SEG]`` is
+    followed by its span, as the engine inserts it: the model reads the span (labels
+    :data:`IGNORE`) and learns what follows it. The last answer is tokenised piece by
+    piece as generation produces it (its text, ``[SEG]``, the span's own tokens, its text),
+    the earlier ones as the whole rendered conversation (as the pipeline re-reads them).
     """
     cfg = model.config
     tok = model.tokenizer
+    seg = cfg.model.seg_token
+    use_spans = spans is not None and bool(getattr(cfg.model, "measured_spans", False))
+    answers = [with_spans(t.answer, spans[k], seg) if use_spans else t.answer  # type: ignore[index]
+               for k, t in enumerate(turns)]
     answered: list[Turn] = []
     starts: list[int] = []
     ids: list[int] = []
+    text = ""
     for k, turn in enumerate(turns):
         current = Turn(question=turn.question, image_id="image" if k == 0 else None)
-        prompt = tok.encode(render(tok, cfg.llm.system_prompt, answered + [current],
-                                   cfg.model.image_token), add_special_tokens=False)
+        text = render(tok, cfg.llm.system_prompt, answered + [current], cfg.model.image_token)
+        prompt = tok.encode(text, add_special_tokens=False)
         starts.append(len(prompt))
         answered.append(Turn(question=turn.question, image_id=current.image_id,
-                             answer=turn.answer))
+                             answer=answers[k]))
         ids = prompt  # the last prompt holds every earlier answer
-    last = turns[-1]
-    ids = ids + tok.encode(last.answer, add_special_tokens=False)
+    read_only: set[int] = set()
+    if use_spans:
+        read_only = _span_positions(tok, text) if len(turns) > 1 else set()
+        answer_ids = []
+        pieces = answers[-1].split(seg)
+        for j, piece in enumerate(pieces):
+            if j > 0:
+                answer_ids.append(model.seg_token_id)
+                span = spans[-1][j - 1]  # type: ignore[index]
+                piece = piece[len(span):]
+                span_ids = tok.encode(span, add_special_tokens=False)
+                read_only.update(range(len(ids) + len(answer_ids),
+                                       len(ids) + len(answer_ids) + len(span_ids)))
+                answer_ids += span_ids
+            answer_ids += tok.encode(piece, add_special_tokens=False) if piece else []
+        ids = ids + answer_ids
+    else:
+        ids = ids + tok.encode(turns[-1].answer, add_special_tokens=False)
     end = _end_of_turn_id(model)
     ids.append(end)
     labels = [IGNORE] * len(ids)
     for start in starts:
         stop = next((t for t in range(start, len(ids)) if ids[t] == end), len(ids) - 1)
         labels[start:stop + 1] = ids[start:stop + 1]
+    for t in read_only:
+        labels[t] = IGNORE
     return _expand_image_tokens(model, ids, labels)
+
+
+def _span_positions(tok: Any, text: str) -> set[int]:
+    """Token positions of ``tok.encode(text)`` that overlap a measured span of ``text``."""
+    ranges = [m.span() for m in MEASURED_SPAN_RE.finditer(text)]
+    if not ranges:
+        return set()
+    offsets = tok(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return {t for t, (a, b) in enumerate(offsets) if any(a < e and b > s for s, e in ranges)}
 
 
 def _end_of_turn_id(model: Any) -> int:
@@ -162,8 +231,11 @@ def _expand_image_tokens(model: Any, ids: list[int], labels: list[int]) -> tuple
     return out_ids, out_labels
 
 
-def make_example(record: Any, model: Any, inputs: SliceInput, max_tokens: int) -> Example:
-    """Tokenise ``record``'s conversation and bind each ``[SEG]`` to its mask."""
+def make_example(record: Any, model: Any, inputs: SliceInput, max_tokens: int,
+                 store: ImageStore | None = None) -> Example:
+    """Tokenise ``record``'s conversation and bind each ``[SEG]`` to its mask (with
+    ``[model] measured_spans``, each ``[SEG]`` followed by the span measured on its
+    ground-truth mask, from ``store``'s images)."""
     seg = model.config.model.seg_token
     keys: list[str] = []
     for k, turn in enumerate(record.conversation):
@@ -172,17 +244,24 @@ def make_example(record: Any, model: Any, inputs: SliceInput, max_tokens: int) -
             raise InputError(f"record {record.id}, turn {k + 1}: {count} {seg} markers but "
                              f"{len(turn.masks)} masks")
         keys.extend(turn.masks)
-    ids, labels = conversation_tokens(model, record.conversation)
+    spans = None
+    if getattr(model.config.model, "measured_spans", False):
+        if store is None:
+            raise ValueError("measured spans need the record's images (store)")
+        measured = slice_measurements(record, store, inputs.view, keys)
+        spans = [[measured_span(measured.get(k)) for k in turn.masks] for turn in record.conversation]
+    ids, labels = conversation_tokens(model, record.conversation, spans)
     if len(ids) > max_tokens:
         raise InputError(f"record {record.id}: the conversation has {len(ids)} tokens, more than "
                          f"[data] max_tokens = {max_tokens}")
     if labels.count(model.seg_token_id) != len(keys):
         raise InputError(f"record {record.id}: {seg} does not tokenise to one id per marker")
-    missing = [k for k in keys if k not in inputs.masks]
+    missing = [k for k in keys if k not in inputs.masks and not is_absent_key(k)]
     if missing:
         raise InputError(f"record {record.id}: unknown mask key(s) {', '.join(missing)}")
     size = inputs.pixels.shape[0]
-    masks = (np.stack([inputs.masks[k] for k in keys]).astype(np.uint8) if keys
+    empty = np.zeros((size, size), dtype=bool)  # an absent structure's key: an empty mask
+    masks = (np.stack([inputs.masks.get(k, empty) for k in keys]).astype(np.uint8) if keys
              else np.zeros((0, size, size), dtype=np.uint8))
     return Example(record_id=record.id, cache_key=inputs.cache_key, input_ids=ids,
                    labels=labels, masks=masks,

@@ -30,10 +30,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsegr.data.records import absent_name, is_absent_key
 from medsegr.errors import InputError
 from medsegr.imaging.channels import letterbox_raw, neighbour_indices, raw_volume
 from medsegr.prompts import name_spans
-from medsegr.training.examples import ImageStore, conversation_tokens, slice_input
+from medsegr.answers import measured_span
+from medsegr.training.examples import ImageStore, conversation_tokens, slice_input, slice_measurements
 
 __all__ = ["GroundingItem", "absent_names", "build_items", "compute_states", "load_items",
            "save_items", "structure_regions"]
@@ -158,12 +160,14 @@ def build_items(model: Any, records: Sequence[Any], size: int, slices: int, seed
         rng.shuffle(shown)
         extra_present = shown[:2] if absent else []
         keys = keys + extra_present
-        names = [mask_names.get(k, k.replace("_", " ")) for k in keys]
-        targets = (np.stack([inputs.masks[k] for k in keys]).astype(np.uint8) if keys
+        names = [mask_names.get(k, absent_name(k) if is_absent_key(k) else k.replace("_", " "))
+                 for k in keys]
+        empty = np.zeros((size, size), dtype=bool)  # an absent structure's key: an empty target
+        targets = (np.stack([inputs.masks.get(k, empty) for k in keys]).astype(np.uint8) if keys
                    else np.zeros((0, size, size), np.uint8))
         flipped: np.ndarray | None = targets.copy()
         for j, key in enumerate(keys):
-            other = _swap_side(key)
+            other = None if is_absent_key(key) else _swap_side(key)
             if other is None:
                 continue
             if other in inputs.masks:
@@ -180,7 +184,14 @@ def build_items(model: Any, records: Sequence[Any], size: int, slices: int, seed
         order = list(range(n_conv))
         order += [n_conv + asked.index(("p", k)) for k in extra_present]
         order += [n_conv + asked.index(("a", n)) for n in absent]
-        ids, labels = conversation_tokens(model, turns)
+        spans = None
+        if getattr(model.config.model, "measured_spans", False):
+            measured = slice_measurements(record, store, view, keys)
+            spans = [[measured_span(measured.get(k)) for k in turn.masks] for turn in record.conversation]
+            if extra:
+                spans.append([measured_span(measured.get(k) if kind == "p" else None)
+                              for kind, k in asked])
+        ids, labels = conversation_tokens(model, turns, spans)
         if labels.count(model.seg_token_id) != len(keys) + len(absent):
             raise InputError(f"record {record.id}: the [SEG] markers do not tokenise to one id each")
         items.append(GroundingItem(

@@ -350,7 +350,7 @@ def _append(path: Path, record: dict[str, Any]) -> None:
 STATE_CONFIG: dict[str, tuple[str, ...] | None] = {
     "llm": ("source", "gguf_file", "system_prompt"),
     "vision": None,
-    "model": ("visual_grid", "seg_token", "image_token", "visual_projector_hidden"),
+    "model": ("visual_grid", "seg_token", "image_token", "visual_projector_hidden", "measured_spans"),
     "lora": None,
 }
 

@@ -69,7 +69,7 @@ def load_examples(config: TrainConfig, model: Any, split: str) -> tuple[list[Exa
     for record in records:
         try:
             item = slice_input(record, store, model.vision.image_size)
-            examples.append(make_example(record, model, item, config.data.max_tokens))
+            examples.append(make_example(record, model, item, config.data.max_tokens, store))
             inputs.append(item)
         except InputError as exc:
             problems.append(str(exc))
@@ -116,6 +116,10 @@ def _decoder_layer_count(model: Any) -> int:
     return max(found) + 1 if found else 0
 
 
+#: ``[model]`` settings a training run may set apart from its start checkpoint's
+INFERENCE_SETTINGS = ("presence_threshold", "measured_spans")
+
+
 def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
     from medsegr.modeling.checkpoint import from_pretrained, read_checkpoint_config
     from medsegr.modeling.builder import build_model
@@ -133,15 +137,19 @@ def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
         # a checkpoint from before the grounding module is compared without the old mask
         # path's keys, every missing key at its default
         saved = MedSegRConfig.from_dict(upgraded_config(read_checkpoint_config(start)["config"])).to_dict()
-        # the presence threshold is chosen after training (on validation answers): not a
-        # difference in what is trained
-        saved["model"]["presence_threshold"] = engine.to_dict()["model"]["presence_threshold"]
+        # the presence threshold is chosen after training (on validation answers), and
+        # measured spans are what the conversations read (a checkpoint trained without
+        # them can learn to read them): not differences in the model's parts
+        for key in INFERENCE_SETTINGS:
+            saved["model"][key] = engine.to_dict()["model"][key]
         if saved != engine.to_dict():
             diff = sorted(k for k in set(saved) | set(engine.to_dict())
                           if saved.get(k) != engine.to_dict().get(k))
             raise CheckpointError(f"{start} was trained with another model config (sections "
                                   f"{', '.join(diff)} differ from this training config's)")
         model = from_pretrained(start, device="cpu", trainable=True)
+        for key in INFERENCE_SETTINGS:
+            setattr(model.config.model, key, getattr(engine.model, key))
     model.train()
     model.vision.image_encoder.eval()
     return model
