@@ -18,6 +18,10 @@ from medsegr.imaging.slicing import resolve_axis
 #: (source, question, mask key, minimum Dice, plane, slice position as a fraction)
 CASES = [
     ("pyradiomics-lung2", "Segment the lungs.", "lungs", "LUNGS_MIN", "axial", 0.5),
+    # off the middle too: an earlier checkpoint declined the lungs of this chest CT there
+    # ("this chest CT does not cover the chest")
+    ("pyradiomics-lung2", "Segment the lungs.", "lungs", "LUNGS_MIN", "axial", 0.2),
+    ("pyradiomics-lung2", "Segment the lungs.", "lungs", "LUNGS_MIN", "axial", 0.8),
     ("pyradiomics-lung2", "Segment the body.", "body", "BODY_MIN", "axial", 0.5),
     ("colin27", "Which organ inside the skull controls the body? Segment it.", "brain", "COLIN_BRAIN_MIN",
      "axial", 0.55),
@@ -35,7 +39,7 @@ def pipeline():
 
 @pytest.mark.real
 @pytest.mark.parametrize("source, question, key, minimum, plane, where", CASES,
-                         ids=[f"{c[0]}-{c[2]}" for c in CASES])
+                         ids=[f"{c[0]}-{c[2]}-{c[5]}" for c in CASES])
 def test_held_out_real_structure_keeps_its_dice(pipeline, source, question, key, minimum, plane, where):
     from medsegr.data.realimages import load_source
 
@@ -57,13 +61,34 @@ def test_held_out_real_structure_keeps_its_dice(pipeline, source, question, key,
     assert dice >= THRESHOLDS[minimum], f"Dice {dice:.3f}; answer: {answer.raw_text}"
 
 
-#: measured 0.977, 0.998 and 0.969 for the bundled checkpoint (docs/model-card.md)
-THRESHOLDS = {"LUNGS_MIN": 0.88, "BODY_MIN": 0.7, "COLIN_BRAIN_MIN": 0.9}
+#: measured 0.968 / 0.909 / 0.987 (lungs: middle, 0.2, 0.8), 0.996 and 0.965 for the bundled
+#: checkpoint (docs/model-card.md)
+THRESHOLDS = {"LUNGS_MIN": 0.88, "BODY_MIN": 0.9, "COLIN_BRAIN_MIN": 0.9}
 
 
-#: the README's demo question (`make demo`); measured 0.981 / 0.650 for the bundled checkpoint
+#: (source, question): structures the scan does not hold; the answer makes no segment
+ABSENT = [("colin27", "Segment the liver."),
+          ("pyradiomics-lung2", "Which organ inside the skull controls the body? Segment it.")]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("source, question", ABSENT, ids=[a[0] for a in ABSENT])
+def test_a_structure_the_held_out_scan_does_not_hold_gets_no_segment(pipeline, source, question):
+    from medsegr.data.realimages import load_source
+
+    volume = load_source(source)
+    image = volume.image
+    session = pipeline.new_session(image, window=volume.windows[0] if image.modality == "CT" else None)
+    answer = session.ask(question, axis="axial", slice_index=image.shape[0] // 2)
+    print(f"{source}: {answer.raw_text} | presence {answer.presence}")
+    assert not answer.segments, answer.raw_text
+    assert "Not found" in answer.text, answer.text
+
+
+#: the README's demo question (`make demo`); measured 0.939 against the white matter and
+#: 0.627 against grey + white matter for the bundled checkpoint, whose answer names it
 DEMO_QUESTION = "Which tissue forms the deep, myelinated part of the cerebral hemispheres? Segment it."
-DEMO_MIN = {"grey + white matter": 0.9, "white matter": 0.5}
+DEMO_MIN = {"white matter": 0.85}
 
 
 @pytest.mark.real
@@ -87,5 +112,6 @@ def test_the_readme_demo_mask_against_the_template_tissue_maps(pipeline):
         gt = np.take(truth, 90, axis=axis)
         scores[name] = 2 * (pred & gt).sum() / (pred.sum() + gt.sum())
     print("demo:", ", ".join(f"Dice {v:.3f} vs {k}" for k, v in scores.items()), "|", answer.text)
+    assert [s.name for s in answer.segments] == ["white matter"], answer.raw_text
     for name, minimum in DEMO_MIN.items():
         assert scores[name] >= minimum, (name, scores, answer.raw_text)
