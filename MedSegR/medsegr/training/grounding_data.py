@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsegr.answers import measured_span
 from medsegr.data.records import absent_name, is_absent_key
 from medsegr.errors import InputError
 from medsegr.imaging.channels import letterbox_raw, neighbour_indices, raw_volume
 from medsegr.prompts import name_spans
-from medsegr.answers import measured_span
 from medsegr.training.examples import ImageStore, conversation_tokens, slice_input, slice_measurements
 
 __all__ = ["GroundingItem", "absent_names", "build_items", "compute_states", "load_items",
