@@ -20,6 +20,7 @@ from medsegr.data.conversations import (ANSWER_BUDGET, Absence, Scene, answer_co
                                         midline_column)
 from medsegr.data.records import SEG_TOKEN, absent_name, check_answer_markers, is_absent_key
 from medsegr.data.scenes import MaskSpec, lesion_density, scene_from_masks
+from medsegr.evaluation.comparisons import comparative_claim
 from medsegr.evaluation.facts import check_facts
 from medsegr.prompts import segment_names
 
@@ -132,15 +133,43 @@ def test_every_stated_fact_is_true_on_the_masks(scene, masks, turns):
 
 def test_a_side_is_stated_after_the_seg_it_belongs_to(turns):
     """The model reads the measured span (which holds the patient side) before it states
-    a side: "the <p>left kidney</p> [SEG], on the image right, the patient's left."."""
-    sided = [t for t in turns if t.masks and re.search(r"image (left|right)", t.answer)
+    a side: "the <p>left kidney</p> [SEG], on the patient's left."; the image side, which
+    depends on the display and is not measured, only where the question asks for it."""
+    sided = [t for t in turns if t.masks and re.search(r"on the patient's (left|right)", t.answer)
              and t.reasoning != "laterality"]
     assert sided
     for turn in sided:
         # (a patient side that is the structure's own name, "the left kidney … on the
         # patient's left", is knowledge, not a measurement)
         before = turn.answer.split(SEG_TOKEN)[0]
-        assert not re.search(r"image (left|right)", before), turn.answer
+        own = {key.split("_")[0] for key in turn.masks}
+        assert set(re.findall(r"patient's (left|right)", before)) <= own, turn.answer
+    for turn in turns:
+        if turn.reasoning != "laterality":
+            assert not re.search(r"image (left|right)|(left|right) of the image", turn.answer), turn
+
+
+def test_a_follow_up_compares_with_the_structure_already_segmented(scene):
+    """"Is it larger than the other one?": the partner is segmented, and the conclusion
+    (after its [SEG], so after its measured span) names the one whose area is larger."""
+    from medsegr.data.conversations import _follow_compare
+
+    areas = {k: i.area_mm2 for k, i in scene.items.items()}
+    seen = 0
+    for seed in range(20):
+        made = _follow_compare(scene, ["left_kidney"], random.Random(seed))
+        assert made is not None
+        turn, focus = made
+        assert turn.masks == ("right_kidney",) and focus == ["right_kidney"]
+        assert turn.type == "multi-turn" and turn.reasoning == "size"
+        conclusion = turn.answer.split(SEG_TOKEN)[-1]
+        larger = "left kidney" if areas["left_kidney"] > areas["right_kidney"] else "right kidney"
+        claim = comparative_claim(conclusion, ["left kidney", "right kidney"])
+        assert claim is not None, turn.answer
+        assert claim == (larger, "larger") or (claim[1] == "smaller" and claim[0] != larger), turn.answer
+        seen += 1
+    assert seen == 20
+    assert _follow_compare(scene, ["liver"], random.Random(0)) is None  # no partner
 
 
 def test_reasoning_states_the_deciding_rule(scene, turns):
@@ -148,7 +177,7 @@ def test_reasoning_states_the_deciding_rule(scene, turns):
     seen = set()
     for turn in turns:
         answer = turn.answer
-        if turn.reasoning == "size":
+        if turn.reasoning == "size" and turn.type == "implicit":
             # both segmented (their measured spans follow), the conclusion after them
             assert sorted(turn.masks) == ["left_kidney", "right_kidney"], turn
             chosen = "left kidney" if ("larger" in turn.question or "bigger" in turn.question) else "right kidney"
@@ -223,7 +252,9 @@ def test_a_structure_without_knowledge_is_located_on_the_image():
                              description="CT image")
     rng = random.Random(3)
     answers = {t.answer for _ in range(200) for t in make_conversation(scene, rng) if t.masks == ("widget",)}
-    assert any("upper right of the image" in a for a in answers), answers
+    # up or down only: the side is stated after the [SEG], from its measured span
+    assert any("upper part of the image" in a for a in answers), answers
+    assert not any(re.search(r"(left|right) of the image|image (left|right)", a) for a in answers), answers
     for answer in answers:
         assert all(c.ok for c in check_facts(answer, {"body": masks["body"], "widget": masks["widget"]}))
 

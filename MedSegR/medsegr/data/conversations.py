@@ -343,24 +343,21 @@ def _looks(entry: Structure, scene: Scene, limit: int = 50) -> str:
 
 
 def _where_side(scene: Scene, item: Item) -> str:
-    """"on the image right, the patient's left" (measured), or ""."""
+    """"on the patient's left", or "". It follows the [SEG], whose measured span states the
+    patient's side; the image side depends on the display and is said only when asked."""
     side = scene.side_of(item.key)
     if side is None:
         return ""
-    return f"on the image {side[0]}, the patient's {side[1]}"
+    return f"on the patient's {side[1]}"
 
 
 def _position(scene: Scene, item: Item) -> str:
-    """Where the centroid lies on the image ("in the upper left of the image"), or ""."""
+    """Where the centroid lies on the image, up or down ("in the upper part of the image")."""
     if scene.shape is None:
         return ""
+    # up and down only: the side comes after the [SEG], from its measured span
     row = item.centroid[0] / max(scene.shape[0], 1)
     vertical = "upper" if row < 1 / 3 else "lower" if row > 2 / 3 else ""
-    horizontal = scene.image_side(item.key) or ""
-    if vertical and horizontal:
-        return f"in the {vertical} {horizontal} of the image"
-    if horizontal:
-        return f"on the {horizontal} of the image"
     if vertical:
         return f"in the {vertical} part of the image"
     return "in the middle of the image"
@@ -556,7 +553,7 @@ def _size(scene: Scene, rng: random.Random) -> Generated | None:
         other = scene.sided_pair(item.key)
         if other is not None and item.entry.side == "left":
             big, small = (item, other) if item.area_mm2 >= other.area_mm2 else (other, item)
-            if big.area_mm2 >= 1.2 * small.area_mm2:
+            if big.area_mm2 >= 1.1 * small.area_mm2:
                 pairs.append((big, small))
     if not pairs:
         return None
@@ -681,7 +678,7 @@ def _multi(scene: Scene, rng: random.Random) -> Generated | None:
                                    f"Outline the {base} on both sides."))
             sides = [scene.side_of(p.key) for p in pair]
             if all(sides):
-                first, second = (f"the {seg(p.name)} on the image {s[0]}" for p, s in zip(pair, sides))
+                first, second = (f"the {seg(p.name)} on the patient's {s[1]}" for p, s in zip(pair, sides))
                 options += [f"One on each side of the midline: {first} and {second}.",
                             f"Both sides: {first}, {second}."]
             break
@@ -753,13 +750,39 @@ def _follow_other_side(scene: Scene, focus: list[str], rng: random.Random) -> Ge
     name = seg(other.name)
     side = scene.side_of(other.key)
     if side is not None:
-        options = [f"Its partner across the midline: the {name}, on the image {side[0]}, "
-                   f"the patient's {side[1]}.",
-                   f"Across the midline: the {name}, on the image {side[0]}.",
+        options = [f"Its partner across the midline: the {name}, on the patient's {side[1]}.",
+                   f"Across the midline: the {name}, the patient's {side[1]}.",
                    f"The {name}, on the patient's {side[1]}."]
     else:
         options = [f"The {name}, its partner across the midline.", f"Its partner: the {name}."]
     return Turn(question, "multi-turn", _fit(rng, options), (other.key,), "laterality"), [other.key]
+
+
+def _follow_compare(scene: Scene, focus: list[str], rng: random.Random) -> Generated | None:
+    """"Is it larger than the other one?" after a sided structure: the partner is segmented,
+    and the answer compares its measured span with the one in the history."""
+    if len(focus) != 1 or focus[0] not in scene.items:
+        return None
+    item = scene.items[focus[0]]
+    other = scene.sided_pair(item.key)
+    if other is None:
+        return None
+    big, small = (item, other) if item.area_mm2 >= other.area_mm2 else (other, item)
+    if big.area_mm2 < 1.1 * small.area_mm2:
+        return None
+    noun = item.entry.name.split(" ", 1)[1]
+    if rng.random() < 0.5:
+        question = rng.choice(("Is it larger than the other one?", f"Is it bigger than the other {noun}?",
+                               "How does it compare in size with its partner? Segment the partner."))
+    else:
+        question = rng.choice(("Is it smaller than the other one?", f"Is the other {noun} larger?",
+                               "Which of the two is larger? Show me the other one too."))
+    verdict = "larger" if item is big else "smaller"
+    name = seg(other.name)
+    options = [f"The {name} across the midline; by area the {item.name} is {verdict} than the {other.name}.",
+               f"Measuring its partner, the {name}: the {item.name} is the {verdict} of the two.",
+               f"Comparing with the {name}: the larger is the {big.name}."]
+    return Turn(question, "multi-turn", _fit(rng, options), (other.key,), "size"), [other.key]
 
 
 def _follow_only_lesion(scene: Scene, focus: list[str], rng: random.Random) -> Generated | None:
@@ -826,13 +849,13 @@ def _follow_next(scene: Scene, focus: list[str], rng: random.Random) -> Generate
 
 
 _FIRST: tuple[tuple[Callable[[Scene, random.Random], Generated | None], float], ...] = (
-    (_explicit, 2.0), (_implicit, 2.5), (_system, 0.5), (_laterality, 1.5), (_size, 1.2),
+    (_explicit, 2.0), (_implicit, 2.5), (_system, 0.5), (_laterality, 1.5), (_size, 4.0),
     (_lesion_host, 1.5), (_abnormal, 1.2), (_lesion_explicit, 0.8), (_count, 0.5), (_multi, 1.0),
     (_absent, 1.5),
 )
 _FOLLOW: tuple[tuple[Callable[[Scene, list[str], random.Random], Generated | None], float], ...] = (
     (_follow_other_side, 2.0), (_follow_only_lesion, 2.5), (_follow_container, 1.5),
-    (_follow_contained, 1.5), (_follow_lesion_free, 1.0), (_follow_next, 0.7),
+    (_follow_contained, 1.5), (_follow_lesion_free, 1.0), (_follow_next, 0.7), (_follow_compare, 3.0),
 )
 
 

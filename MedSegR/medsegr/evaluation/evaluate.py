@@ -190,6 +190,7 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
         names = {spec.key: spec.name for spec in record.masks}
         shown01 = view.extract(session.volume01)
         truth = slice_ground_truth(record, store.cache)
+        earlier: list[Any] = []  # the conversation's segments so far: a follow-up compares with them
         for k, turn in enumerate(record.conversation):
             t0 = time.perf_counter()
             answer = session.ask(turn.question, axis=axis, slice_index=index)
@@ -218,8 +219,9 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                 facts=[(c.kind, c.text, bool(c.ok)) for c in truth.check(spoken)],
                 seg_names=segment_names(answer.raw_text, seg_token),
                 presence=list(answer.presence),
-                comparative_ok=(comparison_agrees(text, answer.segments)
+                comparative_ok=(comparison_agrees(text, [*earlier, *answer.segments])
                                 if turn.reasoning == "size" else None))
+            earlier.extend(answer.segments)
             if references and turn.masks and not is_absent:
                 assert oracle is not None
                 embedding = session.embeddings(axis, [index])[0][0]  # cached: not re-encoded
