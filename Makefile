@@ -60,14 +60,16 @@ dataset: sources
 # (more text training of the top layers, then the grounding stage again) into runs/answers;
 # configs/train-measured.toml continues from runs/answers/final with the measured spans
 # (text stage of the top layers, then the grounding stage on the new [SEG] states) into
-# runs/measured
+# runs/measured; configs/train-compare.toml continues from runs/measured/final (more
+# comparisons, sides after the [SEG]) into runs/compare, the bundled checkpoint
 checkpoint: dataset
 	$(VENV)/bin/medsegr train configs/train-default.toml
 	$(VENV)/bin/medsegr train configs/train-answers.toml
 	$(VENV)/bin/medsegr train configs/train-measured.toml
-	$(VENV)/bin/medsegr eval runs/measured/final $(DATASET) --split val --no-references --out runs/measured/eval-val
-	$(VENV)/bin/python -m medsegr.evaluation.presence_threshold runs/measured/eval-val/eval.json --write runs/measured/final
-	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/measured/final MedSegR/Resources/checkpoint.new
+	$(VENV)/bin/medsegr train configs/train-compare.toml
+	$(VENV)/bin/medsegr eval runs/compare/final $(DATASET) --split val --no-references --out runs/compare/eval-val
+	$(VENV)/bin/python -m medsegr.evaluation.presence_threshold runs/compare/eval-val/eval.json --write runs/compare/final
+	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/compare/final MedSegR/Resources/checkpoint.new
 	rm -rf MedSegR/Resources/checkpoint && mv MedSegR/Resources/checkpoint.new MedSegR/Resources/checkpoint
 
 evaluate: env
