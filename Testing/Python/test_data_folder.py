@@ -135,7 +135,9 @@ def test_totalsegmentator_layout(tmp_path):
         for value, structure in enumerate(("liver", "spleen", "kidney_left", "kidney_right", "gallbladder"),
                                           start=1):
             write_image(folder / f"{structure}.nii.gz", image.to_sitk((labels == value).astype(np.uint8)))
-    out = build_folder(root, tmp_path / "out", FolderOptions(slices=1, axes=("axial",)))
+    # enough conversations that absent questions come up among the other kinds
+    out = build_folder(root, tmp_path / "out", FolderOptions(slices=1, axes=("axial",),
+                                                             conversations_per_slice=8))
     assert check_dataset(out).ok
     records = [r for s in ("train", "val", "test") for r in load_dataset(out, s)]
     assert all(r.source == "folder-totalsegmentator" for r in records)

@@ -12,6 +12,7 @@ from medsegr.data import knowledge as kb
 from medsegr.data.conversations import Absence, make_conversation
 from medsegr.data.records import check_answer_markers, is_absent_key
 from medsegr.data.scenes import MaskSpec, scene_from_masks
+from medsegr.evaluation.comparisons import comparative_claim
 
 
 def test_every_snomed_code_is_a_dicom_sct_concept_with_that_meaning():
@@ -138,13 +139,18 @@ def test_reasoning_answers_are_right(scene):
         for turn in turns:
             assert check_answer_markers(turn.answer, len(turn.masks)) == []
             q = turn.question
-            if turn.reasoning == "size":
+            if turn.reasoning == "size" and turn.type == "implicit":
                 # both kidneys segmented; the conclusion, after their measured spans,
                 # names the asked one
                 assert sorted(turn.masks) == ["left_kidney", "right_kidney"]
                 chosen = "left kidney" if ("larger" in q or "bigger" in q) else "right kidney"
                 assert chosen in turn.answer.split("[SEG]")[-1], turn.answer
                 seen.add("size")
+            if turn.reasoning == "size" and turn.type == "multi-turn":
+                # the partner segmented; the conclusion agrees with the areas (left larger)
+                claim = comparative_claim(turn.answer.split("[SEG]")[-1], ["left kidney", "right kidney"])
+                assert len(turn.masks) == 1 and claim is not None, turn.answer
+                assert claim in (("left kidney", "larger"), ("right kidney", "smaller")), turn.answer
             if turn.type == "implicit" and turn.reasoning == "laterality":
                 side = "left" if ("patient's left" in q or "image right" in q or "right side of the image" in q
                                   or "right of the picture" in q) else "right"
