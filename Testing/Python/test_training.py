@@ -3,6 +3,7 @@ cache, resume, bad configs and checkpoints, and 2 CPU processes under accelerate
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -61,6 +62,10 @@ def test_examples_bind_seg_tokens_to_masks(dataset, tiny_model):
     assert item.pixels.shape == (256, 256) and 0 <= item.pixels.min() <= item.pixels.max() <= 1
     assert item.masks["kidney"].sum() > item.masks["lesion"].sum() > 0
     ex = make_example(record, tiny_model, item, 400)
+    assert ex.reasoning == ()                       # the turns name no reasoning kind
+    kinds = ("lesion", None, "absent")[:len(record.conversation)]
+    record.conversation = [dataclasses.replace(t, reasoning=k) for t, k in zip(record.conversation, kinds)]
+    assert make_example(record, tiny_model, item, 400).reasoning == tuple(k for k in kinds if k)
     assert ex.masks.shape == (2, 256, 256)          # kidney, then lesion (turn order)
     assert np.array_equal(ex.masks[0], item.masks["kidney"])
     ids, labels = ex.input_ids, ex.labels
@@ -169,6 +174,13 @@ def test_bad_training_configs_and_checkpoints_are_refused(dataset, tmp_path):
         TrainConfig.from_file(bad)
     bad.write_text('[data]\nroot = "x"\n[optim]\nlr = -1.0\n', encoding="utf-8")
     with pytest.raises(ConfigError, match="lr"):
+        TrainConfig.from_file(bad)
+    for repeat in ("{ size = 0 }", "{ size = 2.5 }", "{ size = true }", '{ "" = 2 }'):
+        bad.write_text(f'[data]\nroot = "x"\nrepeat = {repeat}\n', encoding="utf-8")
+        with pytest.raises(ConfigError, match="repeat"):
+            TrainConfig.from_file(bad)
+    bad.write_text('[data]\nroot = "x"\nrepeat = [3]\n', encoding="utf-8")
+    with pytest.raises(ConfigError, match="repeat"):
         TrainConfig.from_file(bad)
 
     # a resumable checkpoint trained on another base vision model
@@ -364,3 +376,19 @@ def test_the_text_stage_cost_of_each_lever_is_measured_side_by_side(dataset, tmp
     assert all(r["s_per_step"] > 0 and 0 <= r["padding_share"] < 1 for r in rows.values())
     assert rows["top-layers"]["trainable_parameters"] < rows["all-layers"]["trainable_parameters"]
     assert rows["top-layers"]["trained_from_layer"] >= 1 and rows["all-layers"]["trained_from_layer"] == 0
+
+
+def test_repeat_lists_conversations_of_a_reasoning_kind_more_often():
+    import numpy as np
+
+    from medsegr.training.examples import Example, repeat_by_reasoning
+
+    def example(name, *kinds):
+        return Example(record_id=name, cache_key=name, input_ids=[1], labels=[1],
+                       masks=np.zeros((0, 4, 4), np.uint8), question_types=["implicit"], reasoning=kinds)
+
+    examples = [example("a", "size"), example("b"), example("c", "function", "absent"),
+                example("d", "absent", "size")]
+    out = repeat_by_reasoning(examples, {"size": 3, "absent": 2})
+    assert [e.record_id for e in out] == ["a", "a", "a", "b", "c", "c", "d", "d", "d"]
+    assert repeat_by_reasoning(examples, {}) == examples

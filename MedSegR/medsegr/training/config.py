@@ -7,6 +7,8 @@ Sections and their defaults (every key optional; unknown keys are refused)::
     train_split = "train"
     val_split = "val"              # "" for none
     max_tokens = 512               # a longer conversation is an error, never cut silently
+    repeat = {}                    # reasoning kind -> times its conversations are seen per
+                                   # pass of the text stage, e.g. { size = 3, absent = 2 }
 
     [engine]
     config = ""                    # MedSegR model config file (as for `medsegr ask --config`)
@@ -69,6 +71,7 @@ class DataSection:
     train_split: str = "train"
     val_split: str = "val"
     max_tokens: int = 512
+    repeat: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -188,6 +191,10 @@ class TrainConfig:
             (bool(d.root), "[data] root is required"),
             (bool(d.train_split), "[data] train_split is required"),
             (d.max_tokens >= 16, "[data] max_tokens must be at least 16"),
+            (all(isinstance(k, str) and k and isinstance(v, int) and not isinstance(v, bool)
+                 and 1 <= v <= 100 for k, v in d.repeat.items()),
+             "[data] repeat maps a reasoning kind (size, absent, laterality, ...) to a whole "
+             "number of times from 1 to 100"),
             (o.steps >= 1 or (o.steps == 0 and bool(self.engine.init_checkpoint)
                               and self.grounding_stage.steps >= 1),
              "[optim] steps must be at least 1 (0 only with [engine] init_checkpoint and a "

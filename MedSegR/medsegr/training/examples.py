@@ -55,6 +55,8 @@ class Example:
     question_types: list[str]
     #: ``(S, S)`` float16: the encoder input (for the pixel refiner)
     pixels: np.ndarray | None = None
+    #: the reasoning kinds its turns ask for (``size``, ``absent``, ...; see the dataset format)
+    reasoning: tuple[str, ...] = ()
 
 
 class ImageStore:
@@ -266,4 +268,17 @@ def make_example(record: Any, model: Any, inputs: SliceInput, max_tokens: int,
     return Example(record_id=record.id, cache_key=inputs.cache_key, input_ids=ids,
                    labels=labels, masks=masks,
                    question_types=[str(t.type) for t in record.conversation],
-                   pixels=inputs.pixels.astype(np.float16))
+                   pixels=inputs.pixels.astype(np.float16),
+                   reasoning=tuple(str(t.reasoning) for t in record.conversation if t.reasoning))
+
+
+def repeat_by_reasoning(examples: Sequence[Example], repeat: dict[str, int]) -> list[Example]:
+    """``examples`` with each one whose conversation asks for a reasoning kind in
+    ``repeat`` listed that many times (the largest count when it asks for several):
+    rare kinds of question, such as size comparisons, are seen more often without
+    rebuilding the dataset. Order is kept; the repeats follow their original."""
+    out: list[Example] = []
+    for example in examples:
+        times = max((repeat.get(kind, 1) for kind in example.reasoning), default=1)
+        out.extend([example] * max(1, times))
+    return out

@@ -33,7 +33,7 @@ from medsegr.training.batches import ExampleDataset, LengthBuckets, collate
 from medsegr.training.config import TrainConfig
 from medsegr.training.curves import read_metrics
 from medsegr.training.encoder_cache import EncoderCache, encoder_digest
-from medsegr.training.examples import Example, ImageStore, make_example, slice_input
+from medsegr.training.examples import Example, ImageStore, make_example, repeat_by_reasoning, slice_input
 from medsegr.training.resumable import (STATE_NAME, latest_checkpoint, lr_lambda,
                                         save_resumable)
 
@@ -117,7 +117,7 @@ def _decoder_layer_count(model: Any) -> int:
 
 
 #: ``[model]`` settings a training run may set apart from its start checkpoint's
-INFERENCE_SETTINGS = ("presence_threshold", "measured_spans")
+INFERENCE_SETTINGS = ("presence_threshold", "volume_presence_threshold", "measured_spans")
 
 
 def build_training_model(config: TrainConfig, resume_model: Path | None) -> Any:
@@ -206,6 +206,7 @@ def train(config: TrainConfig, resume: str | None = None, max_steps: int | None 
 
     # data + frozen-encoder cache (the main process encodes, the others wait and read)
     train_examples, train_inputs = load_examples(config, model, config.data.train_split)
+    train_examples = repeat_by_reasoning(train_examples, config.data.repeat)
     val_examples: list[Example] = []
     val_inputs: list[Any] = []
     if config.data.val_split and (config.run.eval_every or config.grounding_stage.steps):
