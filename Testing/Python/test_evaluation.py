@@ -28,6 +28,19 @@ def test_dice_iou_giou_ciou():
         MaskScore.of(np.zeros(3, bool), np.zeros(4, bool))
 
 
+def test_each_expected_mask_is_scored_against_the_segment_named_for_it():
+    from medsegr.evaluation.evaluate import pair_segments
+
+    # the answer names the two lungs in the other order than the dataset lists them
+    assert pair_segments(["right lung", "left lung"], ["left lung", "right lung"]) == [1, 0]
+    assert pair_segments(["Right Lung"], ["left lung", "right lung"]) == [1]
+    # a wrong name keeps its position; a name taken by another structure is not reused
+    assert pair_segments(["brain", "head"], ["skull", "brain"]) == [1, 0]
+    assert pair_segments(["liver", "spleen"], ["kidney"]) == [0, None]
+    assert pair_segments(["lungs"], []) == [None]
+    assert pair_segments(["left lung", "right lung"], ["left lung", "left lung"]) == [0, 1]
+
+
 def test_otsu_floor_takes_the_bright_side():
     from medsegr.evaluation.references import otsu_floor
 

@@ -77,6 +77,22 @@ def test_sides(masks):
     assert check_facts("In the lower left of the image: the <p>right kidney</p> [SEG].", masks, SPACING)[0].ok
 
 
+def test_a_negated_side_holds_when_the_structure_is_on_the_other_side(masks):
+    both = check_facts("The <p>left kidney</p> [SEG] is on the patient's left, not the patient's right.",
+                       masks, SPACING)
+    assert [(c.stated, c.truth, c.ok) for c in both] == [("left", "left", True), ("not right", "left", True)]
+    untrue = check_facts("The <p>left kidney</p> [SEG], not on the patient's left.", masks, SPACING)
+    assert [(c.stated, c.ok) for c in untrue] == [("not left", False)]
+    image = check_facts("The <p>right kidney</p> [SEG] lies rather than the right of the image on its left "
+                        "half.", masks, SPACING)
+    assert [(c.kind, c.stated, c.ok) for c in image] == [("image_side", "not right", True)]
+    # a "not" further back in the sentence does not negate the side
+    far = check_facts("Not a lesion: the <p>right kidney</p> [SEG], on the patient's left.", masks, SPACING)
+    assert [(c.stated, c.ok) for c in far] == [("left", False)]
+    # near the midline a negated side is accepted like a stated one
+    assert check_facts("The <p>aorta</p> [SEG], not to the patient's right.", masks, SPACING)[0].ok
+
+
 def test_lesion_count_size_and_density(masks):
     diameter = 2 * np.sqrt(np.count_nonzero(_disc((100, 100), (34, 24), 4)) * 0.25 / np.pi)
     answer = (f"Two hypodense lesions in the liver, the largest about {diameter:.0f} mm: the "

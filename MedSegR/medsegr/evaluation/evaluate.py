@@ -2,11 +2,12 @@
 
 Each record becomes one chat session; its turns are asked in order (follow-ups see
 the model's own earlier answers, as in real use). For every expected mask the
-answer's segment in the same position is compared with the ground truth on the
-record's slice. Text side: an answer that should segment something names every
-expected structure; an answer to an "absent" question gives no mask; every fact an
-answer states (side, area, size, count, density) is checked against the slice's
-ground-truth masks (:mod:`medsegr.evaluation.facts`).
+answer's segment named like it (else the one in the same position,
+:func:`pair_segments`) is compared with the ground truth on the record's slice. Text
+side: an answer that should segment something names every expected structure; an
+answer to an "absent" question gives no mask; every fact an answer states (side, area,
+size, count, density) is checked against the slice's ground-truth masks
+(:mod:`medsegr.evaluation.facts`).
 """
 
 from __future__ import annotations
@@ -200,9 +201,12 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
             is_absent = qtype == "absent" or (not turn.masks and seg_token not in turn.answer)
             scores = []
             # an absent structure's [SEG] (named, then measured "not found") has no mask to score
-            for j, key in enumerate([] if is_absent else turn.masks):
-                pred = predicted[j] if j < len(predicted) and predicted[j] is not None \
-                    else np.zeros_like(truths[key])
+            expected_keys = [] if is_absent else list(turn.masks)
+            pairs = pair_segments([names.get(key, key) for key in expected_keys],
+                                  segment_names(answer.raw_text, seg_token))
+            for key, j in zip(expected_keys, pairs):
+                found = predicted[j] if j is not None and j < len(predicted) else None
+                pred = found if found is not None else np.zeros_like(truths[key])
                 scores.append(MaskScore.of(pred, truths[key]))
             # the model's own words: the engine's measured spans are not its statements
             spoken = strip_measured_spans(answer.raw_text)
@@ -238,6 +242,32 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                       fine_tuned=pipeline.model.fine_tuned, turns=results,
                       seconds=time.perf_counter() - t_start)
 
+
+
+def pair_segments(expected: list[str], named: list[str]) -> list[int | None]:
+    """Which ``[SEG]`` of the answer (by position in ``named``, the names the answer gave
+    its ``[SEG]`` markers) is scored against each expected structure: the one named
+    like it (case-insensitive) when there is one, else the ``[SEG]`` at the same
+    position if no other structure took it, else the first one left. An answer may name
+    the structures of "the larger of the two kidneys" or "the brain and the head" in
+    either order; the masks are scored against the structure they were named for."""
+    taken: set[int] = set()
+    out: list[int | None] = [None] * len(expected)
+    for j, name in enumerate(expected):
+        match = next((i for i, given in enumerate(named)
+                      if i not in taken and given.strip().lower() == name.strip().lower()), None)
+        if match is not None:
+            out[j] = match
+            taken.add(match)
+    for j in range(len(expected)):
+        if out[j] is not None:
+            continue
+        left = [i for i in range(len(named)) if i not in taken]
+        if not left:
+            break
+        out[j] = j if j in left else left[0]
+        taken.add(out[j])
+    return out
 
 
 def _by_seg_position(answer: Any, seg_token: str, view: Any) -> list[np.ndarray | None]:

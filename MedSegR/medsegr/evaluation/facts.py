@@ -12,6 +12,9 @@ Facts found (case-insensitive), and the truth each is compared with:
   turned into a patient side through ``patient_left``;
 - ``image_side``: "image right", "left of the image": the centroid column against
   the midline;
+- a side stated as a negation ("not the patient's left", "not on the image right") is
+  the claim that the structure is not there: it holds when the measured side is the
+  other one (stated as ``"not left"``);
 - ``area``: "14.2 cm²" (also ``cm2``, ``cm^2``): pixels x pixel spacing, in cm²;
 - ``size``: "about 9 mm": the equal-area diameter of the largest connected
   component, in mm;
@@ -95,6 +98,10 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 _LESION_KINDS = ("size", "count", "density")
 _TAG_RE = re.compile(r"<p>(.*?)</p>", re.S)
+#: the words before a side that turn it into a negation: "not the patient's left",
+#: "not on the left of the image", "rather than the image right"
+_NEGATED_RE = re.compile(r"\b(?:not|rather\s+than|instead\s+of)\s+(?:(?:on|in|to|at|from)\s+)?(?:the\s+)?$",
+                         re.I)
 _CLAUSE_RE = re.compile(r"[,;:()]")
 _SENTENCE_RE = re.compile(r"[.!?](?=\s|$)")
 
@@ -210,6 +217,8 @@ def find_facts(answer: str, names: Sequence[str], lesions: Sequence[str] | None 
             stated: Any
             if kind in ("side", "image_side"):
                 stated = value_text.lower()
+                if _NEGATED_RE.search(plain[max(0, match.start() - 24):match.start()]):
+                    stated = f"not {stated}"
             elif kind in ("area", "size"):
                 stated = float(value_text)
             elif kind == "count":
@@ -363,8 +372,10 @@ def check_facts(answer: str, masks: Mapping[str, np.ndarray], pixel_spacing: tup
             out.append(FactCheck(fact.kind, fact.text, fact.structure, fact.stated, None, False, why))
             continue
         if fact.kind in ("side", "image_side"):
-            ok = truth == "midline" or truth == fact.stated
-            detail = "near the midline: either side is accepted" if truth == "midline" else ""
+            negated = str(fact.stated).startswith("not ")
+            ok = truth == "midline" or (truth != fact.stated[4:] if negated else truth == fact.stated)
+            detail = ("near the midline: either side is accepted" if truth == "midline"
+                      else f"measured on the {truth}" if negated else "")
         elif fact.kind == "area":
             ok = abs(fact.stated - truth) <= tolerance * truth + AREA_ROUNDING
             detail = f"measured {truth:.2f} cm²"
