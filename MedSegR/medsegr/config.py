@@ -90,6 +90,10 @@ class ModelConfig:
     mask_threshold: float = 0.5
     #: a [SEG] whose presence probability on a slice is below this makes no mask there
     presence_threshold: float = 0.5
+    #: volume answers: a segment that reaches presence_threshold on some slice keeps its
+    #: voxels on every slice where its presence reaches this (the lower of the two counts);
+    #: the structure is found once, and its ends, where it is thin, are not cut off
+    volume_presence_threshold: float = 0.5
     #: volume answers: fill enclosed holes of each slice's mask
     volume_fill_holes: bool = False
     #: after each generated [SEG] the engine decodes its mask and writes what it measured
@@ -244,6 +248,7 @@ NUMBER_RANGES: dict[tuple[str, str], tuple[float, float]] = {
     ("model", "visual_grid"): (1, 64),
     ("model", "visual_projector_hidden"): (0, 65536),
     ("model", "presence_threshold"): (0, 1),
+    ("model", "volume_presence_threshold"): (0, 1),
     ("grounding", "size"): (64, 1024),
     ("grounding", "slices"): (1, 9),
     ("grounding", "query_dim"): (8, 4096),

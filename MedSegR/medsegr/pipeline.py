@@ -57,6 +57,15 @@ def bundled_checkpoint(package_dir: Path = Path(__file__).resolve().parent) -> P
     return candidate if (candidate / "medsegr_config.json").is_file() else None
 
 
+def _logit(probability: float) -> float:
+    """The logit of ``probability``; -inf at 0 or below, +inf at 1 or above."""
+    if probability <= 0:
+        return float("-inf")
+    if probability >= 1:
+        return float("inf")
+    return float(np.log(probability / (1 - probability)))
+
+
 class Cancelled(MedSegRError):
     """The caller cancelled generation (``on_token`` returned False)."""
 
@@ -581,9 +590,12 @@ class ChatSession:
         """Masks of the answer's ``count`` segments on every slice in ``indices``: one
         grounding-module backbone pass per slice, shared by every segment; segment ``j``
         of a slice uses the ``[SEG]`` state of the nearest key slice that produced a
-        ``j``-th ``[SEG]`` (no state: a hints-only query). A segment whose presence on a
-        slice is below ``[model] presence_threshold`` has no voxel there. Also returns
-        each segment's presence probability, the highest over the slices."""
+        ``j``-th ``[SEG]`` (no state: a hints-only query). A segment whose presence is
+        below ``[model] presence_threshold`` on every slice has no voxel; one that reaches
+        it somewhere keeps its voxels on the slices where its presence reaches
+        ``volume_presence_threshold`` (when lower: on a single slice the two rules are
+        one). Also returns each segment's presence probability, the highest over the
+        slices."""
         masks = [np.zeros(self.image.shape, dtype=bool) for _ in range(count)]
         presence = [0.0] * count
         if count == 0:
@@ -591,8 +603,7 @@ class ChatSession:
         mcfg = self.model.config.model
         gcfg = self.model.grounding.config
         logit_cut = float(np.log(mcfg.mask_threshold / (1 - mcfg.mask_threshold)))
-        presence_cut = float(np.log(mcfg.presence_threshold / (1 - mcfg.presence_threshold))
-                             ) if 0 < mcfg.presence_threshold < 1 else (-np.inf if mcfg.presence_threshold <= 0 else np.inf)
+        slice_cut = _logit(min(mcfg.presence_threshold, mcfg.volume_presence_threshold))
         is_ct = self.image.modality == "CT"
         n_slices = self.image.shape[axis]
         box = self._grounding_box(self.view(axis, indices[0]))
@@ -633,7 +644,7 @@ class ChatSession:
                 out = self.model.ground(channels, images, stacked, torch.tensor(owner))
                 logits = unletterbox(out.logits.float(), box).cpu().numpy() > logit_cut
                 scores = out.presence.float().cpu().numpy()
-                present = scores >= presence_cut
+                present = scores >= slice_cut
             for q, (b, j) in enumerate((b, j) for b in range(len(chunk)) for j in range(count)):
                 presence[j] = max(presence[j], float(1.0 / (1.0 + np.exp(-scores[q]))))
                 if not present[q] or not logits[q].any():
@@ -643,6 +654,9 @@ class ChatSession:
                 sl: list[Any] = [slice(None)] * 3
                 sl[axis] = i
                 masks[j][tuple(sl)] = view.from_display(logits[q])
+        for j in range(count):  # found on no slice: no voxel anywhere
+            if presence[j] < mcfg.presence_threshold or mcfg.presence_threshold >= 1:
+                masks[j][...] = False
         return masks, presence
 
     def _grounding_precision(self) -> Any:

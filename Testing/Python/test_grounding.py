@@ -267,6 +267,50 @@ def test_presence_gate_empties_a_segment(tiny_pipeline, anisotropic_volume, monk
     assert "[Not found in this slice:" in gated.text
 
 
+def test_a_volume_segment_found_on_one_slice_keeps_its_thinner_ends(tiny_pipeline, anisotropic_volume,
+                                                                   monkeypatch):
+    """The structure is found once (presence_threshold on some slice); its slices are
+    those that reach volume_presence_threshold. The presence probabilities per slice
+    stand in for a trained module's (the random one's are all about 0.5)."""
+    import dataclasses
+
+    import torch
+
+    img, _ = anisotropic_volume
+    model = tiny_pipeline.model
+    real_ground = model.ground
+    profile: list[float] = []
+
+    def ground(*args, **kwargs):
+        out = real_ground(*args, **kwargs)
+        n = int(out.presence.shape[0])
+        taken = [profile.pop(0) for _ in range(n)]
+        return dataclasses.replace(out, presence=torch.logit(torch.tensor(taken)).to(out.presence.dtype))
+
+    monkeypatch.setattr(model, "ground", ground)
+    monkeypatch.setattr(model.config.model, "presence_threshold", 0.85)
+    peak = [0.1, 0.1, 0.6, 0.7, 0.9, 0.95, 0.9, 0.7, 0.6, 0.3, 0.1, 0.1]
+
+    def on_slices(volume_threshold, probabilities):
+        monkeypatch.setattr(model.config.model, "volume_presence_threshold", volume_threshold)
+        profile[:] = probabilities
+        session = tiny_pipeline.new_session(img)
+        with grounding_finds_everything(model), force_seg(model, {1}):
+            answer = session.ask("Segment the organ in the whole scan.", volume=True)
+        assert not profile  # one presence per slice, all used
+        if not answer.segments:
+            return None, answer
+        mask = answer.segments[0].mask
+        return [k for k in range(mask.shape[answer.axis]) if np.take(mask, k, axis=answer.axis).any()], answer
+
+    assert on_slices(0.5, peak)[0] == [2, 3, 4, 5, 6, 7, 8]
+    assert on_slices(0.85, peak)[0] == [4, 5, 6]           # each slice judged alone
+    assert on_slices(0.95, peak)[0] == [4, 5, 6]           # the lower of the two thresholds
+    missing, answer = on_slices(0.5, [min(p, 0.8) for p in peak])
+    assert missing is None and len(answer.not_found) == 1  # found on no slice: no segment at all
+    assert "[Not found in this volume:" in answer.text
+
+
 def test_grounding_stage_batches_hold_every_query_with_its_targets():
     """A training batch: every structure of each image plus its absent queries (empty
     target, presence 0), hints only with one structure; a left/right flip swaps the
