@@ -26,9 +26,9 @@ With ``[model] measured_spans`` the engine writes what it measured on each decod
 right after its ``[SEG]`` (:func:`medsegr.answers.measured_span`), and training
 conversations carry the same spans, measured on the ground truth, as read-only tokens.
 So numbers are never the model's: comparisons segment both structures and conclude
-after both spans ("Comparing the <p>left kidney</p> [SEG] and the <p>right kidney</p>
-[SEG]: the larger is the right kidney."), a side is stated after the ``[SEG]`` it belongs
-to, and lesion answers state no size.
+after both spans, with one opener that commits to both ("Measuring both, the <p>left
+kidney</p> [SEG] and the <p>right kidney</p> [SEG]: the larger is the right kidney."), a
+side is stated after the ``[SEG]`` it belongs to, and lesion answers state no size.
 
 Answers reason before they segment, in one or two short sentences: what identifies
 the structure in this modality (the knowledge entry's appearance for CT or the MR
@@ -571,8 +571,10 @@ def _size(scene: Scene, rng: random.Random) -> Generated | None:
     # spans: the areas are the engine's, never the model's
     first, second = (chosen, other) if rng.random() < 0.5 else (other, chosen)
     a, b = seg(first.name), seg(second.name)
-    options = [f"Comparing the {a} and the {b}: the {word} is the {chosen.name}.",
-               f"The {a} and the {b}; by area the {word} is the {chosen.name}.",
+    # one opener for every size answer: the answer commits to segmenting both before
+    # it can conclude anything
+    options = [f"Measuring both, the {a} and the {b}: the {word} is the {chosen.name}.",
+               f"Measuring both, the {a} and the {b}; by area the {word} is the {chosen.name}.",
                f"Measuring both, the {a} against the {b}: the {chosen.name} is {word}."]
     return Turn(question, "implicit", _fit(rng, options), (first.key, second.key), "size"), [chosen.key]
 
@@ -779,9 +781,10 @@ def _follow_compare(scene: Scene, focus: list[str], rng: random.Random) -> Gener
                                "Which of the two is larger? Show me the other one too."))
     verdict = "larger" if item is big else "smaller"
     name = seg(other.name)
-    options = [f"The {name} across the midline; by area the {item.name} is {verdict} than the {other.name}.",
+    options = [f"Measuring its partner, the {name}: by area the {item.name} is {verdict} than the "
+               f"{other.name}.",
                f"Measuring its partner, the {name}: the {item.name} is the {verdict} of the two.",
-               f"Comparing with the {name}: the larger is the {big.name}."]
+               f"Measuring its partner, the {name}: the larger is the {big.name}."]
     return Turn(question, "multi-turn", _fit(rng, options), (other.key,), "size"), [other.key]
 
 
