@@ -61,15 +61,18 @@ dataset: sources
 # configs/train-measured.toml continues from runs/answers/final with the measured spans
 # (text stage of the top layers, then the grounding stage on the new [SEG] states) into
 # runs/measured; configs/train-compare.toml continues from runs/measured/final (more
-# comparisons, sides after the [SEG]) into runs/compare, the bundled checkpoint
+# comparisons, sides after the [SEG]) into runs/compare; configs/train-focus.toml
+# continues from runs/compare/final (one opener for size answers, size and absent
+# conversations repeated) into runs/focus, the bundled checkpoint
 checkpoint: dataset
 	$(VENV)/bin/medsegr train configs/train-default.toml
 	$(VENV)/bin/medsegr train configs/train-answers.toml
 	$(VENV)/bin/medsegr train configs/train-measured.toml
 	$(VENV)/bin/medsegr train configs/train-compare.toml
-	$(VENV)/bin/medsegr eval runs/compare/final $(DATASET) --split val --no-references --out runs/compare/eval-val
-	$(VENV)/bin/python -m medsegr.evaluation.presence_threshold runs/compare/eval-val/eval.json --write runs/compare/final
-	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/compare/final MedSegR/Resources/checkpoint.new
+	$(VENV)/bin/medsegr train configs/train-focus.toml
+	$(VENV)/bin/medsegr eval runs/focus/final $(DATASET) --split val --no-references --out runs/focus/eval-val
+	$(VENV)/bin/python -m medsegr.evaluation.presence_threshold runs/focus/eval-val/eval.json --write runs/focus/final
+	rm -rf MedSegR/Resources/checkpoint.new && cp -r runs/focus/final MedSegR/Resources/checkpoint.new
 	rm -rf MedSegR/Resources/checkpoint && mv MedSegR/Resources/checkpoint.new MedSegR/Resources/checkpoint
 
 evaluate: env
