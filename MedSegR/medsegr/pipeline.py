@@ -602,7 +602,7 @@ class ChatSession:
             return masks, presence
         mcfg = self.model.config.model
         gcfg = self.model.grounding.config
-        logit_cut = float(np.log(mcfg.mask_threshold / (1 - mcfg.mask_threshold)))
+        logit_cut = _logit(mcfg.mask_threshold)
         slice_cut = _logit(min(mcfg.presence_threshold, mcfg.volume_presence_threshold))
         is_ct = self.image.modality == "CT"
         n_slices = self.image.shape[axis]

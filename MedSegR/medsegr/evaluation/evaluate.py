@@ -202,8 +202,8 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
             scores = []
             # an absent structure's [SEG] (named, then measured "not found") has no mask to score
             expected_keys = [] if is_absent else list(turn.masks)
-            pairs = pair_segments([names.get(key, key) for key in expected_keys],
-                                  segment_names(answer.raw_text, seg_token))
+            seg_names = segment_names(answer.raw_text, seg_token)
+            pairs = pair_segments([names.get(key, key) for key in expected_keys], seg_names)
             for key, j in zip(expected_keys, pairs):
                 found = predicted[j] if j is not None and j < len(predicted) else None
                 pred = found if found is not None else np.zeros_like(truths[key])
@@ -221,7 +221,7 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                 absent_ok=(len(answer.segments) == 0) if is_absent else None,
                 seconds=seconds,
                 facts=[(c.kind, c.text, bool(c.ok)) for c in truth.check(spoken)],
-                seg_names=segment_names(answer.raw_text, seg_token),
+                seg_names=seg_names,
                 presence=list(answer.presence),
                 comparative_ok=(comparison_agrees(text, [*earlier, *answer.segments])
                                 if turn.reasoning == "size" else None))
