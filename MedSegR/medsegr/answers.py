@@ -191,6 +191,9 @@ class Answer:
     #: the order the answer names them (the highest over the slices asked about); empty
     #: from an engine that does not report it
     presence: list[float] = field(default_factory=list)
+    #: the words the engine chose from its measurements where the model had written
+    #: another (``[generation] measured_words``): (the model's word, the engine's)
+    engine_words: list[tuple[str, str]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready description (no mask data)."""
@@ -211,6 +214,7 @@ class Answer:
             "encoded_slices": self.encoded_slices,
             "not_found": list(self.not_found),
             "presence": list(self.presence),
+            "engine_words": [{"model": a, "engine": b} for a, b in self.engine_words],
         }
 
 

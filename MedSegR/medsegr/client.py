@@ -377,7 +377,9 @@ class EngineClient:
             key_slices=[int(k) for k in record.get("key_slices", [])],
             tokens={k: int(v) for k, v in record.get("tokens", {}).items()},
             not_found=[str(n) for n in record.get("not_found", [])],
-            presence=[float(p) for p in record.get("presence", [])])
+            presence=[float(p) for p in record.get("presence", [])],
+            engine_words=[(str(w.get("model", "")), str(w.get("engine", "")))
+                          for w in record.get("engine_words", []) if isinstance(w, dict)])
 
     def _mask(self, session_id: str, segment_id: str, grid: _Grid | None) -> np.ndarray:
         path = f"/sessions/{_quote(session_id)}/segments/{_quote(segment_id)}"

@@ -148,6 +148,10 @@ class GenerationConfig:
     #: storage type of the cached slice embeddings ("float16" halves a volume's cache;
     #: "float32" keeps the encoder's output exactly)
     embedding_cache_dtype: str = "float16"
+    #: under ``[model] measured_spans``, the words of an answer that state a measured side
+    #: or a size comparison are picked from the engine's measurements while the model
+    #: writes (:mod:`medsegr.measured_words`); false leaves every word to the model
+    measured_words: bool = True
 
 
 @dataclass

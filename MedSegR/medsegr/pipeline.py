@@ -38,6 +38,7 @@ from medsegr.imaging.postprocess import fill_holes, is_single_object, largest_co
 from medsegr.imaging.preprocess import Letterbox, letterbox, letterbox_geometry, normalise, unletterbox
 from medsegr.prompts import clean_answer, render, segment_names, validate_question
 from medsegr.imaging.slicing import SliceView, resolve_axis, slice_view
+from medsegr.measured_words import MeasuredWords, display_patient_left
 
 log = logging.getLogger(__name__)
 
@@ -432,6 +433,7 @@ class ChatSession:
             report("answering", 0, 0)
             spanned: list[tuple[np.ndarray, float]] = []
             span_s = [0.0]
+            guide = self._measured_words(ax)
             with self.pipeline.lock:
                 gen = generate(self.model, keys, self._visual_bank,
                                max_new_tokens or cfg.generation.max_new_tokens, self.state,
@@ -439,7 +441,8 @@ class ChatSession:
                                min_new_tokens=cfg.generation.min_new_tokens, on_token=streamer,
                                adjust_logits=self.pipeline.adjust_logits,
                                on_seg=self._span_hook(ax, center, embeddings[indices.index(center)],
-                                                      prompt_hints, spanned, span_s))
+                                                      prompt_hints, spanned, span_s),
+                               constrain=guide)
             if streamer is not None and streamer.cancelled:
                 raise Cancelled("the request was cancelled")
             raw = self.model.tokenizer.decode(gen.token_ids, skip_special_tokens=False)
@@ -482,7 +485,7 @@ class ChatSession:
                 tokens={"prompt": gen.prompt_tokens, "reused": gen.reused_tokens,
                         "generated": len(gen.token_ids) - len(gen.inserted),
                         **({"inserted": len(gen.inserted)} if gen.inserted else {})},
-                encoded_slices=encoded)
+                encoded_slices=encoded, engine_words=list(guide.changes) if guide else [])
 
     def reset(self) -> None:
         """Start a new conversation on the same image (embeddings are kept)."""
@@ -514,6 +517,15 @@ class ChatSession:
         if count == 1:
             return [(lo + hi) // 2]
         return sorted({int(round(v)) for v in np.linspace(lo, hi, count + 2)[1:-1]})
+
+    def _measured_words(self, axis: int) -> MeasuredWords | None:
+        """The measurement-guided words of one answer on slices along ``axis`` (None
+        without measured spans or with ``[generation] measured_words`` off)."""
+        cfg = self.model.config
+        if not (cfg.model.measured_spans and cfg.generation.measured_words):
+            return None
+        return MeasuredWords(self.model.tokenizer, [t.answer for t in self.turns if t.answer],
+                             display_patient_left(self.image.direction, axis, self.image.modality))
 
     def _side_run(self, axis: int, index: int, question: str, embedding: torch.Tensor,
                   hints: torch.Tensor | None = None) -> torch.Tensor:

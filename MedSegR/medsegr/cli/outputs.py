@@ -140,6 +140,9 @@ def print_answer(answer: "Answer", paths: dict[str, Path], as_json: bool,
             print(f"    measured: {seg.measured.describe()}")
     if not answer.segments:
         print("  no segment in this answer")
+    if answer.engine_words:
+        changed = "; ".join(f"{model!r} -> {engine!r}" for model, engine in answer.engine_words)
+        print(f"  words picked from the measurements: {changed}")
     print(f"  wrote {paths['segmentation']}, {paths['labels'].name}, "
           f"{paths['answer'].name}, {paths['overlay'].name}")
     if "dicom_seg" in paths:

@@ -109,7 +109,8 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
              generator: torch.Generator | None = None,
              on_token: Callable[[int], bool | None] | None = None,
              adjust_logits: Callable[[int, torch.Tensor], None] | None = None,
-             on_seg: Callable[["GeneratedTurn"], list[int]] | None = None) -> GeneratedTurn:
+             on_seg: Callable[["GeneratedTurn"], list[int]] | None = None,
+             constrain: Callable[[Sequence[int], torch.Tensor], None] | None = None) -> GeneratedTurn:
     """Generate an answer for the prompt ``keys``.
 
     ``state`` (with ``use_cache``) is the conversation's cache: it is reused up to
@@ -121,7 +122,10 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
     that ``[SEG]``'s state last in ``seg_states``) and returns token ids the engine
     inserts right after it (the measured span): they are fed with the ``[SEG]``, become
     part of the answer's ``token_ids`` (``inserted`` says which) and are neither chosen
-    by the model nor counted against ``max_new_tokens``.
+    by the model nor counted against ``max_new_tokens``. ``constrain(token_ids, logits)``
+    sees the answer's token ids so far (inserted spans included) and may change the
+    logits of the next token in place, after ``adjust_logits``
+    (:class:`medsegr.measured_words.MeasuredWords`).
     """
     llm = model.llm
     seg_id = model.seg_token_id
@@ -185,6 +189,8 @@ def generate(model: MedSegRModel, keys: list[Key], visual_bank: dict[str, torch.
             logits[list(eos)] = float("-inf")
         if adjust_logits is not None:
             adjust_logits(produced, logits)
+        if constrain is not None:
+            constrain(generated, logits)
         token = _select(logits, temperature, generator)
         if token in eos:
             finished = True

@@ -101,6 +101,11 @@ class SegmentRecord(BaseModel):
                           "(uint8 0/1) on the session image's exact grid")
 
 
+class EngineWord(BaseModel):
+    model: str = Field(description="the word the model wrote")
+    engine: str = Field(description="the word (or name) the engine picked from its measurements")
+
+
 class AnswerRecord(BaseModel):
     request_id: str
     session_id: str
@@ -125,6 +130,10 @@ class AnswerRecord(BaseModel):
                                   "presence probability of each [SEG] of the answer, in the "
                                   "order the answer names them (the highest over the slices "
                                   "asked about)")
+    engine_words: list[EngineWord] = Field(default_factory=list, description="words of the "
+                                           "answer the engine picked from its measurements where "
+                                           "the model had written another ([generation] "
+                                           "measured_words)")
 
 
 class SessionRecord(BaseModel):

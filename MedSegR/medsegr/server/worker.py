@@ -314,7 +314,8 @@ class ModelWorker:
                 "tokens": {k: int(v) for k, v in answer.tokens.items()},
                 "encoded_slices": int(encoded + answer.encoded_slices), "segments": segments,
                 "not_found": [str(name) for name in answer.not_found],
-                "presence": [float(p) for p in answer.presence]}
+                "presence": [float(p) for p in answer.presence],
+                "engine_words": [{"model": str(a), "engine": str(b)} for a, b in answer.engine_words]}
 
     def _encode_volume(self, job: Job) -> int:
         """Encode a volume's slices before asking, a few at a time, so that a cancel or

@@ -1,0 +1,239 @@
+"""Measurement-guided words: where an answer states a side or a size comparison, the
+engine picks the word from what it measured.
+
+Under ``[model] measured_spans`` the engine decodes and measures each mask as soon as its
+``[SEG]`` is generated and writes the measurements into the answer (" (measured: 12.3
+cm², patient's left, …)"). The model reads them, but a 135 M language model does not
+reliably turn two areas into "the larger is the left lung", or a measured side into "the
+patient's left". With ``[generation] measured_words`` (on by default) the engine chooses
+those words itself while the model writes, in four forms:
+
+- **a size conclusion** "the larger is the ___" (also "bigger", "smaller", "the larger
+  one was the ___"): the name of the structure with the largest (smallest) measured
+  area or volume among those measured in the conversation, when two or more are;
+- **a size word** after a measured name, "the left kidney is ___": "larger" ("bigger"
+  when the model chose it) or "smaller", from that structure's measured size against the
+  others, when it is the largest or the smallest of them;
+- **a patient side** "the patient's ___": the measured side of the structure named last
+  before it in the same clause (else sentence), else the patient side of an image side
+  stated before it in the sentence;
+- **an image side** "the image ___": the image side of the structure named last before
+  it in the clause (else sentence), else of a patient side stated before it in the
+  sentence. Image and patient sides are tied by the slice's display: axial and coronal
+  slices show the patient's left on the image right (radiological view); sagittal
+  slices and images without a patient orientation have no image side of the patient.
+
+The model still decides whether to state such a fact, and where: the engine only acts
+when the model's own next word is one of the words it chooses between (a side, a size
+word, or the first word of a measured name after a conclusion's "the"). A negated side
+("not the patient's left") and a structure measured on both sides or on the midline are
+left to the model. Nothing here reads the ground truth: only the engine's spans.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from medsegr.answers import MEASURED_OPEN, MEASURED_SPAN_RE
+
+__all__ = ["MeasuredWords", "MeasuredName", "display_patient_left", "measured_names"]
+
+_SIDES = ("left", "right")
+_SIZE_WORDS = ("larger", "bigger", "smaller")
+_TAG_RE = re.compile(r"</?p>")
+_SEG_RE = re.compile(r"\s*\[SEG\]")
+#: "<p>left lung</p> [SEG] (measured: 12.3 cm², patient's left, …)"
+_SPAN_RE = re.compile(r"<p>([^<]*)</p>\s*\[SEG\]" + re.escape(MEASURED_OPEN) + r"([^()]*)\)")
+_SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(cm²|mL)")
+_SIDE_RE = re.compile(r"patient's (left|right)")
+_CONCLUSION_RE = re.compile(r"\bthe\s+(larger|bigger|smaller)(?:\s+one)?\s+(?:is|was)\s+the$", re.I)
+_PATIENT_RE = re.compile(r"\bpatient(?:'|’)?s$", re.I)
+_IMAGE_RE = re.compile(r"\bimage(?:'|’)?s?$", re.I)
+_NEGATED_RE = re.compile(r"\b(?:not|rather\s+than|instead\s+of)\s+(?:(?:on|in|to|at|from)\s+)?(?:the\s+)?"
+                         r"(?:patient(?:'|’)?s|image(?:'|’)?s?)$", re.I)
+_STATED_RE = re.compile(r"\b(patient(?:'|’)?s|image(?:'|’)?s?)\s+(left|right)\b", re.I)
+_CLAUSE_RE = re.compile(r"[,;:()]")
+_SENTENCE_RE = re.compile(r"[.!?](?=\s|$)")
+
+
+@dataclass(frozen=True)
+class MeasuredName:
+    """A structure the engine measured in the conversation: its name, size (cm² on a
+    slice, mL in a volume) and patient side (None, "left", "right", "both", "midline")."""
+
+    name: str
+    size: float | None
+    side: str | None
+
+
+def measured_names(raw: str) -> dict[str, MeasuredName]:
+    """The measured structures of raw answer text (``<p>name</p> [SEG] (measured: …)``), by
+    lower-case name; a name measured twice keeps its last measurement. "not found" spans
+    are left out."""
+    out: dict[str, MeasuredName] = {}
+    for match in _SPAN_RE.finditer(raw):
+        name, span = match.group(1).strip(), match.group(2)
+        if not name or span.strip() == "not found":
+            continue
+        size = _SIZE_RE.search(span)
+        side = _SIDE_RE.search(span)
+        out[name.lower()] = MeasuredName(
+            name, float(size.group(1)) if size else None,
+            side.group(1) if side else ("both" if "both sides" in span else "midline" if "midline" in span else None))
+    return out
+
+
+def display_patient_left(direction: Sequence[float], axis: int, modality: str) -> str | None:
+    """The image side ("right") that shows the patient's left on slices along numpy
+    ``axis`` of an image with ``direction``: axial and coronal slices are shown in the
+    radiological view (:mod:`medsegr.imaging.slicing`); None for sagittal slices and for
+    images without a patient orientation (``OT``)."""
+    if modality == "OT":
+        return None
+    from medsegr.imaging.slicing import direction_matrix
+
+    normal = direction_matrix(tuple(direction))[:, 2 - axis]
+    lps = int(np.argmax(np.abs(normal)))  # 0: L (sagittal), 1: P (coronal), 2: S (axial)
+    return None if lps == 0 else "right"
+
+
+def _spoken(raw: str) -> str:
+    """Raw answer text as read aloud: spans, tags and ``[SEG]`` markers removed."""
+    return _SEG_RE.sub("", _TAG_RE.sub("", MEASURED_SPAN_RE.sub("", raw)))
+
+
+def _piece_start(text: str, pattern: re.Pattern[str]) -> int:
+    cuts = [m.end() for m in pattern.finditer(text)]
+    return cuts[-1] if cuts else 0
+
+
+def _other(side: str) -> str:
+    return "right" if side == "left" else "left"
+
+
+class MeasuredWords:
+    """The ``constrain(generated_ids, logits)`` hook of :func:`medsegr.modeling.generation.generate`
+    for one answer: it may force the next token (module docstring).
+
+    ``earlier``: the raw text of the conversation's earlier answers (their spans count as
+    measured); ``patient_left``: the image side showing the patient's left on the slice
+    the model reads (:func:`display_patient_left`), None when unknown."""
+
+    def __init__(self, tokenizer: Any, earlier: Sequence[str] = (), patient_left: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.earlier = "\n".join(earlier)
+        self.patient_left = patient_left
+        self._forced: list[int] = []
+        self._ids = {word: self._token(" " + word) for word in (*_SIDES, *_SIZE_WORDS)}
+        self._words = {tid: word for word, tid in self._ids.items() if tid is not None}
+        #: what the engine chose, for the answer's record: (the model's word, the engine's)
+        self.changes: list[tuple[str, str]] = []
+
+    def _token(self, text: str) -> int | None:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        return int(ids[0]) if len(ids) == 1 else None
+
+    def _force(self, logits: torch.Tensor, token: int) -> None:
+        logits.fill_(float("-inf"))
+        logits[token] = 0.0
+
+    def __call__(self, generated: Sequence[int], logits: torch.Tensor) -> None:
+        if self._forced:
+            self._force(logits, self._forced.pop(0))
+            return
+        top = int(torch.argmax(logits))
+        raw = self.tokenizer.decode(list(generated), skip_special_tokens=False)
+        measured = measured_names(self.earlier + "\n" + raw)
+        text = _spoken(raw).rstrip()
+        choice = self._choose(top, text, measured)
+        if choice is None:
+            return
+        ids = [int(t) for t in self.tokenizer.encode(" " + choice, add_special_tokens=False)]
+        if not ids:
+            return
+        if ids[0] != top:
+            self.changes.append((self.tokenizer.decode([top]).strip(), choice))
+        self._force(logits, ids[0])
+        self._forced = ids[1:]
+
+    # -- the four forms ------------------------------------------------------------
+    def _choose(self, top: int, text: str, measured: dict[str, MeasuredName]) -> str | None:
+        sized = {k: m for k, m in measured.items() if m.size is not None}
+        if len(sized) >= 2 and _CONCLUSION_RE.search(text):
+            word = _CONCLUSION_RE.search(text).group(1).lower()  # type: ignore[union-attr]
+            firsts = {self.tokenizer.encode(" " + m.name, add_special_tokens=False)[0] for m in sized.values()}
+            if top not in firsts:
+                return None
+            pick = (min if word == "smaller" else max)(sized.values(), key=lambda m: m.size or 0.0)
+            if sum(m.size == pick.size for m in sized.values()) > 1:
+                return None  # a tie: nothing to conclude from
+            return pick.name
+        word = self._words.get(top)
+        if word is None:
+            return None
+        if word in _SIZE_WORDS:
+            return self._size_word(word, text, sized)
+        return self._side(text, measured)
+
+    def _size_word(self, word: str, text: str, sized: dict[str, MeasuredName]) -> str | None:
+        if len(sized) < 2:
+            return None
+        name = next((m for m in sorted(sized.values(), key=lambda m: -len(m.name))
+                     if re.search(rf"\bthe\s+{re.escape(m.name)}\s+is$", text, re.I)), None)
+        if name is None:
+            return None
+        sizes = sorted(m.size or 0.0 for m in sized.values())
+        if sizes.count(name.size or 0.0) > 1:
+            return None
+        if name.size == sizes[-1]:
+            return word if word in ("larger", "bigger") else "larger"
+        if name.size == sizes[0]:
+            return "smaller"
+        return None
+
+    def _side(self, text: str, measured: dict[str, MeasuredName]) -> str | None:
+        patient = bool(_PATIENT_RE.search(text))
+        if not patient and not _IMAGE_RE.search(text):
+            return None
+        if _NEGATED_RE.search(text):
+            return None
+        for start in (_piece_start(text, _CLAUSE_RE), _piece_start(text, _SENTENCE_RE)):
+            piece = text[start:]
+            named = self._last_named(piece, measured)
+            if named is not None:
+                if named.side not in _SIDES:
+                    return None
+                return named.side if patient else self._image_side(named.side)
+        sentence = text[_piece_start(text, _SENTENCE_RE):]
+        stated = list(_STATED_RE.finditer(sentence))
+        if not stated or self.patient_left is None:
+            return None
+        kind, side = stated[-1].group(1).lower(), stated[-1].group(2).lower()
+        was_patient = kind.startswith("patient")
+        if was_patient == patient:
+            return None  # the same kind of side again: nothing ties them
+        return self._image_side(side) if was_patient else self._patient_side(side)
+
+    def _last_named(self, piece: str, measured: dict[str, MeasuredName]) -> MeasuredName | None:
+        best: tuple[int, MeasuredName] | None = None
+        for key, m in measured.items():
+            for hit in re.finditer(rf"(?<![\w-]){re.escape(m.name)}(?![\w-])", piece, re.I):
+                if best is None or hit.end() > best[0] or hit.end() == best[0] and len(m.name) > len(best[1].name):
+                    best = (hit.end(), m)
+        return None if best is None else best[1]
+
+    def _image_side(self, patient_side: str) -> str | None:
+        if self.patient_left is None:
+            return None
+        return self.patient_left if patient_side == "left" else _other(self.patient_left)
+
+    def _patient_side(self, image_side: str) -> str | None:
+        if self.patient_left is None:
+            return None
+        return "left" if image_side == self.patient_left else "right"

@@ -1,0 +1,201 @@
+"""Measurement-guided words (:mod:`medsegr.measured_words`): where the model states a side
+or a size conclusion, the engine picks the word from its measured spans.
+
+The guide is driven as :func:`~medsegr.modeling.generation.generate` drives it, with the
+real SmolLM2 tokenizer: a scripted "model" prefers the next token of its own text at each
+step, and the guide may force another. The last test runs it inside ``generate`` on the
+tiny model (real classes, random weights) with the script forced through the LM head.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from helpers import force_text
+from medsegr.answers import Measurement, Turn, measured_span
+from medsegr.evaluation.comparisons import comparative_claim
+from medsegr.measured_words import MeasuredWords, display_patient_left, measured_names
+from medsegr.modeling.generation import generate, prompt_keys
+
+
+def _span(area: float, side: str) -> str:
+    return measured_span(Measurement(mode="slice", voxels=10, area_cm2=area, volume_ml=None, side=side,
+                                     intensity_mean=-850.0, intensity_sd=40.0, intensity_unit="HU",
+                                     components=1, extent_mm={"right-left": 90.0, "anterior-posterior": 150.0}))
+
+
+def _write(tokenizer, script: str, guide: MeasuredWords) -> str:
+    """What comes out when a model that wants to write ``script`` (``{L}`` and ``{R}``
+    stand for the spans the engine inserts) is guided: the script's own next token is
+    preferred at each step; a span is fed whole, as the engine inserts it."""
+    pieces = script.split("§")
+    generated: list[int] = []
+    vocab = len(tokenizer)
+    for k, piece in enumerate(pieces):
+        if k % 2 == 1:  # an engine span: inserted, never chosen
+            generated += tokenizer.encode(piece, add_special_tokens=False)
+            continue
+        for want in tokenizer.encode(piece, add_special_tokens=False):
+            logits = torch.zeros(vocab)
+            logits[want] = 10.0
+            guide(generated, logits)
+            generated.append(int(torch.argmax(logits)))
+    return tokenizer.decode(generated)
+
+
+def _both(left: float, right: float) -> tuple[str, str]:
+    return _span(left, "left"), _span(right, "right")
+
+
+def test_a_size_conclusion_names_the_structure_measured_larger(tiny_model):
+    tok = tiny_model.tokenizer
+    left, right = _both(80.4, 95.1)
+    opener = f"Measuring both, the <p>left lung</p> [SEG]§{left}§ and the <p>right lung</p> [SEG]§{right}§"
+    guide = MeasuredWords(tok, patient_left="right")
+    out = _write(tok, opener + ": the larger is the left lung.", guide)
+    assert out.endswith(": the larger is the right lung.")
+    assert guide.changes == [("left", "right lung")]
+    names = ["left lung", "right lung"]
+    assert comparative_claim(out.split("§")[-1], names) == ("right lung", "larger")
+
+    guide = MeasuredWords(tok, patient_left="right")
+    assert _write(tok, opener + ": the smaller is the left lung.", guide).endswith("the smaller is the left lung.")
+    assert guide.changes == []  # the model's own word was already the measured one
+    # "X is larger": the size word follows X's measurement
+    guide = MeasuredWords(tok, patient_left="right")
+    assert _write(tok, opener + ": the left lung is larger.", guide).endswith("the left lung is smaller.")
+    guide = MeasuredWords(tok, patient_left="right")
+    assert _write(tok, opener + ": the right lung is bigger.", guide).endswith("the right lung is bigger.")
+
+
+def test_a_follow_up_compares_with_what_was_measured_before(tiny_model):
+    tok = tiny_model.tokenizer
+    earlier = "The <p>right kidney</p> [SEG]" + _span(21.6, "right") + "."
+    guide = MeasuredWords(tok, [earlier], patient_left="right")
+    out = _write(tok, f"Measuring its partner, the <p>left kidney</p> [SEG]§{_span(5.9, 'left')}§: "
+                      "the larger is the left kidney.", guide)
+    assert out.endswith("the larger is the right kidney.")
+
+
+def test_nothing_is_concluded_for_the_model_without_two_measurements(tiny_model):
+    tok = tiny_model.tokenizer
+    one = f"The <p>left lung</p> [SEG]§{_span(80.4, 'left')}§: the larger is the left lung."
+    guide = MeasuredWords(tok, patient_left="right")
+    assert _write(tok, one, guide).endswith("the larger is the left lung.") and guide.changes == []
+    tie = (f"The <p>left lung</p> [SEG]§{_span(80.4, 'left')}§ and the <p>right lung</p> [SEG]"
+           f"§{_span(80.4, 'right')}§: the larger is the left lung.")
+    assert _write(tok, tie, MeasuredWords(tok)).endswith("the larger is the left lung.")
+    found_none = "The <p>left lung</p> [SEG] (measured: not found)."
+    assert measured_names(found_none) == {}
+
+
+def test_a_patient_side_is_the_measured_side_of_the_structure_named_before_it(tiny_model):
+    tok = tiny_model.tokenizer
+    guide = MeasuredWords(tok, patient_left="right")
+    out = _write(tok, f"The <p>right cerebral hemisphere</p> [SEG]§{_span(60.0, 'right')}§ lies to the "
+                      "patient's left of the midline.", guide)
+    assert "lies to the patient's right of the midline" in out
+    assert guide.changes == [("left", "right")]
+    # measured on both sides: not a side to state, left to the model
+    out = _write(tok, f"The <p>brain</p> [SEG]§{_span(120.0, 'both')}§, on the patient's left.",
+                 MeasuredWords(tok, patient_left="right"))
+    assert out.endswith("on the patient's left.")
+    # negated: "not the patient's right" is the model's claim to make
+    out = _write(tok, f"The <p>left lung</p> [SEG]§{_span(80.0, 'left')}§, not the patient's left.",
+                 MeasuredWords(tok, patient_left="right"))
+    assert out.endswith("not the patient's left.")
+
+
+def test_image_and_patient_sides_follow_the_radiological_view(tiny_model):
+    tok = tiny_model.tokenizer
+    script = "The patient's left is the image left, and the lung there is the left lung."
+    axial = MeasuredWords(tok, patient_left="right")
+    assert _write(tok, script, axial) == "The patient's left is the image right, and the lung there is the left lung."
+    # a structure named in the clause wins over the convention: its measured side
+    out = _write(tok, f"The <p>right lung</p> [SEG]§{_span(90.0, 'right')}§ lies on the image right.",
+                 MeasuredWords(tok, patient_left="right"))
+    assert out.endswith("lies on the image left.")
+    back = _write(tok, "The image right shows the patient's right.", MeasuredWords(tok, patient_left="right"))
+    assert back == "The image right shows the patient's left."
+    # no image side of the patient (sagittal, or no orientation): the model's words stand
+    assert _write(tok, script, MeasuredWords(tok, patient_left=None)) == script
+    # the first side of a sentence is the model's (it often repeats the question's)
+    assert _write(tok, "The patient's right lung.", MeasuredWords(tok, patient_left="right")) == "The patient's right lung."
+
+
+def test_the_radiological_view_from_the_image_direction():
+    lps = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    assert display_patient_left(lps, 0, "CT") == "right"  # axial (numpy axis 0 = k = S)
+    assert display_patient_left(lps, 1, "MR") == "right"  # coronal
+    assert display_patient_left(lps, 2, "MR") is None     # sagittal: no left and right
+    assert display_patient_left(lps, 0, "OT") is None     # a picture
+    ras = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)  # stored RAS: still shown radiologically
+    assert display_patient_left(ras, 0, "MR") == "right"
+
+
+def test_generate_lets_the_guide_pick_the_next_token(tiny_model):
+    """Inside ``generate``: the model's (forced) text says "the larger is the left lung";
+    the engine's spans measured the right lung larger; the guide's name is what comes out,
+    and the tokens after it are the model's again."""
+    model = tiny_model
+    tok = model.tokenizer
+    bank = {"x": torch.zeros(model.num_visual_tokens, int(model.llm.config.hidden_size))}
+    keys = prompt_keys(model, [Turn(question="Which lung is larger?", image_id="x")])
+    spans = iter(_both(80.4, 95.1))
+
+    def on_seg(turn):
+        return tok.encode(next(spans), add_special_tokens=False)
+
+    guide = MeasuredWords(tok, patient_left="right")
+    script = ("Measuring both, the <p>left lung</p> [SEG] and the <p>right lung</p> [SEG]: "
+              "the larger is the left lung.")
+    with force_text(model, script):
+        gen = generate(model, keys, bank, 64, None, on_seg=on_seg, constrain=guide)
+    text = tok.decode(gen.token_ids, skip_special_tokens=False)
+    assert text.endswith("the larger is the right lung.")
+    assert guide.changes == [("left", "right lung")]
+
+
+def test_a_slice_answer_concludes_from_what_the_engine_measured(tiny_pipeline, monkeypatch):
+    """Through ``ChatSession.ask``: two real masks of different size (the right lung
+    larger) measured by the engine; the model's text concludes the other way; the answer
+    names the larger one, lists the changed word, and agrees with its own segments. The
+    grounding module is replaced by those two masks (a trained module's output)."""
+    from medsegr.evaluation.comparisons import comparison_agrees
+    from medsegr.io.images import image_from_array
+
+    from test_measured_spans import spans_on
+
+    z, y, x = np.mgrid[0:3, 0:48, 0:64]
+    body = ((y - 24) / 22.0) ** 2 + ((x - 32) / 30.0) ** 2 <= 1
+    right_lung = ((y - 24) / 14.0) ** 2 + ((x - 18) / 10.0) ** 2 <= 1  # low x: the patient's right (LPS)
+    left_lung = ((y - 24) / 9.0) ** 2 + ((x - 46) / 6.0) ** 2 <= 1
+    hu = np.where(body, 40.0, -1000.0) + np.where(left_lung | right_lung, -840.0, 0.0)
+    image = image_from_array(hu.astype(np.float32), spacing=(1.0, 1.0, 2.0), modality="CT")
+    script = ("Measuring both, the <p>left lung</p> [SEG] and the <p>right lung</p> [SEG]: "
+              "the larger is the left lung.")
+    model = tiny_pipeline.model
+    for words in (True, False):
+        with spans_on(model):
+            model.config.generation.measured_words = words
+            session = tiny_pipeline.new_session(image)
+            found = iter([left_lung, right_lung])
+            monkeypatch.setattr(session, "_decode", lambda *a, **k: ([next(found)], [0.99]))
+            try:
+                with force_text(model, script):
+                    answer = session.ask("Which lung is larger? Segment it.", slice_index=1,
+                                             max_new_tokens=64)
+            finally:
+                model.config.generation.measured_words = True
+        assert [s.name for s in answer.segments] == ["left lung", "right lung"], answer.raw_text
+        assert answer.segments[1].measured.area_cm2 > answer.segments[0].measured.area_cm2
+        assert [s.measured.side for s in answer.segments] == ["left", "right"]
+        if words:
+            assert answer.text.endswith("the larger is the right lung.")
+            assert answer.engine_words == [("left", "right lung")]
+            assert answer.summary()["engine_words"] == [{"model": "left", "engine": "right lung"}]
+            assert comparison_agrees(answer.text, answer.segments)
+        else:
+            assert answer.text.endswith("the larger is the left lung.") and answer.engine_words == []
+            assert not comparison_agrees(answer.text, answer.segments)
