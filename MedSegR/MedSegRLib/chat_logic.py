@@ -361,7 +361,8 @@ class MedSegRChatLogic:
                                         measured=s.measured.describe() if s.measured else None)
                           for w, s in zip(written, answer.segments)],
                 request_id=answer.request_id, fine_tuned=answer.fine_tuned, timings=dict(answer.timings),
-                asked_at=now_iso(), notice=prepared.notice))
+                asked_at=now_iso(), notice=prepared.notice,
+                engine_words=[(str(a), str(b)) for a, b in getattr(answer, "engine_words", [])]))
             if self.engine_info and not conversation.engine:
                 conversation.engine = engine_summary(self.engine_info)
             if conv_node is None:

@@ -56,6 +56,9 @@ class Turn:
     timings: dict[str, float] = field(default_factory=dict)
     asked_at: str = ""
     notice: str | None = None  # e.g. "the engine did not remember earlier turns"
+    #: words of the answer the engine picked from its measurements where the model had
+    #: written another: [the model's word, the engine's word] pairs
+    engine_words: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -155,6 +158,10 @@ def _turn(record: Any) -> Turn:
     if scope not in ("slice", "volume"):
         raise ValueError(f"unknown scope {scope!r}")
     notice = record.get("notice")
+    words = record.get("engine_words", [])
+    if not isinstance(words, list) or not all(
+            isinstance(w, (list, tuple)) and len(w) == 2 and all(isinstance(x, str) for x in w) for w in words):
+        raise TypeError("field 'engine_words' should be a list of [model word, engine word] pairs")
     return Turn(question=_get(record, "question", str), answer=_get(record, "answer", str),
                 raw_answer=_get(record, "raw_answer", str), scope=scope,
                 axis=int(_get(record, "axis", int)), slice_index=_optional_int(record, "slice_index"),
@@ -164,7 +171,8 @@ def _turn(record: Any) -> Turn:
                 fine_tuned=bool(record.get("fine_tuned", False)),
                 timings={str(k): float(v) for k, v in dict(record.get("timings", {})).items()},
                 asked_at=str(record.get("asked_at", "")),
-                notice=notice if isinstance(notice, str) else None)
+                notice=notice if isinstance(notice, str) else None,
+                engine_words=[(str(a), str(b)) for a, b in words])
 
 
 def make_title(question: str) -> str:

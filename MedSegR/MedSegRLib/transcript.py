@@ -83,6 +83,13 @@ def _meta(turn: Turn) -> str:
     return f'<span style="color:{MUTED_FG}; font-size:small">{" · ".join(parts)}</span>'
 
 
+def engine_words_line(turn: Turn) -> str:
+    """One line naming the words of ``turn``'s answer that the engine picked from its
+    measurements instead of the model's."""
+    changed = ", ".join(f"“{engine}” (the model wrote “{model}”)" for model, engine in turn.engine_words)
+    return f"Picked by the engine from its measurements: {changed}."
+
+
 def _segments_html(turn: Turn, turn_index: int, visible: Callable[[str], bool]) -> str:
     live = [s for s in turn.segments if s.state != "removed"]
     if not turn.segments:
@@ -132,6 +139,9 @@ def render_html(conversation: Conversation | None, pending: PendingTurn | None =
         inner = _paragraphs(turn.answer)
         if turn.notice:
             inner += f'<br><span style="color:{NOTICE_FG}">{html.escape(turn.notice)}</span>'
+        if turn.engine_words:
+            inner += (f'<br><span style="color:{MUTED_FG}; font-size:small">'
+                      f"{html.escape(engine_words_line(turn))}</span>")
         inner += _segments_html(turn, index, is_visible) + "<br>" + _meta(turn)
         parts.append(_bubble(inner, ANSWER_BG, right=False))
     if pending is not None:
@@ -168,6 +178,8 @@ def to_markdown(conversation: Conversation) -> str:
         lines += [f"## {number}. {turn.question}", "", f"*{turn.where}*", "", turn.answer.strip() or "(no text)", ""]
         if turn.notice:
             lines += [f"> {turn.notice}", ""]
+        if turn.engine_words:
+            lines += [f"> {engine_words_line(turn)}", ""]
         if not turn.fine_tuned:
             lines += ["> Untrained base model: the masks are not meaningful.", ""]
         if turn.segments:

@@ -4,6 +4,7 @@ conversations, settings, main-thread dispatch, error messages, and segment writi
 
 from __future__ import annotations
 
+import html
 import json
 import threading
 
@@ -128,6 +129,23 @@ def test_markdown_transcript():
     assert "  - measured by the engine: 9.9 cm², patient's left, 52 ± 9 HU, 1 piece" in text
     assert text.rstrip().endswith("not for clinical decisions.")
     assert "no standard code" not in text
+
+
+def test_words_the_engine_picked_from_its_measurements_are_shown_and_stored():
+    conversation = sample_conversation()
+    assert "Picked by the engine" not in transcript.render_html(conversation)
+    conversation.turns[0].engine_words = [("left", "right lung")]
+    again = Conversation.from_json(conversation.to_json())
+    assert again == conversation and again.turns[0].engine_words == [("left", "right lung")]
+    line = "Picked by the engine from its measurements: “right lung” (the model wrote “left”)."
+    assert html.escape(line) in transcript.render_html(conversation)
+    assert f"> {line}" in transcript.to_markdown(conversation)
+    record = json.loads(conversation.to_json())
+    record["turns"][0]["engine_words"] = [["left"]]
+    with pytest.raises(ConversationFormatError, match="engine_words"):
+        Conversation.from_json(json.dumps(record))
+    del record["turns"][0]["engine_words"]  # saved before the engine picked words
+    assert Conversation.from_json(json.dumps(record)).turns[0].engine_words == []
 
 
 def test_a_segment_without_a_standard_code_is_marked_in_the_chat_and_the_transcript():
