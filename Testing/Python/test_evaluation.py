@@ -41,6 +41,20 @@ def test_each_expected_mask_is_scored_against_the_segment_named_for_it():
     assert pair_segments(["left lung", "right lung"], ["left lung", "left lung"]) == [0, 1]
 
 
+def test_a_structure_is_named_by_its_name_or_by_a_segment_coded_as_it():
+    from medsegr.evaluation.evaluate import codes_structure, names_structure
+
+    assert names_structure("The Left_Lung, on the left.", "left lung")
+    assert not names_structure("The splenic parenchyma.", "spleen")
+    # a synonym of the vocabulary: the segment carries the spleen's code
+    assert codes_structure(["splenic parenchyma"], "spleen")
+    assert codes_structure(["scalp skull"], "scalp and skull")
+    # another structure, a side that differs, or a name the vocabulary does not know
+    assert not codes_structure(["left lung"], "lungs") and not codes_structure(["skull"], "scalp and skull")
+    assert not codes_structure(["right kidney"], "left kidney")
+    assert not codes_structure(["spinal vascular cap"], "aorta") and not codes_structure([], "aorta")
+
+
 def test_otsu_floor_takes_the_bright_side():
     from medsegr.evaluation.references import otsu_floor
 
@@ -106,6 +120,8 @@ def test_evaluate_a_split_and_write_the_report(dataset, tiny_pipeline, tmp_path)
     assert set(kidney.references) == {"oracle_box", "otsu"}
     data = report.to_dict()
     assert data["text"]["false_claim_rate"] == 1.0
+    assert 0.0 <= data["text"]["named_as_written_rate"] <= data["text"]["named_right_rate"] <= 1.0
+    assert data["text"]["answers_with_engine_words"] == 0  # no measured spans on the tiny model
     assert set(data["by_question_type"]["medsegr"]) == {"implicit", "multi-turn"}
     assert set(data["by_structure"]["otsu"]) == {"kidney", "lesion"}
     # the floor: Otsu finds the bright kidney (the lesion is dark inside it)

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="skip the oracle-box and Otsu references")
     p.add_argument("--presence-threshold", type=float, default=None, metavar="P",
                    help="override the checkpoint's [model] presence_threshold (0..1)")
+    p.add_argument("--model-words", action="store_true",
+                   help="leave every word to the model: [generation] measured_words off (the "
+                   "engine then picks no side or size word from its measurements)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(handler=run)
 
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
         if not 0.0 <= args.presence_threshold <= 1.0:
             raise InputError("--presence-threshold must be between 0 and 1")
         pipe.model.config.model.presence_threshold = args.presence_threshold
+    if args.model_words:
+        pipe.model.config.generation.measured_words = False
     report = evaluate(pipe, args.dataset, args.split, references=not args.no_references,
                       limit=args.limit, progress=not args.no_progress,
                       per_source=args.per_source, templates=args.templates)

@@ -40,7 +40,7 @@ class TurnResult:
     expected: list[str]          # structure names expected, in [SEG] order
     predicted: list[str]         # segment names the answer gave
     scores: list[MaskScore]      # one per expected mask
-    named_right: bool | None     # None for absent questions
+    named_right: bool | None     # None for absent questions; by name or vocabulary code
     absent_ok: bool | None       # None unless the question is about an absent structure
     seconds: float
     references: dict[str, list[MaskScore]] = field(default_factory=dict)
@@ -54,6 +54,12 @@ class TurnResult:
     #: a size (comparative) question: whether the answer's conclusion agrees with the
     #: engine's measurements of its segments (:mod:`medsegr.evaluation.comparisons`)
     comparative_ok: bool | None = None
+    #: the words the engine picked from its measurements where the model had written
+    #: another (:attr:`medsegr.answers.Answer.engine_words`): (the model's, the engine's)
+    engine_words: list[tuple[str, str]] = field(default_factory=list)
+    #: every expected structure mentioned by its own name (``named_right`` also takes a
+    #: segment name coded as the same vocabulary entry)
+    named_as_written: bool | None = None
 
 
 @dataclass
@@ -85,6 +91,7 @@ class EvalReport:
 
     def text_metrics(self) -> dict[str, float | int]:
         named = [t.named_right for t in self.turns if t.named_right is not None]
+        written = [t.named_as_written for t in self.turns if t.named_as_written is not None]
         absent = [t.absent_ok for t in self.turns if t.absent_ok is not None]
         facts = [ok for t in self.turns for _, _, ok in t.facts]
         compared = [t.comparative_ok for t in self.turns if t.comparative_ok is not None]
@@ -93,11 +100,13 @@ class EvalReport:
             "facts_correct_rate": float(np.mean(facts)) if facts else float("nan"),
             "answers_with_structures": len(named),
             "named_right_rate": float(np.mean(named)) if named else float("nan"),
+            "named_as_written_rate": float(np.mean(written)) if written else float("nan"),
             "absent_questions": len(absent),
             "absent_without_mask_rate": float(np.mean(absent)) if absent else float("nan"),
             "false_claim_rate": float(np.mean([not a for a in absent])) if absent else float("nan"),
             "comparative_questions": len(compared),
             "comparative_agree_rate": float(np.mean(compared)) if compared else float("nan"),
+            "answers_with_engine_words": sum(bool(t.engine_words) for t in self.turns),
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -132,6 +141,18 @@ def names_structure(answer: str, name: str) -> bool:
         return " " + re.sub(r"[^a-z0-9]+", " ", text.lower()).strip() + " "
 
     return norm(name) in norm(answer)
+
+
+def codes_structure(segment_names: list[str], name: str) -> bool:
+    """Whether one of the answer's segment names (the names before its ``[SEG]``s) is
+    coded as the same vocabulary entry as ``name`` (:func:`medsegr.vocabulary.lookup`: a
+    synonym, "splenic parenchyma" for the spleen): the segment the user gets carries
+    that structure's code."""
+    from medsegr.vocabulary import lookup
+
+    entry = lookup(name)
+    return entry is not None and any(
+        (found := lookup(given)) is not None and found.key == entry.key for given in segment_names)
 
 
 def per_source_sample(records: list[Any], per_source: int) -> list[Any]:
@@ -217,6 +238,9 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                 expected=[names[m] if m in names else absent_name(m) for m in turn.masks],
                 predicted=[s.name for s in answer.segments], scores=scores,
                 named_right=None if is_absent or not turn.masks else all(
+                    names_structure(text, names[m]) or codes_structure(seg_names, names[m])
+                    for m in turn.masks),
+                named_as_written=None if is_absent or not turn.masks else all(
                     names_structure(text, names[m]) for m in turn.masks),
                 absent_ok=(len(answer.segments) == 0) if is_absent else None,
                 seconds=seconds,
@@ -224,7 +248,8 @@ def evaluate(pipeline: Any, root: str | Path, split: str = "test", references: b
                 seg_names=seg_names,
                 presence=list(answer.presence),
                 comparative_ok=(comparison_agrees(text, [*earlier, *answer.segments])
-                                if turn.reasoning == "size" else None))
+                                if turn.reasoning == "size" else None),
+                engine_words=list(answer.engine_words))
             earlier.extend(answer.segments)
             if references and turn.masks and not is_absent:
                 assert oracle is not None

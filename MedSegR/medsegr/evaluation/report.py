@@ -52,8 +52,9 @@ def markdown(report: EvalReport) -> str:
     lines += [
         "### Text", "",
         "| measure | value |", "|---|---|",
-        f"| answers that name every expected structure | {_f(text['named_right_rate'])} "
-        f"(of {text['answers_with_structures']}) |",
+        f"| answers that name every expected structure (by name or vocabulary code) | "
+        f"{_f(text['named_right_rate'])} (of {text['answers_with_structures']}) |",
+        f"| … by the structure's own name | {_f(text.get('named_as_written_rate', float('nan')))} |",
         f"| absent-structure questions answered without a mask | "
         f"{_f(text['absent_without_mask_rate'])} (of {text['absent_questions']}) |",
         f"| absent-structure questions with a wrongly claimed mask | "
@@ -62,7 +63,9 @@ def markdown(report: EvalReport) -> str:
         f"{_f(text['facts_correct_rate'])} (of {text['facts_stated']}) |",
         f"| comparative answers that agree with the engine's measurements | "
         f"{_f(text.get('comparative_agree_rate', float('nan')))} "
-        f"(of {text.get('comparative_questions', 0)}) |", "",
+        f"(of {text.get('comparative_questions', 0)}) |",
+        f"| answers with a word the engine picked from its measurements | "
+        f"{text.get('answers_with_engine_words', 0)} (of {len(report.turns)}) |", "",
     ]
     return "\n".join(lines)
 
