@@ -132,6 +132,7 @@ class MeasuredWords:
         self._forced: list[int] = []
         self._ids = {word: self._token(" " + word) for word in (*_SIDES, *_SIZE_WORDS)}
         self._words = {tid: word for word, tid in self._ids.items() if tid is not None}
+        self._the = self._token(" the")
         #: what the engine chose, for the answer's record: (the model's word, the engine's)
         self.changes: list[tuple[str, str]] = []
 
@@ -148,6 +149,8 @@ class MeasuredWords:
             self._force(logits, self._forced.pop(0))
             return
         top = int(torch.argmax(logits))
+        if top not in self._words and (not generated or int(generated[-1]) != self._the):
+            return  # neither a side or size word nor the "the" before a conclusion's name
         raw = self.tokenizer.decode(list(generated), skip_special_tokens=False)
         measured = measured_names(self.earlier + "\n" + raw)
         text = _spoken(raw).rstrip()
