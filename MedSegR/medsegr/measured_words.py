@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from medsegr.answers import MEASURED_OPEN, MEASURED_SPAN_RE
+from medsegr.imaging.slicing import direction_matrix
 
 __all__ = ["MeasuredWords", "MeasuredName", "display_patient_left", "measured_names"]
 
@@ -96,8 +97,6 @@ def display_patient_left(direction: Sequence[float], axis: int, modality: str) -
     images without a patient orientation (``OT``)."""
     if modality == "OT":
         return None
-    from medsegr.imaging.slicing import direction_matrix
-
     normal = direction_matrix(tuple(direction))[:, 2 - axis]
     lps = int(np.argmax(np.abs(normal)))  # 0: L (sagittal), 1: P (coronal), 2: S (axial)
     return None if lps == 0 else "right"
@@ -168,8 +167,9 @@ class MeasuredWords:
     # -- the four forms ------------------------------------------------------------
     def _choose(self, top: int, text: str, measured: dict[str, MeasuredName]) -> str | None:
         sized = {k: m for k, m in measured.items() if m.size is not None}
-        if len(sized) >= 2 and _CONCLUSION_RE.search(text):
-            word = _CONCLUSION_RE.search(text).group(1).lower()  # type: ignore[union-attr]
+        conclusion = _CONCLUSION_RE.search(text) if len(sized) >= 2 else None
+        if conclusion is not None:
+            word = conclusion.group(1).lower()
             firsts = {self.tokenizer.encode(" " + m.name, add_special_tokens=False)[0] for m in sized.values()}
             if top not in firsts:
                 return None
@@ -225,7 +225,7 @@ class MeasuredWords:
 
     def _last_named(self, piece: str, measured: dict[str, MeasuredName]) -> MeasuredName | None:
         best: tuple[int, MeasuredName] | None = None
-        for key, m in measured.items():
+        for m in measured.values():
             for hit in re.finditer(rf"(?<![\w-]){re.escape(m.name)}(?![\w-])", piece, re.I):
                 if best is None or hit.end() > best[0] or hit.end() == best[0] and len(m.name) > len(best[1].name):
                     best = (hit.end(), m)
