@@ -40,17 +40,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsegr.answers import MEASURED_OPEN, MEASURED_SPAN_RE
+from medsegr.answers import MEASURED_OPEN, strip_measured_spans
 from medsegr.imaging.slicing import direction_matrix
+from medsegr.prompts import clean_answer
 
 __all__ = ["MeasuredWords", "MeasuredName", "display_patient_left", "measured_names"]
 
 _SIDES = ("left", "right")
 _SIZE_WORDS = ("larger", "bigger", "smaller")
-_TAG_RE = re.compile(r"</?p>")
-_SEG_RE = re.compile(r"\s*\[SEG\]")
-#: "<p>left lung</p> [SEG] (measured: 12.3 cm², patient's left, …)"
-_SPAN_RE = re.compile(r"<p>([^<]*)</p>\s*\[SEG\]" + re.escape(MEASURED_OPEN) + r"([^()]*)\)")
 _SIZE_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(cm²|mL)")
 _SIDE_RE = re.compile(r"patient's (left|right)")
 _CONCLUSION_RE = re.compile(r"\bthe\s+(larger|bigger|smaller)(?:\s+one)?\s+(?:is|was)\s+the$", re.I)
@@ -73,12 +70,13 @@ class MeasuredName:
     side: str | None
 
 
-def measured_names(raw: str) -> dict[str, MeasuredName]:
-    """The measured structures of raw answer text (``<p>name</p> [SEG] (measured: …)``), by
-    lower-case name; a name measured twice keeps its last measurement. "not found" spans
-    are left out."""
+def measured_names(raw: str, seg_token: str = "[SEG]") -> dict[str, MeasuredName]:
+    """The measured structures of raw answer text (``<p>name</p> [SEG] (measured: …)``, with
+    the model's ``seg_token``), by lower-case name; a name measured twice keeps its last
+    measurement. "not found" spans are left out."""
+    spans = re.compile(r"<p>([^<]*)</p>\s*" + re.escape(seg_token) + re.escape(MEASURED_OPEN) + r"([^()]*)\)")
     out: dict[str, MeasuredName] = {}
-    for match in _SPAN_RE.finditer(raw):
+    for match in spans.finditer(raw):
         name, span = match.group(1).strip(), match.group(2)
         if not name or span.strip() == "not found":
             continue
@@ -102,11 +100,6 @@ def display_patient_left(direction: Sequence[float], axis: int, modality: str) -
     return None if lps == 0 else "right"
 
 
-def _spoken(raw: str) -> str:
-    """Raw answer text as read aloud: spans, tags and ``[SEG]`` markers removed."""
-    return _SEG_RE.sub("", _TAG_RE.sub("", MEASURED_SPAN_RE.sub("", raw)))
-
-
 def _piece_start(text: str, pattern: re.Pattern[str]) -> int:
     cuts = [m.end() for m in pattern.finditer(text)]
     return cuts[-1] if cuts else 0
@@ -122,10 +115,13 @@ class MeasuredWords:
 
     ``earlier``: the raw text of the conversation's earlier answers (their spans count as
     measured); ``patient_left``: the image side showing the patient's left on the slice
-    the model reads (:func:`display_patient_left`), None when unknown."""
+    the model reads (:func:`display_patient_left`), None when unknown; ``seg_token``:
+    the model's ``[SEG]`` marker."""
 
-    def __init__(self, tokenizer: Any, earlier: Sequence[str] = (), patient_left: str | None = None) -> None:
+    def __init__(self, tokenizer: Any, earlier: Sequence[str] = (), patient_left: str | None = None,
+                 seg_token: str = "[SEG]") -> None:
         self.tokenizer = tokenizer
+        self.seg_token = seg_token
         self.earlier = "\n".join(earlier)
         self.patient_left = patient_left
         self._forced: list[int] = []
@@ -151,8 +147,8 @@ class MeasuredWords:
         if top not in self._words and (not generated or int(generated[-1]) != self._the):
             return  # neither a side or size word nor the "the" before a conclusion's name
         raw = self.tokenizer.decode(list(generated), skip_special_tokens=False)
-        measured = measured_names(self.earlier + "\n" + raw)
-        text = _spoken(raw).rstrip()
+        measured = measured_names(self.earlier + "\n" + raw, self.seg_token)
+        text = clean_answer(strip_measured_spans(raw), self.seg_token)
         choice = self._choose(top, text, measured)
         if choice is None:
             return

@@ -525,7 +525,8 @@ class ChatSession:
         if not (cfg.model.measured_spans and cfg.generation.measured_words):
             return None
         return MeasuredWords(self.model.tokenizer, [t.answer for t in self.turns if t.answer],
-                             display_patient_left(self.image.direction, axis, self.image.modality))
+                             display_patient_left(self.image.direction, axis, self.image.modality),
+                             cfg.model.seg_token)
 
     def _side_run(self, axis: int, index: int, question: str, embedding: torch.Tensor,
                   hints: torch.Tensor | None = None) -> torch.Tensor:
