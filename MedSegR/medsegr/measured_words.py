@@ -23,7 +23,26 @@ those words itself while the model writes, in four forms:
   slices show the patient's left on the image right (radiological view); sagittal
   slices and images without a patient orientation have no image side of the patient.
 
-The model still decides whether to state such a fact, and where: the engine only acts
+A size question ("Which kidney is larger here?", "Is it smaller than the other one?") is
+answered in the trained form of a size answer, measuring before concluding:
+
+- the engine starts the answer with the word every trained size answer starts with,
+  "Measuring"; the model goes on ("both, the <p>left kidney</p> [SEG] and the …", "its
+  partner, the …");
+- after "its partner, the <p>" the engine writes the other-side partner
+  (:func:`medsegr.vocabulary.partner`) of the sided structure measured last in the
+  conversation ("left kidney" after the right kidney);
+- once the structures the model chose are measured (two in "Measuring both", else one
+  besides an earlier one), the engine writes the conclusion ": the larger is the ___"
+  ("smaller" when the question asks for the smaller) with the name of the structure its
+  measurements make the larger (smaller), as above.
+
+The model chooses which structures to measure; the engine never concludes without two
+measured sizes. An absent structure asked that way is measured, found absent ("not
+found") and declined: no conclusion is written without two sizes.
+
+Apart from the size answers' frame, the model decides whether to state a fact, and
+where: the engine only acts
 when the model's own next word is one of the words it chooses between (a side, a size
 word, or the first word of a measured name after a conclusion's "the"). A negated side
 ("not the patient's left") and a structure measured on both sides or on the midline are
@@ -43,8 +62,10 @@ import torch
 from medsegr.answers import MEASURED_OPEN, strip_measured_spans
 from medsegr.imaging.slicing import direction_matrix
 from medsegr.prompts import clean_answer
+from medsegr.vocabulary import partner
 
-__all__ = ["MeasuredWords", "MeasuredName", "display_patient_left", "measured_names"]
+__all__ = ["SIZE_OPENER", "MeasuredWords", "MeasuredName", "display_patient_left", "measured_names",
+           "size_question"]
 
 _SIDES = ("left", "right")
 _SIZE_WORDS = ("larger", "bigger", "smaller")
@@ -56,6 +77,12 @@ _IMAGE_RE = re.compile(r"\bimage(?:'|’)?s?$", re.I)
 _NEGATED_RE = re.compile(r"\b(?:not|rather\s+than|instead\s+of)\s+(?:(?:on|in|to|at|from)\s+)?(?:the\s+)?"
                          r"(?:patient(?:'|’)?s|image(?:'|’)?s?)$", re.I)
 _STATED_RE = re.compile(r"\b(patient(?:'|’)?s|image(?:'|’)?s?)\s+(left|right)\b", re.I)
+_SIZE_QUESTION_RE = re.compile(r"\b(?:larger|bigger|smaller|compares?\b[^.?!]*\bsize)\b", re.I)
+_SMALLER_RE = re.compile(r"\bsmaller\b", re.I)
+_BOTH_RE = re.compile(r"^\s*Measuring\s+both\b", re.I)
+_PARTNER_OPEN_RE = re.compile(r"^\s*Measuring\s+its\s+partner,\s+the\s+<p>$", re.I)
+#: the first word of every trained size answer ("Measuring both, …", "Measuring its partner, …")
+SIZE_OPENER = "Measuring"
 _CLAUSE_RE = re.compile(r"[,;:()]")
 _SENTENCE_RE = re.compile(r"[.!?](?=\s|$)")
 
@@ -88,6 +115,12 @@ def measured_names(raw: str, seg_token: str = "[SEG]") -> dict[str, MeasuredName
     return out
 
 
+def size_question(question: str) -> bool:
+    """Whether ``question`` asks to compare sizes ("Which lung looks smaller here?", "Is
+    it larger than the other one?", "How does it compare in size with its partner?")."""
+    return bool(_SIZE_QUESTION_RE.search(question))
+
+
 def display_patient_left(direction: Sequence[float], axis: int, modality: str) -> str | None:
     """The image side ("right") that shows the patient's left on slices along numpy
     ``axis`` of an image with ``direction``: axial and coronal slices are shown in the
@@ -116,15 +149,24 @@ class MeasuredWords:
     ``earlier``: the raw text of the conversation's earlier answers (their spans count as
     measured); ``patient_left``: the image side showing the patient's left on the slice
     the model reads (:func:`display_patient_left`), None when unknown; ``seg_token``:
-    the model's ``[SEG]`` marker."""
+    the model's ``[SEG]`` marker; ``question``: the question answered (a size question
+    opens with :data:`SIZE_OPENER`)."""
 
     def __init__(self, tokenizer: Any, earlier: Sequence[str] = (), patient_left: str | None = None,
-                 seg_token: str = "[SEG]") -> None:
+                 seg_token: str = "[SEG]", question: str = "") -> None:
         self.tokenizer = tokenizer
         self.seg_token = seg_token
         self.earlier = "\n".join(earlier)
         self.patient_left = patient_left
         self._forced: list[int] = []
+        self._opener = (self.tokenizer.encode(SIZE_OPENER, add_special_tokens=False)
+                        if size_question(question) else [])
+        #: a size answer's conclusion word, from the question
+        self._conclusion_word = "smaller" if _SMALLER_RE.search(question) else "larger"
+        self._seg_id = tokenizer.convert_tokens_to_ids(seg_token)
+        self._scanned = 0         # tokens of the answer already looked at for a new [SEG]
+        self._concluded = False   # the size answer's conclusion is written
+        self._name_next = False   # the next word is the conclusion's name: the engine's
         self._ids = {word: self._token(" " + word) for word in (*_SIDES, *_SIZE_WORDS)}
         self._words = {tid: word for word, tid in self._ids.items() if tid is not None}
         self._the = self._token(" the")
@@ -144,6 +186,17 @@ class MeasuredWords:
             self._force(logits, self._forced.pop(0))
             return
         top = int(torch.argmax(logits))
+        if not generated and self._opener:
+            if top != self._opener[0]:
+                self.changes.append((self.tokenizer.decode([top]).strip(), SIZE_OPENER))
+            self._force(logits, self._opener[0])
+            self._forced = list(self._opener[1:])
+            return
+        if self._opener and not self._concluded:
+            frame = self._size_frame(generated)
+            if frame is not None:
+                self._write(logits, top, frame)
+                return
         if top not in self._words and (not generated or int(generated[-1]) != self._the):
             return  # neither a side or size word nor the "the" before a conclusion's name
         raw = self.tokenizer.decode(list(generated), skip_special_tokens=False)
@@ -160,6 +213,51 @@ class MeasuredWords:
         self._force(logits, ids[0])
         self._forced = ids[1:]
 
+    # -- a size answer's frame ------------------------------------------------------
+    def _write(self, logits: torch.Tensor, top: int, text: str) -> None:
+        """Force ``text`` from this step on (its first token now, the rest on the next
+        steps) and put it on record when the model's own next token was another."""
+        ids = [int(t) for t in self.tokenizer.encode(text, add_special_tokens=False)]
+        if ids[0] != top:
+            self.changes.append((self.tokenizer.decode([top]).strip(), text.strip(" :;,")))
+        self._force(logits, ids[0])
+        self._forced = ids[1:]
+
+    def _size_frame(self, generated: Sequence[int]) -> str | None:
+        """In a size answer: the partner's name after "Measuring its partner, the <p>",
+        and the conclusion's opening once the structures the answer measures are
+        measured (module docstring); None where the model goes on by itself."""
+        new = generated[self._scanned:]
+        self._scanned = len(generated)
+        if len(generated) <= 12:
+            raw = self.tokenizer.decode(list(generated), skip_special_tokens=False)
+            if _PARTNER_OPEN_RE.search(raw):
+                return self._partner_name()
+        if self._seg_id not in new:
+            return None
+        raw = self.tokenizer.decode(list(generated), skip_special_tokens=False)
+        if not raw.rstrip().endswith(")"):
+            return None  # the [SEG]'s span is not in yet (no measured spans)
+        now = {k for k, m in measured_names(raw, self.seg_token).items() if m.size is not None}
+        every = {k for k, m in measured_names(self.earlier + "\n" + raw, self.seg_token).items()
+                 if m.size is not None}
+        both = bool(_BOTH_RE.search(clean_answer(raw, self.seg_token)))
+        if len(now) < (2 if both else 1) or len(every) < 2:
+            return None
+        self._concluded = True
+        self._name_next = True
+        return f": the {self._conclusion_word} is the"
+
+    def _partner_name(self) -> str | None:
+        names = [m.group(1).strip() for m in re.finditer(
+            r"<p>([^<]*)</p>\s*" + re.escape(self.seg_token) + re.escape(MEASURED_OPEN) + r"(?!not found)",
+            self.earlier)]
+        for name in reversed(names):
+            other = partner(name)
+            if other is not None:
+                return other.name
+        return None
+
     # -- the four forms ------------------------------------------------------------
     def _choose(self, top: int, text: str, measured: dict[str, MeasuredName]) -> str | None:
         sized = {k: m for k, m in measured.items() if m.size is not None}
@@ -167,8 +265,9 @@ class MeasuredWords:
         if conclusion is not None:
             word = conclusion.group(1).lower()
             firsts = {self.tokenizer.encode(" " + m.name, add_special_tokens=False)[0] for m in sized.values()}
-            if top not in firsts:
+            if top not in firsts and not self._name_next:
                 return None
+            self._name_next = False
             pick = (min if word == "smaller" else max)(sized.values(), key=lambda m: m.size or 0.0)
             if sum(m.size == pick.size for m in sized.values()) > 1:
                 return None  # a tie: nothing to conclude from

@@ -433,7 +433,7 @@ class ChatSession:
             report("answering", 0, 0)
             spanned: list[tuple[np.ndarray, float]] = []
             span_s = [0.0]
-            guide = self._measured_words(ax)
+            guide = self._measured_words(ax, question)
             with self.pipeline.lock:
                 gen = generate(self.model, keys, self._visual_bank,
                                max_new_tokens or cfg.generation.max_new_tokens, self.state,
@@ -518,15 +518,15 @@ class ChatSession:
             return [(lo + hi) // 2]
         return sorted({int(round(v)) for v in np.linspace(lo, hi, count + 2)[1:-1]})
 
-    def _measured_words(self, axis: int) -> MeasuredWords | None:
-        """The measurement-guided words of one answer on slices along ``axis`` (None
-        without measured spans or with ``[generation] measured_words`` off)."""
+    def _measured_words(self, axis: int, question: str = "") -> MeasuredWords | None:
+        """The measurement-guided words of one answer to ``question`` on slices along
+        ``axis`` (None without measured spans or with ``[generation] measured_words`` off)."""
         cfg = self.model.config
         if not (cfg.model.measured_spans and cfg.generation.measured_words):
             return None
         return MeasuredWords(self.model.tokenizer, [t.answer for t in self.turns if t.answer],
                              display_patient_left(self.image.direction, axis, self.image.modality),
-                             cfg.model.seg_token)
+                             cfg.model.seg_token, question)
 
     def _side_run(self, axis: int, index: int, question: str, embedding: torch.Tensor,
                   hints: torch.Tensor | None = None) -> torch.Tensor:

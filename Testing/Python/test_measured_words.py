@@ -15,7 +15,7 @@ import torch
 from helpers import force_text
 from medsegr.answers import Measurement, Turn, measured_span
 from medsegr.evaluation.comparisons import comparative_claim
-from medsegr.measured_words import MeasuredWords, display_patient_left, measured_names
+from medsegr.measured_words import MeasuredWords, display_patient_left, measured_names, size_question
 from medsegr.modeling.generation import generate, prompt_keys
 
 
@@ -76,6 +76,64 @@ def test_a_follow_up_compares_with_what_was_measured_before(tiny_model):
     out = _write(tok, f"Measuring its partner, the <p>left kidney</p> [SEG]§{_span(5.9, 'left')}§: "
                       "the larger is the left kidney.", guide)
     assert out.endswith("the larger is the right kidney.")
+
+
+def test_a_size_question_is_answered_by_measuring_first(tiny_model):
+    """A size question opens with the trained "Measuring" (both, or its partner), so that the
+    conclusion can follow measured spans; the changed first word is on record. Other
+    questions, and size questions answered that way already, are left to the model."""
+    tok = tiny_model.tokenizer
+    for question in ("Which lung looks smaller here? Segment it.", "Is it larger than the other one?",
+                     "How does it compare in size with its partner? Segment the partner.",
+                     "Is the other kidney bigger?"):
+        assert size_question(question), question
+        guide = MeasuredWords(tok, patient_left="right", question=question)
+        out = _write(tok, "The left lung is smaller.", guide)
+        assert out.startswith("Measuring left lung"), out  # the scripted model goes on with its own text
+        assert guide.changes == [("The", "Measuring")]
+    for question in ("Segment the left lung.", "Which is the largest organ on this slice?",
+                     "Which kidney is on the patient's left?", "What does the liver look like here?"):
+        assert not size_question(question), question
+        guide = MeasuredWords(tok, patient_left="right", question=question)
+        assert _write(tok, "The left lung is smaller.", guide) == "The left lung is smaller."
+        assert guide.changes == []
+    guide = MeasuredWords(tok, patient_left="right", question="Segment the smaller lung.")
+    left, right = _both(80.4, 95.1)
+    out = _write(tok, f"Measuring both, the <p>left lung</p> [SEG]§{left}§ and the <p>right lung</p> [SEG]"
+                      f"§{right}§: the smaller is the left lung.", guide)
+    assert out.endswith("the smaller is the left lung.") and guide.changes == []
+
+
+def test_a_size_answer_concludes_once_both_are_measured(tiny_model):
+    """After "Measuring both" and two measured spans the engine writes the conclusion the
+    question asks for, naming what its measurements make the smaller (larger), whatever
+    the model would have written there; after "Measuring its partner, the <p>" it writes
+    the other-side partner of the structure measured before."""
+    tok = tiny_model.tokenizer
+    left, right = _both(80.4, 95.1)
+    both = (f"Measuring both, the <p>left lung</p> [SEG]§{left}§ and the <p>right lung</p> [SEG]§{right}§"
+            " in the chest, on both sides of the heart.")
+    guide = MeasuredWords(tok, patient_left="right", question="Which lung looks smaller here? Segment it.")
+    out = _write(tok, both, guide)
+    assert f"{right}: the smaller is the left lung" in out, out
+    # on record: the frame, and the name where the model's next word was another
+    assert guide.changes == [("in", "the smaller is the"), ("both", "left lung")]
+    assert comparative_claim(out.split("§")[-1], ["left lung", "right lung"]) == ("left lung", "smaller")
+    guide = MeasuredWords(tok, patient_left="right", question="Segment the larger lung.")
+    assert f"{right}: the larger is the right lung" in _write(tok, both, guide)
+    # one measured, one not found: nothing to conclude from
+    absent = (f"Measuring both, the <p>left kidney</p> [SEG]§{left}§ and the <p>right kidney</p> [SEG]"
+              " (measured: not found).")
+    guide = MeasuredWords(tok, question="Which kidney is larger here?")
+    assert _write(tok, absent, guide).endswith("(measured: not found).") and guide.changes == []
+
+    earlier = "The <p>right kidney</p> [SEG]" + _span(21.6, "right") + "."
+    guide = MeasuredWords(tok, [earlier], patient_left="right", question="Is it larger than the other one?")
+    out = _write(tok, f"Measuring its partner, the <p>right kidney</p> [SEG]§{_span(5.9, 'left')}§, below "
+                      "the liver and beside the spine, as before.", guide)
+    assert out.startswith("Measuring its partner, the <p>left kidney</p> [SEG]"), out
+    assert "): the larger is the right kidney" in out, out
+    assert guide.changes[:2] == [("right", "left kidney"), (",", "the larger is the")]
 
 
 def test_nothing_is_concluded_for_the_model_without_two_measurements(tiny_model):
@@ -199,3 +257,4 @@ def test_a_slice_answer_concludes_from_what_the_engine_measured(tiny_pipeline, m
         else:
             assert answer.text.endswith("the larger is the left lung.") and answer.engine_words == []
             assert not comparison_agrees(answer.text, answer.segments)
+

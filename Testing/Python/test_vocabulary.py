@@ -160,6 +160,16 @@ def test_region_keeps_the_side_of_its_structure():
     assert entry.name == "left kidney lesion" and entry.type_modifier is None
 
 
+def test_a_sided_structure_has_its_partner_on_the_other_side():
+    for name, other in (("left kidney", "right kidney"), ("Right lung", "left lung"),
+                        ("left cerebral hemisphere", "right cerebral hemisphere"),
+                        ("right kidneys", "left kidney")):
+        assert vocabulary.partner(name).name == other, name
+    # no side, a finding (its side is its organ's), no entry: no partner
+    for name in ("liver", "lungs", "left lung lesion", "heart", "segment 1"):
+        assert vocabulary.partner(name) is None, name
+
+
 def test_a_name_with_no_code_is_kept_as_free_text():
     for name in ("segment 1", "the thing", "", "  "):
         assert vocabulary.lookup(name) is None

@@ -33,6 +33,7 @@ __all__ = [
     "get",
     "lookup",
     "normalise",
+    "partner",
     "segment_terminology",
     "slicer_terminology_string",
 ]
@@ -224,6 +225,16 @@ def _sided(base: AnatomyEntry, side: str) -> AnatomyEntry:
         return base  # the liver has no side: "left liver" is the liver
     return replace(base, key=f"{side}_{base.key}", name=f"{side} {base.name}", side=side,
                    type_modifier=_SIDE_CODES[side], synonyms=())
+
+
+def partner(name: str) -> AnatomyEntry | None:
+    """The same structure on the other side of the body ("left kidney": the right kidney);
+    None for a name without an entry, a structure without a side, and a finding."""
+    entry = lookup(name)
+    if entry is None or entry.side not in ("left", "right") or entry.kind == "finding":
+        return None
+    other = _sided(entry, "right" if entry.side == "left" else "left")
+    return other if other.side != entry.side else None
 
 
 def _with_side(text: str) -> AnatomyEntry | None:
