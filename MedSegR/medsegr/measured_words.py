@@ -41,6 +41,13 @@ The model chooses which structures to measure; the engine never concludes withou
 measured sizes. An absent structure asked that way is measured, found absent ("not
 found") and declined: no conclusion is written without two sizes.
 
+A side stated before its structure is measured ("The right lung lies on the image ___:
+the <p>right lung</p> [SEG]") cannot be chosen while the model writes it. When the answer
+is complete, :meth:`MeasuredWords.settle` reads every stated side again, with all the
+measurements of the answer, by the same rules (and in the form "the ___ of the image"),
+and puts the measured side where the model's differs. The answer text and the
+conversation carry the settled side; each change is on record like the others.
+
 Apart from the size answers' frame, the model decides whether to state a fact, and
 where: the engine only acts
 when the model's own next word is one of the words it chooses between (a side, a size
@@ -83,6 +90,13 @@ _BOTH_RE = re.compile(r"^\s*Measuring\s+both\b", re.I)
 _PARTNER_OPEN_RE = re.compile(r"^\s*Measuring\s+its\s+partner,\s+the\s+<p>$", re.I)
 #: the first word of every trained size answer ("Measuring both, …", "Measuring its partner, …")
 SIZE_OPENER = "Measuring"
+#: a stated side, for :meth:`MeasuredWords.settle`: "patient's left", "image right" (group
+#: 1: patient or image, 2: the side), "the left of the image" (3: the side)
+_MENTION_RE = re.compile(r"\b(patient(?:'|’)?s|image(?:'s|’s)?)\s+(left|right)\b"
+                         r"|\b(left|right)(?=\s+(?:side\s+|half\s+)?of\s+the\s+(?:image|picture)\b)", re.I)
+_NEGATED_PLAIN_RE = re.compile(r"\b(?:not|rather\s+than|instead\s+of)\s+(?:(?:on|in|to|at|from)\s+)?"
+                               r"(?:the\s+)?$", re.I)
+_SPAN_RE = re.compile(re.escape(MEASURED_OPEN) + r"[^()]*\)")
 _CLAUSE_RE = re.compile(r"[,;:()]")
 _SENTENCE_RE = re.compile(r"[.!?](?=\s|$)")
 
@@ -213,6 +227,44 @@ class MeasuredWords:
         self._force(logits, ids[0])
         self._forced = ids[1:]
 
+    # -- after the answer ------------------------------------------------------------
+    def settle(self, raw: str) -> str:
+        """``raw``, the complete answer (``<p>`` names, ``[SEG]`` markers, measured spans),
+        with each stated patient or image side that the answer's measurements decide
+        otherwise replaced by the measured one (module docstring). Spans and names are
+        left as they are; each change is added to :attr:`changes`."""
+        measured = measured_names(self.earlier + "\n" + raw, self.seg_token)
+        if not measured:
+            return raw
+        out: list[str] = []
+        spoken = ""  # the answer so far without its spans: what the rules read
+        pos = 0
+        for span in [*_SPAN_RE.finditer(raw), None]:
+            end = span.start() if span is not None else len(raw)
+            piece = self._settle_piece(spoken, raw[pos:end], measured)
+            out.append(piece)
+            spoken += piece
+            if span is not None:
+                out.append(span.group(0))
+                pos = span.end()
+        return "".join(out)
+
+    def _settle_piece(self, spoken: str, piece: str, measured: dict[str, MeasuredName]) -> str:
+        done = ""  # the piece up to ``cursor``, settled
+        cursor = 0
+        for mention in _MENTION_RE.finditer(piece):
+            plain = mention.group(3) is not None  # "the left of the image"
+            word, at = (mention.group(3), mention.start(3)) if plain else (mention.group(2), mention.start(2))
+            before = clean_answer(spoken + done + piece[cursor:at], self.seg_token)
+            choice = self._side(before, measured, "image" if plain else None)
+            done += piece[cursor:at]
+            if choice is not None and choice != word.lower():
+                self.changes.append((word.lower(), choice))
+                word = choice.capitalize() if word[0].isupper() else choice
+            done += word
+            cursor = at + len(mention.group(3) if plain else mention.group(2))
+        return done + piece[cursor:]
+
     # -- a size answer's frame ------------------------------------------------------
     def _write(self, logits: torch.Tensor, top: int, text: str) -> None:
         """Force ``text`` from this step on (its first token now, the rest on the next
@@ -295,12 +347,20 @@ class MeasuredWords:
             return "smaller"
         return None
 
-    def _side(self, text: str, measured: dict[str, MeasuredName]) -> str | None:
-        patient = bool(_PATIENT_RE.search(text))
-        if not patient and not _IMAGE_RE.search(text):
-            return None
-        if _NEGATED_RE.search(text):
-            return None
+    def _side(self, text: str, measured: dict[str, MeasuredName], kind: str | None = None) -> str | None:
+        """The side word after ``text``: of the patient when ``text`` ends with "the
+        patient's", of the image when it ends with "the image" or ``kind`` is "image"
+        (the form "the ___ of the image")."""
+        if kind is None:
+            patient = bool(_PATIENT_RE.search(text))
+            if not patient and not _IMAGE_RE.search(text):
+                return None
+            if _NEGATED_RE.search(text):
+                return None
+        else:
+            patient = kind == "patient"
+            if _NEGATED_PLAIN_RE.search(text):
+                return None
         for start in (_piece_start(text, _CLAUSE_RE), _piece_start(text, _SENTENCE_RE)):
             piece = text[start:]
             named = self._last_named(piece, measured)

@@ -446,6 +446,8 @@ class ChatSession:
             if streamer is not None and streamer.cancelled:
                 raise Cancelled("the request was cancelled")
             raw = self.model.tokenizer.decode(gen.token_ids, skip_special_tokens=False)
+            if guide is not None:
+                raw = guide.settle(raw)  # sides stated before their structure was measured
             turn.answer = raw
             seg_states = {center: self._queries(gen)}
             for k in keys_idx:  # extra key slices: side runs, outside the conversation

@@ -258,3 +258,67 @@ def test_a_slice_answer_concludes_from_what_the_engine_measured(tiny_pipeline, m
             assert answer.text.endswith("the larger is the left lung.") and answer.engine_words == []
             assert not comparison_agrees(answer.text, answer.segments)
 
+
+def test_a_side_stated_before_its_structure_was_measured_is_settled_after(tiny_model):
+    """Once the answer is complete, a side stated before its structure's ``[SEG]`` is read
+    again with the answer's measurements: the measured side replaces the model's, in the
+    forms "the image ___", "the patient's ___" and "the ___ of the image"; spans, names,
+    negated sides and unmeasured structures are left alone."""
+    tok = tiny_model.tokenizer
+    right, heart = _span(95.1, "right"), _span(60.2, "left")
+    raw = f"The right lung lies on the image right of the chest: the <p>right lung</p> [SEG]{right}."
+    guide = MeasuredWords(tok, patient_left="right")
+    assert guide.settle(raw) == raw.replace("image right of", "image left of")
+    assert guide.changes == [("right", "left")]
+    raw = (f"The heart sits on the Right of the image, on the patient's right: the <p>heart</p> [SEG]{heart}; "
+           f"the <p>right lung</p> [SEG]{right} is on the patient's right.")
+    guide = MeasuredWords(tok, patient_left="right")
+    settled = guide.settle(raw)
+    assert settled == raw.replace("patient's right:", "patient's left:"), settled
+    assert guide.changes == [("right", "left")]  # the image right is the heart's (radiological view)
+    raw = f"The heart is on the left of the image: the <p>heart</p> [SEG]{heart}."
+    guide = MeasuredWords(tok, patient_left="right")
+    assert guide.settle(raw) == raw.replace("the left of", "the right of") and guide.changes == [("left", "right")]
+    for raw in (f"The right lung is not on the image right: the <p>right lung</p> [SEG]{right}.",
+                f"The liver is on the image left; the <p>right lung</p> [SEG]{right}.",
+                "The left lung lies on the image right: the <p>left lung</p> [SEG] (measured: not found)."):
+        guide = MeasuredWords(tok, patient_left="right")
+        assert guide.settle(raw) == raw and guide.changes == [], raw
+    # no radiological view known (a sagittal slice): image sides are not settled
+    raw = f"The right lung lies on the image right: the <p>right lung</p> [SEG]{right}."
+    guide = MeasuredWords(tok, patient_left=None)
+    assert guide.settle(raw) == raw
+
+
+def test_a_slice_answer_carries_the_settled_side(tiny_pipeline, monkeypatch):
+    """Through ``ChatSession.ask``: the model states the image side of the right lung before
+    its ``[SEG]``; the engine measures the mask on the patient's right and settles the
+    side, in the answer, its record and the conversation; with ``measured_words`` off the
+    model's word stays."""
+    from medsegr.io.images import image_from_array
+
+    from test_measured_spans import spans_on
+
+    z, y, x = np.mgrid[0:3, 0:48, 0:64]
+    right_lung = ((y - 24) / 14.0) ** 2 + ((x - 18) / 10.0) ** 2 <= 1  # low x: the patient's right (LPS)
+    hu = np.where(right_lung, -840.0, 40.0)
+    image = image_from_array(hu.astype(np.float32), spacing=(1.0, 1.0, 2.0), modality="CT")
+    script = "The right lung lies on the image right: the <p>right lung</p> [SEG]."
+    model = tiny_pipeline.model
+    for words in (True, False):
+        with spans_on(model):
+            model.config.generation.measured_words = words
+            session = tiny_pipeline.new_session(image)
+            monkeypatch.setattr(session, "_decode", lambda *a, **k: ([right_lung], [0.99]))
+            try:
+                with force_text(model, script):
+                    answer = session.ask("Segment the right lung.", slice_index=1, max_new_tokens=48)
+            finally:
+                model.config.generation.measured_words = True
+        assert answer.segments[0].measured.side == "right", answer.raw_text
+        if words:
+            assert answer.text.startswith("The right lung lies on the image left:"), answer.text
+            assert answer.engine_words == [("right", "left")]
+            assert "image left" in session.turns[-1].answer and "image left" in answer.raw_text
+        else:
+            assert answer.text.startswith("The right lung lies on the image right:") and answer.engine_words == []
