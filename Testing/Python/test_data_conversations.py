@@ -286,7 +286,7 @@ def _heldout_patterns() -> list[re.Pattern[str]]:
 
     out = []
     for template in (*conv.HELDOUT_EXPLICIT_Q, *conv.HELDOUT_IMPLICIT_Q, *conv.HELDOUT_ABSENT_Q,
-                     conv.HELDOUT_ABSENT_CLUE_Q):
+                     conv.HELDOUT_ABSENT_CLUE_Q, *(q for qs in conv.HELDOUT_SIZE_Q.values() for q in qs)):
         parts = re.split(r"\{[a-z_]+\}", template)
         out.append(re.compile(".+".join(re.escape(p) for p in parts) + "$"))
     return out
@@ -326,11 +326,21 @@ def test_the_test_split_gets_one_heldout_record_per_slice_and_the_others_do_not_
                                  count=3, rng=random.Random(5), heldout_templates=heldout)
 
     plain, with_heldout = build(False), build(True)
-    assert with_heldout[:-1] == plain and len(with_heldout) == len(plain) + 1
-    extra = with_heldout[-1]
-    assert extra.id == "x-axi-003-t0" and extra.attributes[TEMPLATES_ATTRIBUTE] == "heldout"
-    assert any(p.match(extra.conversation[0].question) for p in _heldout_patterns())
+    # the slice's kidneys differ in size: a held-out size question too
+    assert with_heldout[:-2] == plain and len(with_heldout) == len(plain) + 2
+    for extra, suffix in zip(with_heldout[-2:], ("t0", "t1")):
+        assert extra.id == f"x-axi-003-{suffix}" and extra.attributes[TEMPLATES_ATTRIBUTE] == "heldout"
+        assert any(p.match(extra.conversation[0].question) for p in _heldout_patterns())
+    size = with_heldout[-1].conversation[0]
+    assert size.reasoning == "size" and len(size.masks) == 2 and size.answer.startswith("Measuring both")
     assert all(TEMPLATES_ATTRIBUTE not in r.attributes for r in plain)
+    # no pair of clearly different size on the slice: no size record
+    masks = _masks()
+    masks["left_kidney"] = np.flip(masks["right_kidney"], axis=1)
+    same = records_for_scene(_scene(masks), _specs(), SliceRef("images/x.nii.gz", "axial", 3, "axial"),
+                             record_id="x-axi-003", subject="x", source="s", modality="CT", count=3,
+                             rng=random.Random(5), heldout_templates=True)
+    assert [r.id[-2:] for r in same if TEMPLATES_ATTRIBUTE in r.attributes] == ["t0"]
 
 
 def test_an_absent_structure_is_named_as_a_present_one_would_be(turns):

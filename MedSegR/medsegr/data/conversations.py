@@ -56,8 +56,9 @@ import numpy as np
 from medsegr.data.knowledge import Structure, absent_candidates
 from medsegr.data.records import SEG_TOKEN, Turn, absent_key
 
-__all__ = ["ANSWER_BUDGET", "SIDED_PLANES", "Absence", "Item", "Scene", "answer_cost", "make_conversation",
-           "measure", "midline_column", "seg"]
+__all__ = ["ANSWER_BUDGET", "HELDOUT_SIZE_Q", "SIDED_PLANES", "Absence", "Item", "Scene", "answer_cost",
+           "make_conversation", "make_heldout_conversation", "make_heldout_size_conversation", "measure",
+           "midline_column", "seg"]
 
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight",
                  9: "nine", 10: "ten"}
@@ -271,6 +272,16 @@ HELDOUT_ABSENT_Q = (
     "Trace the boundary of the {n}.",
 )
 HELDOUT_ABSENT_CLUE_Q = "I am looking for the {noun} that {clue}; please isolate it."
+#: size questions in the held-out wordings (:func:`make_heldout_size_conversation`), by
+#: the size asked for; ``{noun}`` is the pair's noun ("kidney")
+HELDOUT_SIZE_Q = {
+    "larger": ("Of the two {noun}s, which one is larger on this image? Produce a mask for it.",
+               "I need the bigger {noun} delineated on this image.",
+               "Please isolate whichever {noun} is larger."),
+    "smaller": ("Of the two {noun}s, which one is smaller on this image? Produce a mask for it.",
+                "I need the smaller {noun} delineated on this image.",
+                "Please isolate whichever {noun} is smaller."),
+}
 #: the record attribute that marks a held-out-wording record
 TEMPLATES_ATTRIBUTE = "templates"
 
@@ -547,7 +558,8 @@ def _laterality(scene: Scene, rng: random.Random) -> Generated | None:
     return Turn(question, "implicit", _fit(rng, options), (item.key,), "laterality"), [item.key]
 
 
-def _size(scene: Scene, rng: random.Random) -> Generated | None:
+def _size(scene: Scene, rng: random.Random,
+          wordings: Mapping[str, tuple[str, ...]] | None = None) -> Generated | None:
     pairs = []
     for item in scene.items.values():
         other = scene.sided_pair(item.key)
@@ -567,6 +579,8 @@ def _size(scene: Scene, rng: random.Random) -> Generated | None:
         question = rng.choice((f"Segment the smaller {noun}.", f"Which {noun} looks smaller here? "
                                "Segment it.", f"Outline the smaller of the two {noun}s."))
         chosen, other, word = small, big, "smaller"
+    if wordings is not None:  # the same question in other words (the held-out family)
+        question = rng.choice(wordings[word]).format(noun=noun)
     # both are segmented, in a random order, and the comparison follows their measured
     # spans: the areas are the engine's, never the model's
     first, second = (chosen, other) if rng.random() < 0.5 else (other, chosen)
@@ -934,3 +948,12 @@ def make_heldout_conversation(scene: Scene, rng: random.Random) -> list[Turn]:
         if made is not None:
             return [made[0]]
     return []
+
+
+def make_heldout_size_conversation(scene: Scene, rng: random.Random) -> list[Turn]:
+    """One single-turn size question ("Of the two kidneys, which one is larger on this
+    image?") in the held-out wordings (:data:`HELDOUT_SIZE_Q`), with the answer the
+    training wordings would get; empty when the slice has no sided pair of clearly
+    different size."""
+    made = _size(scene, rng, HELDOUT_SIZE_Q)
+    return [] if made is None else [made[0]]

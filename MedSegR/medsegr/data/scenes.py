@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from medsegr.data.conversations import (TEMPLATES_ATTRIBUTE, Absence, Item, Scene, containment,
-                                       make_conversation, make_heldout_conversation, measure,
+                                       make_conversation, make_heldout_conversation,
+                                       make_heldout_size_conversation, measure,
                                        midline_column)
 from medsegr.data.knowledge import Structure
 from medsegr.data.records import MaskRef, Record, Turn
@@ -151,9 +152,11 @@ def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceR
 
     With ``heldout_templates`` (the test split) one more record, ``RECORD_ID-t0``, asks
     a single question in the held-out wordings
-    (:func:`medsegr.data.conversations.make_heldout_conversation`), with the attribute
-    ``templates = "heldout"``; its random numbers come from its own generator, so the
-    other records are what they would be without it."""
+    (:func:`medsegr.data.conversations.make_heldout_conversation`), and where the slice
+    has a sided pair of clearly different size, ``RECORD_ID-t1`` asks a size question in
+    them (:func:`~medsegr.data.conversations.make_heldout_size_conversation`); both have
+    the attribute ``templates = "heldout"`` and their own random generators, so the
+    other records are what they would be without them."""
     refs = [MaskRef(key=key, file=specs[key].file, label=specs[key].label, name=item.name,
                     snomed=specs[key].entry.snomed) for key, item in scene.items.items()]
     records: list[Record] = []
@@ -180,4 +183,7 @@ def records_for_scene(scene: Scene, specs: Mapping[str, MaskSpec], where: SliceR
         turns = make_heldout_conversation(scene, random.Random(f"{record_id}|heldout-templates"))
         if turns:
             add("t0", turns, windows[0] if windows else None, {TEMPLATES_ATTRIBUTE: "heldout"})
+        turns = make_heldout_size_conversation(scene, random.Random(f"{record_id}|heldout-size"))
+        if turns:
+            add("t1", turns, windows[0] if windows else None, {TEMPLATES_ATTRIBUTE: "heldout"})
     return records
