@@ -26,12 +26,15 @@ those words itself while the model writes, in four forms:
 A size question ("Which kidney is larger here?", "Is it smaller than the other one?") is
 answered in the trained form of a size answer, measuring before concluding:
 
-- the engine starts the answer with the word every trained size answer starts with,
-  "Measuring"; the model goes on ("both, the <p>left kidney</p> [SEG] and the …", "its
-  partner, the …");
-- after "its partner, the <p>" the engine writes the other-side partner
-  (:func:`medsegr.vocabulary.partner`) of the sided structure measured last in the
-  conversation ("left kidney" after the right kidney);
+- the engine starts the answer as every trained size answer starts: "Measuring both,
+  the <p>" when nothing was measured before in the conversation (the model names the
+  first structure), else "Measuring" (the model goes on with "its partner, the …" or
+  "both, the …");
+- once the first structure of "Measuring both" is measured, the engine goes on with
+  " and the <p>" and its other-side partner (:func:`medsegr.vocabulary.partner`: the
+  right kidney after the left kidney), and after "its partner, the <p>" it writes the
+  partner of the sided structure measured last in the conversation; a structure
+  without a partner (the lungs) is left to the model;
 - once the structures the model chose are measured (two in "Measuring both", else one
   besides an earlier one), the engine writes the conclusion ": the larger is the ___"
   ("smaller" when the question asks for the smaller) with the name of the structure its
@@ -85,6 +88,7 @@ _NEGATED_RE = re.compile(r"\b(?:not|rather\s+than|instead\s+of)\s+(?:(?:on|in|to
                          r"(?:patient(?:'|’)?s|image(?:'|’)?s?)$", re.I)
 _STATED_RE = re.compile(r"\b(patient(?:'|’)?s|image(?:'|’)?s?)\s+(left|right)\b", re.I)
 _SIZE_QUESTION_RE = re.compile(r"\b(?:larger|bigger|smaller|compares?\b[^.?!]*\bsize)\b", re.I)
+_QUANTITY_RE = re.compile(r"\d\s*(?:mm|cm|ml|millimet|centimet)", re.I)
 _SMALLER_RE = re.compile(r"\bsmaller\b", re.I)
 _BOTH_RE = re.compile(r"^\s*Measuring\s+both\b", re.I)
 _PARTNER_OPEN_RE = re.compile(r"^\s*Measuring\s+its\s+partner,\s+the\s+<p>$", re.I)
@@ -130,9 +134,10 @@ def measured_names(raw: str, seg_token: str = "[SEG]") -> dict[str, MeasuredName
 
 
 def size_question(question: str) -> bool:
-    """Whether ``question`` asks to compare sizes ("Which lung looks smaller here?", "Is
-    it larger than the other one?", "How does it compare in size with its partner?")."""
-    return bool(_SIZE_QUESTION_RE.search(question))
+    """Whether ``question`` asks to compare the sizes of two structures ("Which lung looks
+    smaller here?", "Is it larger than the other one?", "How does it compare in size with
+    its partner?"); a size against a number ("a lesion larger than 2 cm") is not."""
+    return bool(_SIZE_QUESTION_RE.search(question)) and not _QUANTITY_RE.search(question)
 
 
 def display_patient_left(direction: Sequence[float], axis: int, modality: str) -> str | None:
@@ -173,19 +178,27 @@ class MeasuredWords:
         self.earlier = "\n".join(earlier)
         self.patient_left = patient_left
         self._forced: list[int] = []
-        self._opener = (self.tokenizer.encode(SIZE_OPENER, add_special_tokens=False)
+        # with nothing measured before, a comparison measures both now
+        opener = SIZE_OPENER if self._earlier_names() else SIZE_OPENER + " both, the <p>"
+        self._opener = (self.tokenizer.encode(opener, add_special_tokens=False)
                         if size_question(question) else [])
+        self._opener_text = self._shown(opener)
         #: a size answer's conclusion word, from the question
         self._conclusion_word = "smaller" if _SMALLER_RE.search(question) else "larger"
         self._seg_id = tokenizer.convert_tokens_to_ids(seg_token)
         self._scanned = 0         # tokens of the answer already looked at for a new [SEG]
         self._concluded = False   # the size answer's conclusion is written
         self._name_next = False   # the next word is the conclusion's name: the engine's
+        self._candidates: set[str] = set()  # the structures that conclusion compares
         self._ids = {word: self._token(" " + word) for word in (*_SIDES, *_SIZE_WORDS)}
         self._words = {tid: word for word, tid in self._ids.items() if tid is not None}
         self._the = self._token(" the")
         #: what the engine chose, for the answer's record: (the model's word, the engine's)
         self.changes: list[tuple[str, str]] = []
+
+    def _shown(self, text: str) -> str:
+        """Forced text as the answer's record shows it: no tags, no edge punctuation."""
+        return clean_answer(text.replace("<p>", ""), self.seg_token).strip(" :;,")
 
     def _token(self, text: str) -> int | None:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -202,7 +215,7 @@ class MeasuredWords:
         top = int(torch.argmax(logits))
         if not generated and self._opener:
             if top != self._opener[0]:
-                self.changes.append((self.tokenizer.decode([top]).strip(), SIZE_OPENER))
+                self.changes.append((self.tokenizer.decode([top]).strip(), self._opener_text))
             self._force(logits, self._opener[0])
             self._forced = list(self._opener[1:])
             return
@@ -271,14 +284,15 @@ class MeasuredWords:
         steps) and put it on record when the model's own next token was another."""
         ids = [int(t) for t in self.tokenizer.encode(text, add_special_tokens=False)]
         if ids[0] != top:
-            self.changes.append((self.tokenizer.decode([top]).strip(), text.strip(" :;,")))
+            self.changes.append((self.tokenizer.decode([top]).strip(), self._shown(text)))
         self._force(logits, ids[0])
         self._forced = ids[1:]
 
     def _size_frame(self, generated: Sequence[int]) -> str | None:
-        """In a size answer: the partner's name after "Measuring its partner, the <p>",
-        and the conclusion's opening once the structures the answer measures are
-        measured (module docstring); None where the model goes on by itself."""
+        """In a size answer: the partner's name after "Measuring its partner, the <p>";
+        in "Measuring both", the other-side partner of the first structure measured; the
+        conclusion's opening once the structures the answer measures are measured (module
+        docstring). None where the model goes on by itself."""
         new = generated[self._scanned:]
         self._scanned = len(generated)
         if len(generated) <= 12:
@@ -294,17 +308,35 @@ class MeasuredWords:
         every = {k for k, m in measured_names(self.earlier + "\n" + raw, self.seg_token).items()
                  if m.size is not None}
         both = bool(_BOTH_RE.search(clean_answer(raw, self.seg_token)))
+        named = [n.strip().lower() for n in re.findall(r"<p>([^<]*)</p>", raw)]
+        if both and len(now) == 1 and len(named) == 1:
+            other = partner(named[0])
+            if other is not None:
+                return " and the <p>" + other.name
         if len(now) < (2 if both else 1) or len(every) < 2:
+            return None
+        # what the conclusion compares: this answer's structures, and in a follow-up
+        # the partner measured before (else the structure measured last before)
+        candidates = set(now)
+        if len(candidates) < 2:
+            before = [k for k in self._earlier_names() if k in every]
+            paired = [k for k in before if (p := partner(k)) is not None and p.name.lower() in now]
+            candidates.update(paired[-1:] or before[-1:])
+        if len(candidates) < 2:
             return None
         self._concluded = True
         self._name_next = True
+        self._candidates = candidates
         return f": the {self._conclusion_word} is the"
 
-    def _partner_name(self) -> str | None:
-        names = [m.group(1).strip() for m in re.finditer(
+    def _earlier_names(self) -> list[str]:
+        """The measured names of the earlier answers, lower case, in the order measured."""
+        return [m.group(1).strip().lower() for m in re.finditer(
             r"<p>([^<]*)</p>\s*" + re.escape(self.seg_token) + re.escape(MEASURED_OPEN) + r"(?!not found)",
             self.earlier)]
-        for name in reversed(names):
+
+    def _partner_name(self) -> str | None:
+        for name in reversed(self._earlier_names()):
             other = partner(name)
             if other is not None:
                 return other.name
@@ -313,6 +345,8 @@ class MeasuredWords:
     # -- the four forms ------------------------------------------------------------
     def _choose(self, top: int, text: str, measured: dict[str, MeasuredName]) -> str | None:
         sized = {k: m for k, m in measured.items() if m.size is not None}
+        if self._name_next:  # the engine's own conclusion: among the structures it compares
+            sized = {k: m for k, m in sized.items() if k in self._candidates}
         conclusion = _CONCLUSION_RE.search(text) if len(sized) >= 2 else None
         if conclusion is not None:
             word = conclusion.group(1).lower()

@@ -83,21 +83,29 @@ def test_a_size_question_is_answered_by_measuring_first(tiny_model):
     conclusion can follow measured spans; the changed first word is on record. Other
     questions, and size questions answered that way already, are left to the model."""
     tok = tiny_model.tokenizer
+    earlier = "The <p>right kidney</p> [SEG]" + _span(21.6, "right") + "."
     for question in ("Which lung looks smaller here? Segment it.", "Is it larger than the other one?",
                      "How does it compare in size with its partner? Segment the partner.",
                      "Is the other kidney bigger?"):
         assert size_question(question), question
+        # nothing measured before: both are measured now
         guide = MeasuredWords(tok, patient_left="right", question=question)
+        out = _write(tok, "The left lung is smaller than the right one, as the two areas show.", guide)
+        assert out.startswith("Measuring both, the <p>"), out  # the scripted model goes on with its own text
+        assert guide.changes == [("The", "Measuring both, the")]
+        # something measured before: "Measuring", then the model's own choice
+        guide = MeasuredWords(tok, [earlier], patient_left="right", question=question)
         out = _write(tok, "The left lung is smaller.", guide)
-        assert out.startswith("Measuring left lung"), out  # the scripted model goes on with its own text
+        assert out.startswith("Measuring left lung"), out
         assert guide.changes == [("The", "Measuring")]
     for question in ("Segment the left lung.", "Which is the largest organ on this slice?",
+                     "Is there a lesion larger than 2 cm in the liver?",
                      "Which kidney is on the patient's left?", "What does the liver look like here?"):
         assert not size_question(question), question
         guide = MeasuredWords(tok, patient_left="right", question=question)
         assert _write(tok, "The left lung is smaller.", guide) == "The left lung is smaller."
         assert guide.changes == []
-    guide = MeasuredWords(tok, patient_left="right", question="Segment the smaller lung.")
+    guide = MeasuredWords(tok, [earlier], patient_left="right", question="Segment the smaller lung.")
     left, right = _both(80.4, 95.1)
     out = _write(tok, f"Measuring both, the <p>left lung</p> [SEG]§{left}§ and the <p>right lung</p> [SEG]"
                       f"§{right}§: the smaller is the left lung.", guide)
@@ -121,6 +129,12 @@ def test_a_size_answer_concludes_once_both_are_measured(tiny_model):
     assert comparative_claim(out.split("§")[-1], ["left lung", "right lung"]) == ("left lung", "smaller")
     guide = MeasuredWords(tok, patient_left="right", question="Segment the larger lung.")
     assert f"{right}: the larger is the right lung" in _write(tok, both, guide)
+    # the first measured: the engine goes on with its partner
+    guide = MeasuredWords(tok, question="Which kidney is larger here?")
+    out = _write(tok, f"Measuring both, the <p>left kidney</p> [SEG]§{left}§ in the flank and in the "
+                      "retroperitoneum, as expected here.", guide)
+    assert f"{left} and the <p>right kidney" in out, out
+    assert guide.changes == [("in", "and the right kidney")]
     # one measured, one not found: nothing to conclude from
     absent = (f"Measuring both, the <p>left kidney</p> [SEG]§{left}§ and the <p>right kidney</p> [SEG]"
               " (measured: not found).")
