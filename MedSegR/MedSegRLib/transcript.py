@@ -84,10 +84,11 @@ def _meta(turn: Turn) -> str:
 
 
 def engine_words_line(turn: Turn) -> str:
-    """One line naming the words of ``turn``'s answer that the engine picked from its
-    measurements instead of the model's."""
-    changed = ", ".join(f"“{engine}” (the model wrote “{model}”)" for model, engine in turn.engine_words)
-    return f"Picked by the engine from its measurements: {changed}."
+    """One line naming the words of ``turn``'s answer that the engine wrote from its
+    measurements instead of the model's next word."""
+    changed = ", ".join(f"“{engine}” (the model's next word: “{model}”)"
+                        for model, engine in turn.engine_words)
+    return f"Written by the engine from its measurements: {changed}."
 
 
 def _segments_html(turn: Turn, turn_index: int, visible: Callable[[str], bool]) -> str:

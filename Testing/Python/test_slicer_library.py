@@ -133,11 +133,11 @@ def test_markdown_transcript():
 
 def test_words_the_engine_picked_from_its_measurements_are_shown_and_stored():
     conversation = sample_conversation()
-    assert "Picked by the engine" not in transcript.render_html(conversation)
+    assert "Written by the engine" not in transcript.render_html(conversation)
     conversation.turns[0].engine_words = [("left", "right lung")]
     again = Conversation.from_json(conversation.to_json())
     assert again == conversation and again.turns[0].engine_words == [("left", "right lung")]
-    line = "Picked by the engine from its measurements: “right lung” (the model wrote “left”)."
+    line = "Written by the engine from its measurements: “right lung” (the model's next word: “left”)."
     assert html.escape(line) in transcript.render_html(conversation)
     assert f"> {line}" in transcript.to_markdown(conversation)
     record = json.loads(conversation.to_json())

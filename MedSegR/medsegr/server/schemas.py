@@ -102,8 +102,8 @@ class SegmentRecord(BaseModel):
 
 
 class EngineWord(BaseModel):
-    model: str = Field(description="the word the model wrote")
-    engine: str = Field(description="the word (or name) the engine picked from its measurements")
+    model: str = Field(description="the model's next word where the engine wrote its own")
+    engine: str = Field(description="the word, name or phrase the engine wrote from its measurements")
 
 
 class AnswerRecord(BaseModel):
@@ -131,9 +131,11 @@ class AnswerRecord(BaseModel):
                                   "order the answer names them (the highest over the slices "
                                   "asked about)")
     engine_words: list[EngineWord] = Field(default_factory=list, description="words of the "
-                                           "answer the engine picked from its measurements where "
+                                           "answer the engine wrote from its measurements where "
                                            "the model had written another ([generation] "
-                                           "measured_words)")
+                                           "measured_words): a conclusion's name, a size word, "
+                                           "a side, a size answer's opening, partner or "
+                                           "conclusion")
 
 
 class SessionRecord(BaseModel):
