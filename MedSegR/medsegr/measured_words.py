@@ -69,7 +69,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medsegr.answers import MEASURED_OPEN, strip_measured_spans
+from medsegr.answers import MEASURED_CLOSE, MEASURED_OPEN, MEASURED_SPAN_RE, strip_measured_spans
 from medsegr.imaging.slicing import direction_matrix
 from medsegr.prompts import clean_answer
 from medsegr.vocabulary import partner
@@ -100,7 +100,6 @@ _MENTION_RE = re.compile(r"\b(patient(?:'|’)?s|image(?:'s|’s)?)\s+(left|righ
                          r"|\b(left|right)(?=\s+(?:side\s+|half\s+)?of\s+the\s+(?:image|picture)\b)", re.I)
 _NEGATED_PLAIN_RE = re.compile(r"\b(?:not|rather\s+than|instead\s+of)\s+(?:(?:on|in|to|at|from)\s+)?"
                                r"(?:the\s+)?$", re.I)
-_SPAN_RE = re.compile(re.escape(MEASURED_OPEN) + r"[^()]*\)")
 _CLAUSE_RE = re.compile(r"[,;:()]")
 _SENTENCE_RE = re.compile(r"[.!?](?=\s|$)")
 
@@ -115,14 +114,20 @@ class MeasuredName:
     side: str | None
 
 
+def _spans(raw: str, seg_token: str) -> list[tuple[str, str]]:
+    """``(name, span)`` of each measured ``<p>name</p> [SEG] (measured: span)`` of raw
+    answer text, in order."""
+    pattern = (r"<p>([^<]*)</p>\s*" + re.escape(seg_token) + re.escape(MEASURED_OPEN) + r"([^()]*)"
+               + re.escape(MEASURED_CLOSE))
+    return [(m.group(1).strip(), m.group(2)) for m in re.finditer(pattern, raw)]
+
+
 def measured_names(raw: str, seg_token: str = "[SEG]") -> dict[str, MeasuredName]:
     """The measured structures of raw answer text (``<p>name</p> [SEG] (measured: …)``, with
     the model's ``seg_token``), by lower-case name; a name measured twice keeps its last
     measurement. "not found" spans are left out."""
-    spans = re.compile(r"<p>([^<]*)</p>\s*" + re.escape(seg_token) + re.escape(MEASURED_OPEN) + r"([^()]*)\)")
     out: dict[str, MeasuredName] = {}
-    for match in spans.finditer(raw):
-        name, span = match.group(1).strip(), match.group(2)
+    for name, span in _spans(raw, seg_token):
         if not name or span.strip() == "not found":
             continue
         size = _SIZE_RE.search(span)
@@ -178,8 +183,11 @@ class MeasuredWords:
         self.earlier = "\n".join(earlier)
         self.patient_left = patient_left
         self._forced: list[int] = []
+        #: the structures the earlier answers measured (found), lower case, in order
+        self._before = [name.lower() for name, span in _spans(self.earlier, seg_token)
+                        if span.strip() != "not found"]
         # with nothing measured before, a comparison measures both now
-        opener = SIZE_OPENER if self._earlier_names() else SIZE_OPENER + " both, the <p>"
+        opener = SIZE_OPENER if self._before else SIZE_OPENER + " both, the <p>"
         self._opener = (self.tokenizer.encode(opener, add_special_tokens=False)
                         if size_question(question) else [])
         self._opener_text = self._shown(opener)
@@ -252,7 +260,7 @@ class MeasuredWords:
         out: list[str] = []
         spoken = ""  # the answer so far without its spans: what the rules read
         pos = 0
-        for span in [*_SPAN_RE.finditer(raw), None]:
+        for span in [*MEASURED_SPAN_RE.finditer(raw), None]:
             end = span.start() if span is not None else len(raw)
             piece = self._settle_piece(spoken, raw[pos:end], measured)
             out.append(piece)
@@ -319,7 +327,7 @@ class MeasuredWords:
         # the partner measured before (else the structure measured last before)
         candidates = set(now)
         if len(candidates) < 2:
-            before = [k for k in self._earlier_names() if k in every]
+            before = [k for k in self._before if k in every]
             paired = [k for k in before if (p := partner(k)) is not None and p.name.lower() in now]
             candidates.update(paired[-1:] or before[-1:])
         if len(candidates) < 2:
@@ -329,14 +337,8 @@ class MeasuredWords:
         self._candidates = candidates
         return f": the {self._conclusion_word} is the"
 
-    def _earlier_names(self) -> list[str]:
-        """The measured names of the earlier answers, lower case, in the order measured."""
-        return [m.group(1).strip().lower() for m in re.finditer(
-            r"<p>([^<]*)</p>\s*" + re.escape(self.seg_token) + re.escape(MEASURED_OPEN) + r"(?!not found)",
-            self.earlier)]
-
     def _partner_name(self) -> str | None:
-        for name in reversed(self._earlier_names()):
+        for name in reversed(self._before):
             other = partner(name)
             if other is not None:
                 return other.name
